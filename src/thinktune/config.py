@@ -1,0 +1,274 @@
+"""Dataclass configs: defaults in code, deltas in YAML, dotted overrides on the command line.
+
+Each stage owns one dataclass (``SFTConfig`` in ``recipes/sft.py`` and so on), composed from the shared
+sub-configs below. Defaults live only in the dataclasses; a YAML file states what differs, and
+``key.sub=value`` arguments override both. Values are coerced to the field's declared type. Unknown keys,
+wrong types and invalid combinations raise ``ConfigError`` with a message that says how to fix them;
+``__post_init__`` of each config checks its combinations.
+
+    cfg = load_config(SFTConfig, "configs/demo/sft.yaml", ["optim.lr=3e-4", "max_steps=100"])
+    save_config(cfg, run_dir / "config.yaml")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from thinktune.errors import ConfigError
+
+T = TypeVar("T")
+
+# The fixed reasoning system message of Phi-4-reasoning (RECIPE.md section 1.2, from the chat template).
+PHI4_REASONING_SYSTEM_PROMPT = (
+    "You are Phi, a language model trained by Microsoft to help users. Your role as an assistant involves "
+    "thoroughly exploring questions through a systematic thinking process before providing the final precise "
+    "and accurate solutions. This requires engaging in a comprehensive cycle of analysis, summarizing, "
+    "exploration, reassessment, reflection, backtracing, and iteration to develop well-considered thinking "
+    "process. Please structure your response into two main sections: Thought and Solution using the specified "
+    "format: <think> {Thought section} </think> {Solution section}. In the Thought section, detail your "
+    "reasoning process in steps. Each step should include detailed considerations such as analysing questions, "
+    "summarizing relevant findings, brainstorming new ideas, verifying the accuracy of the current steps, "
+    "refining any errors, and revisiting previous steps. In the Solution section, based on various attempts, "
+    "explorations, and reflections from the Thought section, systematically present the final solution that "
+    "you deem correct. The Solution section should be logical, accurate, and concise and detail necessary "
+    "steps needed to reach the conclusion. Now, try to solve the following question through the above "
+    "guidelines:"
+)
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load and how."""
+
+    path: str = ""  # local directory (a thinktune or HF checkpoint) or a hub id
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    chat_template: Literal["phi4", "model"] = "phi4"  # phi4: the Phi-4-reasoning format; model: keep its own
+    system_prompt: str = PHI4_REASONING_SYSTEM_PROMPT  # "" for none (the embedded demo uses none)
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then a decay (Phi-4-reasoning SFT: lr 1e-5, 450 warm-up steps, wd 1e-4)."""
+
+    lr: float = 1e-5
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 450
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = 0.1  # the decay ends at lr * min_lr_ratio
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr={self.lr} must be positive")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas={self.betas} must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        if self.warmup_steps < 0 or self.grad_clip < 0:
+            raise ConfigError("optim.warmup_steps and optim.grad_clip must be >= 0")
+
+
+@dataclass
+class LogConfig:
+    """Logging, checkpointing and progress display."""
+
+    log_every: int = 10  # optimizer steps between metric lines
+    save_every: int = 500  # optimizer steps between checkpoints (0: only the final model)
+    keep_checkpoints: int = 2  # newest step-N checkpoints kept; older ones are deleted
+    progress: bool = True  # tqdm progress bar
+
+    def __post_init__(self) -> None:
+        if self.log_every < 1 or self.save_every < 0 or self.keep_checkpoints < 1:
+            raise ConfigError("log.log_every and log.keep_checkpoints must be >= 1, log.save_every >= 0")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loading and merging
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Build ``cls`` from its defaults, a YAML file of deltas, then ``key.sub=value`` overrides.
+
+    Raises:
+        ConfigError: the file is missing or not a mapping, a key is unknown, a value has the wrong type,
+            or the resolved combination is invalid. The message names the key and the file.
+    """
+    data: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        data = read_yaml(path)
+        where = str(path)
+    for item in overrides or []:
+        key, value = parse_override(item)
+        set_dotted(data, key, value)
+    return from_dict(cls, data, where=where)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of key: value, got {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"optim.lr=3e-4"`` -> ``("optim.lr", "3e-4")``; the string is coerced later by the field's type."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value; write e.g. optim.lr=1e-5")
+    key, value = item.split("=", 1)
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    return key.strip(), _Raw(value)
+
+
+class _Raw(str):
+    """A command-line value: a string to be coerced by the target field's type."""
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    *parents, last = key.split(".")
+    for p in parents:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {key}: {p} is a value, not a section")
+        node = child
+    node[last] = value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", prefix: str = "") -> T:
+    """Instantiate dataclass ``cls`` from a nested dict, coercing and checking every value."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = prefix + key
+        if key not in names:
+            raise ConfigError(_unknown_key_message(full, names, prefix, where))
+        kwargs[key] = _coerce(value, hints[key], full, where)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field without default
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _unknown_key_message(full: str, names: list[str], prefix: str, where: str) -> str:
+    key = full[len(prefix):]
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
+    section = f"under '{prefix[:-1]}'" if prefix else "at the top level"
+    return f"{where}: unknown key '{full}'; {hint}valid keys {section}: {', '.join(names)}"
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:  # noqa: C901 - one branch per type kind
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' is a section; give it as a mapping of keys, not {value!r}")
+        return from_dict(tp, value, where, prefix=key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, _Raw) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: '{key}' is {value!r}; choose one of {', '.join(map(repr, args))}")
+        return str(value) if isinstance(value, _Raw) else value
+    if origin in (list, tuple):
+        if isinstance(value, _Raw):
+            value = yaml.safe_load(value) if value.strip() else []
+            if not isinstance(value, list):
+                value = [v.strip() for v in str(value).split(",")]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: '{key}' should be a list, e.g. [1, 2, 3]; got {value!r}")
+        item_tp = args[0] if args else Any
+        return [_coerce(_Raw(v) if isinstance(v, str) and item_tp is not str else v, item_tp, key, where)
+                for v in value]
+    if origin is dict or tp is dict:
+        if isinstance(value, _Raw):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' should be a mapping; got {value!r}")
+        return value
+    if tp is Any:
+        return yaml.safe_load(value) if isinstance(value, _Raw) else value
+    return _coerce_scalar(value, tp, key, where)
+
+
+def _coerce_scalar(value: Any, tp: type, key: str, where: str) -> Any:
+    bad = ConfigError(f"{where}: '{key}' should be {tp.__name__}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return str(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    raise ConfigError(f"{where}: '{key}' has an unsupported field type {tp}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically), so a run records exactly what it ran with."""
+    from thinktune.data.io import atomic_write
+
+    with atomic_write(path) as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False, width=110)
+
+
+def format_config(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, width=110)
