@@ -1,0 +1,85 @@
+"""Write the world's prompt and SFT files: held-out prompts, train prompts, CoT and direct SFT rows.
+
+The CoT rows come from the teacher at ``slip_rate``, so some of them are wrong on purpose; nothing is
+filtered here, because dropping wrong traces by verification is the rejection-sampling stage's job and
+must be measurable there. The direct rows (the "base" format) are always correct.
+
+Files in ``out_dir``:
+
+- ``heldout_prompts.jsonl``: prompt rows of the held-out split;
+- ``train_prompts.jsonl``: prompt rows of the training problems (for the RL stages);
+- ``sft_cot.jsonl``: ``{"id", "messages", "answer", "difficulty", "teacher_slip"}`` per training problem;
+- ``sft_direct.jsonl``: the same problems with ``\\boxed{answer}`` as the assistant turn.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from thinktune.data.io import write_jsonl
+from thinktune.tasks.teacher import SLIP_KINDS, Trace, cot_completion, direct_completion, solve
+from thinktune.tasks.world import Problem, heldout_split, prompt_row, train_problems
+
+FILES = ("heldout_prompts.jsonl", "train_prompts.jsonl", "sft_cot.jsonl", "sft_direct.jsonl")
+
+
+def sft_row(problem: Problem, completion: str, slip: str | None) -> dict:
+    """One SFT row: the question as the user turn, ``completion`` as the assistant turn."""
+    return {
+        "id": problem.id,
+        "messages": [
+            {"role": "user", "content": problem.question},
+            {"role": "assistant", "content": completion},
+        ],
+        "answer": problem.answer,
+        "difficulty": problem.level,
+        "teacher_slip": slip,
+    }
+
+
+def synthesize(
+    out_dir: Path,
+    *,
+    levels: Sequence[int] = (1, 2, 3),
+    n_train: int,
+    n_heldout_per_level: int,
+    slip_rate: float,
+    seed: int,
+) -> dict:
+    """Generate the world's data for ``seed`` and write the four JSONL files atomically.
+
+    Args:
+        out_dir: directory to write into (created if missing).
+        levels: world levels to use, mixed round-robin in training.
+        n_train: number of training problems (one CoT and one direct SFT row each).
+        n_heldout_per_level: held-out problems per level; their questions never appear in training.
+        slip_rate: probability that a teacher trace contains a slip.
+        seed: seeds the held-out split, the training problems and the teacher's slips.
+
+    Returns:
+        ``{"files": {name: rows}, "slips": {kind: count}, "levels": [...], "seed", "slip_rate"}``.
+    """
+    out_dir = Path(out_dir)
+    heldout = heldout_split(levels, n_heldout_per_level, seed)
+    train = train_problems(levels, n_train, seed, exclude={p.question for p in heldout})
+    teacher_rng = random.Random(f"thinktune-teacher:{seed}")
+    traces: list[Trace] = [solve(p, teacher_rng, slip_rate) for p in train]
+
+    rows = {
+        "heldout_prompts.jsonl": (prompt_row(p) for p in heldout),
+        "train_prompts.jsonl": (prompt_row(p) for p in train),
+        "sft_cot.jsonl": (sft_row(p, cot_completion(t), t.slip) for p, t in zip(train, traces, strict=True)),
+        "sft_direct.jsonl": (sft_row(p, direct_completion(p), None) for p in train),
+    }
+    counts = {name: write_jsonl(out_dir / name, rows[name]) for name in FILES}
+    slips = Counter(t.slip for t in traces if t.slip is not None)
+    return {
+        "files": counts,
+        "slips": {kind: slips.get(kind, 0) for kind in SLIP_KINDS},
+        "levels": list(levels),
+        "seed": seed,
+        "slip_rate": slip_rate,
+    }
