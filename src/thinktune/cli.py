@@ -1,0 +1,124 @@
+"""The ``thinktune`` command: one entry point for every stage.
+
+    thinktune <verb> [--config FILE] [key.sub=value ...]
+
+Errors the user can fix (a missing file, a bad config key, a malformed JSONL line) print one line naming
+what and where, and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from thinktune.errors import UserError
+
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+# verb -> one-line help; the stage verbs map to recipes in thinktune.recipes.pipeline.VERBS.
+STAGE_HELP = {
+    "synth": "write the embedded math world's prompt and SFT files (also: thinktune data synth)",
+    "build-model": "train the demo tokenizer and build a tiny Phi3/Qwen2/Llama model",
+    "sft": "SFT distillation on verified <think> traces (rejection sampling, loss masks, packing)",
+    "evaluate": "N samples per problem: pass@1 mean +- std, maj@N, best/worst-of-N, pass@k",
+}
+
+EPILOG = f"""Configs are YAML files holding only what differs from the defaults; see {REPO_CONFIGS}/
+(demo/, phi4-reasoning/, phi4-mini-reasoning/). `thinktune print-config VERB --config FILE` shows every
+field with its resolved value. Overrides: key.sub=value, e.g. optim.lr=1e-5 data.packing=true."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="thinktune", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Train reasoning language models with the Phi-4-reasoning recipes.")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb, text in STAGE_HELP.items():
+        p = sub.add_parser(verb, help=text, description=text, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        _config_args(p)
+    data = sub.add_parser("data", help="data tools: `thinktune data synth`")
+    data_sub = data.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
+    _config_args(data_sub.add_parser("synth", help=STAGE_HELP["synth"], description=STAGE_HELP["synth"]))
+
+    p = sub.add_parser("run", help="run a pipeline file: stages chained, finished ones skipped, interrupted ones "
+                                   "resumed", description="Run a pipeline file (e.g. configs/demo/pipeline.yaml).")
+    p.add_argument("pipeline", help="pipeline YAML")
+    p.add_argument("--profile", default="", help="a named variant from the file's profiles (e.g. quick)")
+    p.add_argument("overrides", nargs="*", metavar="STAGE.key=value")
+
+    p = sub.add_parser("demo", help="the whole recipe on the embedded math world, CPU, no downloads",
+                       description="Run configs/demo/pipeline.yaml: data, tiny model, base, SFT, evaluations.")
+    p.add_argument("--quick", action="store_true", help="the same path in about a minute (smoke test)")
+    p.add_argument("overrides", nargs="*", metavar="STAGE.key=value")
+
+    p = sub.add_parser("compare", help="compare evaluation reports in order, flagging drops beyond the std",
+                       description="Compare evaluation output dirs (or report.json files) in order.")
+    p.add_argument("reports", nargs="+", help="evaluation output dirs or report.json files")
+
+    p = sub.add_parser("print-config", help="show a verb's config with every field resolved")
+    p.add_argument("target_verb", choices=list(STAGE_HELP), metavar="VERB")
+    _config_args(p)
+    return parser
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default=None, help="YAML file of deltas from the defaults")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override a config field")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return dispatch(args)
+    except UserError as e:
+        print(f"thinktune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("thinktune: interrupted; rerun the same command to resume from the last checkpoint",
+              file=sys.stderr)
+        return 130
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    # Imports are here so `thinktune --help` answers without loading torch.
+    from thinktune.config import format_config, load_config
+    from thinktune.recipes import pipeline
+
+    _quiet_transformers()
+    if args.verb in STAGE_HELP or args.verb == "data":
+        module, cls = pipeline.recipe("synth" if args.verb == "data" else args.verb)
+        module.run(load_config(cls, args.config, args.overrides))
+    elif args.verb == "print-config":
+        _, cls = pipeline.recipe(args.target_verb)
+        print(format_config(load_config(cls, args.config, args.overrides)), end="")
+    elif args.verb == "run":
+        pipeline.run(pipeline.load_pipeline(args.pipeline, args.profile, args.overrides))
+    elif args.verb == "demo":
+        path = REPO_CONFIGS / "demo" / "pipeline.yaml"
+        if not path.is_file():
+            raise UserError(f"{path} not found; run the demo from a clone of the thinktune repository")
+        pipeline.run(pipeline.load_pipeline(path, "quick" if args.quick else "", args.overrides))
+    elif args.verb == "compare":
+        from thinktune.report import compare, load_report
+
+        table, drops = compare([load_report(r) for r in args.reports])
+        print(table, end="")
+        for d in drops:
+            print(f"WARNING: {d}")
+    return 0
+
+
+def _quiet_transformers() -> None:
+    """Our own progress bars say what runs; transformers' per-file bars would drown them."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""SFT distillation on verified teacher traces (Phi-4-reasoning section 1; Phi-4-mini-reasoning stage 2).
+
+Run:
+    thinktune sft --config configs/demo/sft.yaml [key.sub=value ...]
+
+The loop: load rows -> reject traces whose final answer fails the verifier (rejection sampling) -> render
+with the chat template, loss on the final assistant turn only -> optionally pack -> AdamW with warm-up and
+decay, gradient accumulation and clipping -> checkpoint every ``log.save_every`` steps -> ``final/``.
+
+A run that finds a checkpoint in its output directory resumes from it (weights, optimizer, scheduler, RNG
+and data position) and produces the same losses as an uninterrupted run.
+
+Departures from the paper: the Phi-4-reasoning report does not say whether it packed SFT data or how it
+masked the loss (RECIPE.md section 1.3, unconfirmed); we take the loss on the final assistant turn only and
+leave packing off by default, as Phi-4-mini-reasoning did for SFT so that the model learns when to stop.
+Rows longer than ``data.max_seq_len`` are dropped and counted rather than truncated, since a truncated
+trace would teach the model to stop mid-thought.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from thinktune import checkpoint, models, runtime
+from thinktune.config import LogConfig, ModelConfig, OptimConfig, save_config
+from thinktune.data.chat import Example, pack_examples, packed_batch, pad_batch, render_sft
+from thinktune.data.io import read_jsonl, write_json
+from thinktune.errors import ConfigError, DataError
+from thinktune.losses import sft_nll_sum
+from thinktune.optim import build_optimizer, build_scheduler
+from thinktune.rewards.verify import is_correct
+from thinktune.tracking import MetricsLogger, plot_curves, progress
+
+
+@dataclass
+class SFTDataConfig:
+    train: str = ""  # SFT JSONL: {"id", "messages", "answer"?}
+    eval: str = ""  # optional held-out SFT JSONL for a validation loss
+    max_seq_len: int = 32768
+    packing: bool = False  # pack examples into max_seq_len rows, no attention across them
+    verify: bool = True  # rejection sampling: drop rows whose final answer fails the verifier
+    limit: int = 0  # use only the first N rows (0: all)
+
+
+@dataclass
+class SFTConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: SFTDataConfig = field(default_factory=SFTDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    output_dir: str = "runs/sft"
+    seed: int = 0
+    batch_size: int = 32  # examples (packed rows when packing) per optimizer step
+    micro_batch_size: int = 4  # examples per forward pass; grad_accum = batch_size / micro_batch_size
+    epochs: float = 2.0  # passes over the data; ignored when max_steps > 0
+    max_steps: int = 0
+    eval_every: int = 0  # steps between validation losses (0: only at the end, if data.eval is set)
+
+    def __post_init__(self) -> None:
+        if self.batch_size % self.micro_batch_size:
+            raise ConfigError(f"batch_size={self.batch_size} is not a multiple of micro_batch_size="
+                              f"{self.micro_batch_size}; gradient accumulation needs whole micro-batches")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise ConfigError("set max_steps > 0 or epochs > 0")
+        if not self.data.train:
+            raise ConfigError("data.train is empty; set it to an SFT JSONL file (data.train=FILE)")
+
+    @property
+    def grad_accum(self) -> int:
+        return self.batch_size // self.micro_batch_size
+
+
+def load_examples(path: str, tokenizer, cfg: SFTConfig) -> tuple[list[Example], dict[str, int]]:
+    """Read, verify and render SFT rows. Returns the examples and counts of what was kept and dropped."""
+    rows = read_jsonl(path, kind="sft")
+    if cfg.data.limit:
+        rows = rows[: cfg.data.limit]
+    stats = {"rows": len(rows), "verified": 0, "rejected": 0, "unverified": 0, "too_long": 0}
+    examples = []
+    for lineno, row in enumerate(rows, start=1):
+        where = f"{path}:{lineno}"
+        if cfg.data.verify and "answer" in row:
+            if not is_correct(row["messages"][-1]["content"], str(row["answer"]), row.get("mode", "math")):
+                stats["rejected"] += 1
+                continue
+            stats["verified"] += 1
+        else:
+            stats["unverified"] += 1
+        example = render_sft(tokenizer, row["messages"], cfg.model.system_prompt, where=where)
+        if len(example.input_ids) > cfg.data.max_seq_len:
+            stats["too_long"] += 1
+            continue
+        examples.append(example)
+    if not examples:
+        raise DataError(f"{path}: no usable rows after verification ({stats}); check answers and max_seq_len")
+    return examples, stats
+
+
+def make_units(examples: list[Example], cfg: SFTConfig) -> list[list[Example]]:
+    """Training units: one example each, or packed bins of examples."""
+    if cfg.data.packing:
+        return pack_examples(examples, cfg.data.max_seq_len)
+    return [[e] for e in examples]
+
+
+def collate(units: list[list[Example]], pad_id: int, packing: bool) -> dict[str, torch.Tensor]:
+    return packed_batch(units, pad_id) if packing else pad_batch([u[0] for u in units], pad_id)
+
+
+@functools.lru_cache(maxsize=4)
+def unit_order(num_units: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled order of an epoch: a pure function of (seed, epoch), so resuming needs only a position."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_units, generator=g).tolist()
+
+
+def step_units(position: int, count: int, num_units: int, seed: int) -> list[int]:
+    """Indices of the ``count`` units starting at global data ``position`` (crossing epochs as needed)."""
+    out = []
+    for p in range(position, position + count):
+        epoch, i = divmod(p, num_units)
+        out.append(unit_order(num_units, seed, epoch)[i])
+    return out
+
+
+def forward_loss(model, batch: dict[str, torch.Tensor], rt: runtime.Runtime) -> tuple[torch.Tensor, int]:
+    labels = batch.pop("labels")
+    with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.dtype != torch.float32):
+        logits = model(**batch).logits  # [B, T, V]
+    return sft_nll_sum(logits, labels)
+
+
+@torch.no_grad()
+def validation_loss(model, units: list[list[Example]], cfg: SFTConfig, pad_id: int, rt: runtime.Runtime) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(units), cfg.micro_batch_size):
+        batch = collate(units[i:i + cfg.micro_batch_size], pad_id, cfg.data.packing)
+        nll, n = forward_loss(model, {k: v.to(rt.device) for k, v in batch.items()}, rt)
+        total, count = total + float(nll), count + n
+    model.train()
+    return total / max(count, 1)
+
+
+def run(cfg: SFTConfig) -> dict:
+    rt = runtime.init(cfg.model.dtype, cfg.seed)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    resume_from = checkpoint.latest(out)
+
+    # Weights come from the last checkpoint when resuming; master weights stay fp32, bf16 is autocast.
+    tokenizer = models.load_tokenizer(cfg.model)
+    model_cfg = ModelConfig(**{**vars(cfg.model), "path": str(resume_from or cfg.model.path)})
+    model = models.load_model(model_cfg, tokenizer, rt.device, torch.float32)
+    model.train()
+
+    examples, data_stats = load_examples(cfg.data.train, tokenizer, cfg)
+    units = make_units(examples, cfg)
+    eval_units = make_units(load_examples(cfg.data.eval, tokenizer, cfg)[0], cfg) if cfg.data.eval else []
+    steps_per_epoch = max(1, len(units) // cfg.batch_size)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    tqdm.write(f"[sft] {data_stats['rows']} rows: {data_stats['rejected']} rejected by the verifier, "
+               f"{data_stats['too_long']} too long, {len(examples)} kept -> {len(units)} units; "
+               f"{total_steps} steps of {cfg.batch_size} ({cfg.grad_accum} x {cfg.micro_batch_size}); "
+               f"{models.num_parameters(model) / 1e6:.2f}M params on {rt.device}")
+
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
+    start = 0
+    if resume_from is not None:
+        state = checkpoint.load_state(resume_from)
+        checkpoint.restore(state, optimizer, scheduler)
+        start = state["step"]
+        tqdm.write(f"[sft] resuming from {resume_from} (step {start})")
+    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start)
+    pad_id = tokenizer.pad_token_id
+
+    bar = progress(total_steps, start, "sft", cfg.log.progress)
+    t0, tokens = time.perf_counter(), 0
+    for step in range(start, total_steps):
+        idx = step_units(step * cfg.batch_size, cfg.batch_size, len(units), cfg.seed)
+        micro = [idx[i:i + cfg.micro_batch_size] for i in range(0, len(idx), cfg.micro_batch_size)]
+        # Normalise by the whole step's token count so accumulation matches one large batch exactly.
+        step_tokens = sum(sum(1 for x in e.labels[1:] if x != -100) for i in idx for e in units[i])
+        loss_sum = 0.0
+        for mb in micro:
+            batch = collate([units[i] for i in mb], pad_id, cfg.data.packing)
+            nll, _ = forward_loss(model, {k: v.to(rt.device) for k, v in batch.items()}, rt)
+            (nll / step_tokens).backward()
+            loss_sum += nll.item()
+            tokens += int(batch["input_ids"].numel())
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_sum / step_tokens
+        done = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if done % cfg.log.log_every == 0 or done == total_steps:
+            elapsed = time.perf_counter() - t0
+            logger.log(done, {"train/loss": loss, "train/grad_norm": float(grad_norm),
+                              "train/lr": scheduler.get_last_lr()[0], "train/tokens_per_s": tokens / elapsed,
+                              "train/epoch": done * cfg.batch_size / len(units)})
+        if eval_units and cfg.eval_every and done % cfg.eval_every == 0:
+            logger.log(done, {"eval/loss": validation_loss(model, eval_units, cfg, pad_id, rt)})
+        if cfg.log.save_every and done % cfg.log.save_every == 0 and done < total_steps:
+            checkpoint.save(out, done, model, tokenizer, optimizer, scheduler,
+                            {"position": done * cfg.batch_size}, cfg.log.keep_checkpoints)
+    bar.close()
+
+    summary = {"steps": total_steps, "data": data_stats, "units": len(units),
+               "final_loss": _last(out / "metrics.jsonl", "train/loss")}
+    if eval_units:
+        summary["eval_loss"] = validation_loss(model, eval_units, cfg, pad_id, rt)
+        logger.log(total_steps, {"eval/loss": summary["eval_loss"]})
+    checkpoint.save_pretrained_atomic(model, tokenizer, out / "final")
+    plot_curves(out / "metrics.jsonl", ["train/loss", "train/lr", "eval/loss"], out / "plots" / "loss.png",
+                title=f"SFT: {out}")
+    write_json(out / "summary.json", summary)
+    tqdm.write(f"[sft] done: final loss {summary['final_loss']:.4f}; model in {out / 'final'}")
+    return summary
+
+
+def _last(metrics_path: Path, key: str) -> float:
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if key in line]
+    return float(rows[-1][key]) if rows else float("nan")

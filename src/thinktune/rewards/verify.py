@@ -1,0 +1,317 @@
+"""The one answer checker: think-block splitting, answer extraction and equivalence checks.
+
+Every stage (curation filters, rollout DPO pairing, the GRPO reward, evaluation) calls ``is_correct`` from
+here, so "correct" means the same thing everywhere. Phi-4-reasoning extracts the final answer (normally
+from ``\\boxed{}``) and checks it against the ground truth with equivalence checks (RECIPE.md §2.2).
+
+Modes (``MODES``):
+    - ``math``: plain integers/decimals are compared numerically in pure Python (fast path); anything else
+      goes through math-verify, gold first, as math-verify intends.
+    - ``integer``: AIME-style; the prediction must be an integer equal to the gold ("033" == "33").
+    - ``choice``: GPQA-style letter A-D.
+    - ``exact``: stripped string equality.
+
+What is and isn't covered:
+    - Only the text after ``</think>`` counts; an answer written inside the thinking never does.
+    - math-verify's own timeouts use ``signal.alarm``, which fails outside the main thread, so they are
+      disabled. Work is bounded instead by ``_guard_reason``: long, deeply nested, unbalanced, binary or
+      huge-power predictions are marked incorrect without reaching sympy. This is a heuristic, not a hard
+      time bound; a process-based bound would wrap ``_math_verify_equal``.
+    - The gold answer is trusted data and is not guarded; a gold that breaks math-verify shows up in
+      ``verify_stats()["errored"]``.
+    - No LLM verifier fallback (the paper uses one when regex extraction fails).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
+
+from math_verify import parse, verify
+
+from thinktune.errors import DataError
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+MODES = ("math", "integer", "choice", "exact")
+
+# Predictions longer than this never reach math-verify: real final answers are short, and sympy's cost
+# grows fast with expression size.
+MAX_ANSWER_CHARS = 300
+MAX_BRACE_DEPTH = 12
+# A bare trailing line this short is taken as the answer when nothing else matches (e.g. a plain "42").
+MAX_BARE_ANSWER_CHARS = 40
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOX_NOBRACE_RE = re.compile(r"\\boxed +([^\s$]+)")
+_ANSWER_IS_RE = re.compile(r"(?:final\s+answer|answer)\s*(?:is\b\s*:?|:)\s*(.+)", re.IGNORECASE)
+_SENTENCE_END_RE = re.compile(r"\.(?:\s|$)")
+_NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+_THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_INTEGER_RE = re.compile(r"[+-]?\d+(?:\.0*)?")
+_CHOICE_RE = re.compile(r"\(?([A-D])\)?(?:[\s.:)]|$)")
+_WRAPPER_RE = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\{([^{}]*)\}")
+# A power whose exponent itself holds a power (10^{10^{10}}, 9**9**9), and literal exponents or
+# factorials of 5+ digits (9**999999, 100000!): sympy would try to evaluate them exactly.
+_POWER_TOWER_RE = re.compile(r"(?:\^|\*\*)\s*(?:\{[^{}]*|\([^()]*|[\d\s.]*)(?:\^|\*\*)")
+_HUGE_POWER_RE = re.compile(r"(?:\^|\*\*)\s*[{(]?\s*[+-]?\d{5,}|\d{5,}\s*!")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
+
+_stats_lock = threading.Lock()
+_stats = {"checks": 0, "fast_path": 0, "math_verify": 0, "guarded": 0, "errored": 0}
+
+# math-verify logs a warning whenever its timeouts are disabled; we disable them on purpose (see above).
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+def _count(key: str) -> None:
+    with _stats_lock:
+        _stats[key] += 1
+
+
+def verify_stats() -> dict[str, int]:
+    """Counts since import (or the last reset) of ``math`` mode checks, by how they were decided.
+
+    Returns:
+        ``{"checks", "fast_path", "math_verify", "guarded", "errored"}``: all math-mode checks, those the
+        numeric fast path decided, those sent to math-verify, those rejected by the input guards, and
+        those where math-verify raised (all guarded/errored checks count as incorrect).
+    """
+    with _stats_lock:
+        return dict(_stats)
+
+
+def reset_verify_stats() -> None:
+    """Zero the counters of ``verify_stats`` (e.g. at the start of an evaluation)."""
+    with _stats_lock:
+        for key in _stats:
+            _stats[key] = 0
+
+
+def split_think(completion: str) -> tuple[str | None, str]:
+    """Split a completion into (reasoning, solution).
+
+    Rules:
+        - ``<think>R</think>S`` (optionally after whitespace or other text) → ``(R, S)``. With several
+          ``</think>``, the split is at the last one, so nothing that might be thinking counts as answer.
+        - no tags at all → ``(None, completion)``: a non-reasoning model's answer is its whole text.
+        - ``<think>`` that never closes (truncated) → ``(reasoning so far, "")``.
+        - ``</think>`` without ``<think>`` (a chat template that opens the block in the prompt) → text
+          before it is reasoning, text after it is the solution.
+
+    Args:
+        completion: the generated text.
+
+    Returns:
+        (reasoning or None, solution).
+    """
+    start = completion.find(THINK_OPEN)
+    body_start = start + len(THINK_OPEN) if start >= 0 else 0
+    end = completion.rfind(THINK_CLOSE)
+    if end >= body_start:
+        return completion[body_start:end], completion[end + len(THINK_CLOSE) :]
+    if start >= 0:
+        return completion[body_start:], ""
+    return None, completion
+
+
+def has_valid_think(completion: str) -> bool:
+    """True if the completion is exactly ``<think>…</think>…``: one open tag at the start (after
+    whitespace), one close tag after it, and no other think tags."""
+    text = completion.lstrip()
+    return (
+        text.startswith(THINK_OPEN)
+        and text.count(THINK_OPEN) == 1
+        and text.count(THINK_CLOSE) == 1
+        and text.find(THINK_CLOSE) > 0
+    )
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{…}``/``\\fbox{…}`` with balanced braces, or None."""
+    matches = list(_BOX_RE.finditer(text))
+    for match in reversed(matches):
+        depth, i = 1, match.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            return text[match.end() : i - 1].strip()
+    bare = _BOX_NOBRACE_RE.findall(text)
+    return bare[-1] if bare else None
+
+
+def _strip_delimiters(answer: str) -> str:
+    """Drop math delimiters and a trailing period around an answer: ``$5$.`` → ``5``."""
+    answer = answer.strip().rstrip(".").strip()
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if answer.startswith(left) and answer.endswith(right) and len(answer) > len(left) + len(right) - 1:
+            answer = answer[len(left) : len(answer) - len(right)].strip()
+    return answer
+
+
+def extract_answer(completion: str) -> str | None:
+    """Extract the final answer from the solution part (after ``</think>``) of a completion.
+
+    Order: the last ``\\boxed{…}``/``\\fbox{…}`` (nested braces allowed); else the last "final answer
+    is X" / "answer is X" / "answer: X" (X up to the end of its sentence or line); else, if the solution
+    is a single short line (≤ ``MAX_BARE_ANSWER_CHARS``), that line. Text inside the think block never
+    counts.
+
+    Args:
+        completion: the generated text.
+
+    Returns:
+        The answer string with math delimiters removed, or None if nothing was found.
+    """
+    _, solution = split_think(completion)
+    boxed = _last_boxed(solution)
+    if boxed is not None:
+        return _strip_delimiters(boxed) or None
+    matches = _ANSWER_IS_RE.findall(solution)
+    if matches:
+        answer = _SENTENCE_END_RE.split(matches[-1], maxsplit=1)[0]
+        return _strip_delimiters(answer) or None
+    bare = solution.strip()
+    if bare and "\n" not in bare and len(bare) <= MAX_BARE_ANSWER_CHARS:
+        return _strip_delimiters(bare) or None
+    return None
+
+
+def _clean_number(text: str) -> str | None:
+    """``" $1,234 "`` → ``"1234"`` if the text is a plain integer/decimal, else None."""
+    text = text.replace("$", "").replace("{,}", ",").replace("\\!", "")
+    text = "".join(text.split())
+    if _THOUSANDS_RE.fullmatch(text):
+        text = text.replace(",", "")
+    return text if _NUMBER_RE.fullmatch(text) else None
+
+
+def _guard_reason(pred: str) -> str | None:
+    """Why a prediction is too risky to hand to sympy, or None if it is fine."""
+    if len(pred) > MAX_ANSWER_CHARS:
+        return "too long"
+    if _CONTROL_RE.search(pred):
+        return "control or invalid characters"
+    depth = 0
+    for char in pred:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth < 0 or depth > MAX_BRACE_DEPTH:
+            return "unbalanced or deeply nested braces"
+    if depth:
+        return "unbalanced braces"
+    if _POWER_TOWER_RE.search(pred) or _HUGE_POWER_RE.search(pred):
+        return "huge power or factorial"
+    return None
+
+
+def _math_verify_equal(gold: str, pred: str) -> bool:
+    """math-verify equivalence, gold-guided; both sides wrapped in ``\\boxed{}`` so LaTeX and plain
+    expressions parse alike. Timeouts are off (they break in threads): callers guard the input."""
+    gold_parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=None)
+    pred_parsed = parse(f"\\boxed{{{pred}}}", parsing_timeout=None)
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+
+
+def _math_equal(gold: str, pred: str) -> bool:
+    _count("checks")
+    gold_num, pred_num = _clean_number(gold), _clean_number(pred)
+    if gold_num is not None and pred_num is not None:
+        _count("fast_path")
+        try:
+            return Decimal(gold_num) == Decimal(pred_num)
+        except InvalidOperation:
+            return False
+    if _guard_reason(pred) is not None:
+        _count("guarded")
+        return False
+    _count("math_verify")
+    try:
+        return _math_verify_equal(_strip_delimiters(gold), pred)
+    except Exception:  # noqa: BLE001 - any failure inside sympy/math-verify means "not verified"
+        _count("errored")
+        return False
+
+
+def _parse_integer(text: str) -> int | None:
+    text = _WRAPPER_RE.sub(r"\1", text.replace("$", "").replace("{,}", ","))
+    text = "".join(text.split())
+    if _THOUSANDS_RE.fullmatch(text):
+        text = text.replace(",", "")
+    if len(text) > 50 or not _INTEGER_RE.fullmatch(text):
+        return None
+    return int(text.split(".")[0])
+
+
+def _parse_choice(text: str) -> str | None:
+    text = _WRAPPER_RE.sub(r"\1", text.replace("$", "")).strip()
+    match = _CHOICE_RE.match(text)
+    return match.group(1) if match else None
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown verify mode {mode!r}; valid modes are {', '.join(MODES)}")
+
+
+def is_correct(completion: str, answer: str, mode: str = "math") -> bool:
+    """Whether a completion's final answer matches the gold answer.
+
+    Args:
+        completion: the generated text (thinking included; only the solution part is read).
+        answer: the gold answer.
+        mode: one of ``MODES``.
+
+    Returns:
+        True if the extracted answer is equivalent to ``answer`` under ``mode``. Never raises on bad
+        model output; malformed or adversarial predictions are simply incorrect.
+
+    Raises:
+        ValueError: ``mode`` is not one of ``MODES``.
+        DataError: in ``integer``/``choice`` mode, the gold answer is not an integer / a letter A-D.
+    """
+    _check_mode(mode)
+    answer = str(answer)
+    pred = extract_answer(completion)
+    if mode == "integer":
+        gold_int = _parse_integer(answer)
+        if gold_int is None:
+            raise DataError(f"gold answer {answer[:80]!r} is not an integer; integer mode needs one")
+        return pred is not None and _parse_integer(pred) == gold_int
+    if mode == "choice":
+        gold_letter = _parse_choice(answer)
+        if gold_letter is None:
+            raise DataError(f"gold answer {answer[:80]!r} is not a letter A-D; choice mode needs one")
+        return pred is not None and _parse_choice(pred) == gold_letter
+    if pred is None:
+        return False
+    if mode == "exact":
+        return pred.strip() == answer.strip()
+    return _math_equal(answer, pred)
+
+
+def is_correct_batch(
+    completions: Sequence[str], answers: Sequence[str], mode: str | Sequence[str] = "math"
+) -> list[bool]:
+    """``is_correct`` over parallel lists.
+
+    Args:
+        completions: [N] generated texts.
+        answers: [N] gold answers.
+        mode: one mode for all, or [N] modes.
+
+    Returns:
+        [N] booleans.
+
+    Raises:
+        ValueError: lengths differ or a mode is unknown.
+    """
+    modes = [mode] * len(completions) if isinstance(mode, str) else list(mode)
+    if not len(completions) == len(answers) == len(modes):
+        raise ValueError(
+            f"is_correct_batch: {len(completions)} completions, {len(answers)} answers and "
+            f"{len(modes)} modes; pass one answer (and mode) per completion"
+        )
+    return [is_correct(c, a, m) for c, a, m in zip(completions, answers, modes, strict=True)]
