@@ -112,6 +112,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     for item in overrides or []:
         key, value = parse_override(item)
         set_dotted(data, key, value)
+    if overrides:
+        where = f"{where} + command-line overrides"
     return from_dict(cls, data, where=where)
 
 

@@ -44,7 +44,10 @@ ARCHITECTURES = {"phi3": "Phi3Config", "qwen2": "Qwen2Config", "llama": "LlamaCo
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     """Load a tokenizer and make sure it speaks the configured chat format."""
     _check_path(cfg.path)
-    tok = AutoTokenizer.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:
+        raise _not_found(cfg.path, e) from None
     if cfg.chat_template == "phi4":
         add_phi4_format(tok)
     elif tok.chat_template is None:
@@ -58,10 +61,13 @@ def load_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: tor
                dtype: torch.dtype) -> torch.nn.Module:
     """Load a causal LM, grow its embedding if the tokenizer gained tokens, and move it to ``device``."""
     _check_path(cfg.path)
-    model = AutoModelForCausalLM.from_pretrained(
-        cfg.path, dtype=dtype, attn_implementation=cfg.attn_implementation,
-        trust_remote_code=cfg.trust_remote_code,
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.path, dtype=dtype, attn_implementation=cfg.attn_implementation,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    except OSError as e:
+        raise _not_found(cfg.path, e) from None
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     sync_special_tokens(model, tokenizer)
@@ -74,6 +80,11 @@ def _check_path(path: str) -> None:
     looks_local = path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") != 1
     if looks_local and not Path(path).expanduser().is_dir():
         raise UserError(f"model path {path!r} does not exist; give a directory with config.json or a hub id")
+
+
+def _not_found(path: str, error: OSError) -> UserError:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return UserError(f"model path {path!r} is neither a model directory nor a reachable hub id ({first})")
 
 
 def add_phi4_format(tok: PreTrainedTokenizerBase) -> None:

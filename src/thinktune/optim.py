@@ -21,8 +21,9 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Ada
 def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:
     """Multiplier on cfg.lr at optimizer step ``step`` (0-based): linear warm-up, then the chosen decay.
 
-    Warm-up rises linearly to 1.0 at step ``warmup_steps``; the decay then runs from 1.0 to ``min_lr_ratio``
-    at the last step (cosine or linear), or stays at 1.0 (constant).
+    Warm-up rises linearly, (step + 1) / warmup_steps, reaching 1.0 at step ``warmup_steps - 1``; from step
+    ``warmup_steps`` the decay runs from 1.0 to ``min_lr_ratio`` at the last step (cosine or linear), or
+    stays at 1.0 (constant).
     """
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps

@@ -18,6 +18,7 @@ named variants (``quick``) with their own run directory and per-stage overrides.
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import shutil
 import time
@@ -110,7 +111,7 @@ def _stage(path: Path, run_dir: Path, name: str, body: Any, extra: dict, all_sta
     depends: set[str] = set()
     overrides = []
     for key, value in values.items():
-        text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+        text = _override_text(value)
         for ref in _REF.findall(text):
             if ref not in all_stages:
                 raise ConfigError(f"{path}: stage {name!r} refers to {{{ref}}}, which is not a stage")
@@ -119,6 +120,17 @@ def _stage(path: Path, run_dir: Path, name: str, body: Any, extra: dict, all_sta
     overrides.append(f"output_dir={run_dir / name}")
     config = path.parent / body["config"] if body.get("config") else None
     return Stage(name=name, verb=body["verb"], config=config, overrides=overrides, depends=depends)
+
+
+def _override_text(value: Any) -> str:
+    """A YAML value as the text of a key=value override (lists stay in flow form: [1, 2])."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
