@@ -1,0 +1,227 @@
+"""Table-driven tests for the answer checker, including adversarial predictions and threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from thinktune.errors import DataError
+from thinktune.rewards.verify import (
+    MODES,
+    extract_answer,
+    has_valid_think,
+    is_correct,
+    is_correct_batch,
+    reset_verify_stats,
+    split_think,
+    verify_stats,
+)
+
+SPLIT_CASES = [
+    ("<think>r</think>s", ("r", "s")),
+    ("  \n<think>r</think>\ns", ("r", "\ns")),
+    ("plain answer", (None, "plain answer")),
+    ("<think>still going", ("still going", "")),
+    ("r</think>s", ("r", "s")),  # template opened the block in the prompt
+    ("<think>a</think>b</think>c", ("a</think>b", "c")),  # split at the last close tag
+]
+
+
+@pytest.mark.parametrize("text,expected", SPLIT_CASES)
+def test_split_think(text: str, expected: tuple[str | None, str]) -> None:
+    assert split_think(text) == expected
+
+
+VALID_THINK_CASES = [
+    ("<think>r</think>s", True),
+    ("\n <think>r</think>s", True),
+    ("<think>r</think>", True),
+    ("x<think>r</think>s", False),  # text before the open tag
+    ("<think>r", False),  # never closes
+    ("<think><think>r</think>s", False),
+    ("<think>r</think>s</think>", False),
+    ("<think>r</think>s<think>", False),
+    ("</think><think>r", False),
+    ("plain", False),
+]
+
+
+@pytest.mark.parametrize("text,expected", VALID_THINK_CASES)
+def test_has_valid_think(text: str, expected: bool) -> None:
+    assert has_valid_think(text) is expected
+
+
+EXTRACT_CASES = [
+    ("So \\boxed{5}.", "5"),
+    ("\\boxed{1} then \\boxed{2}", "2"),
+    ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+    ("\\fbox{7}", "7"),
+    ("$\\boxed{x^{2}}$", "x^{2}"),
+    ("\\boxed 9", "9"),
+    ("The final answer is $42$. I hope it is correct.", "42"),
+    ("Answer: 3.5", "3.5"),
+    ("so the answer is (B).", "(B)"),
+    ("42", "42"),
+    ("<think>\\boxed{1}</think> The answer: 2", "2"),
+    ("<think>\\boxed{1}</think> no idea, long prose that is clearly not an answer at all here", None),
+    ("<think>\\boxed{1}", None),
+    ("\\boxed{unclosed", None),
+    ("", None),
+]
+
+
+@pytest.mark.parametrize("text,expected", EXTRACT_CASES)
+def test_extract_answer(text: str, expected: str | None) -> None:
+    assert extract_answer(text) == expected
+
+
+CORRECT_CASES = [
+    # think handling
+    ("<think>the answer is \\boxed{5}</think> I am not sure.", "5", "math", False),
+    ("<think>try 4</think>So \\boxed{5}", "5", "math", True),
+    ("<think>long thought \\boxed{5} and then the budget ran out", "5", "math", False),
+    ("\\boxed{5}", "5", "math", True),  # no think block: whole text is the answer
+    # math equivalence
+    ("\\boxed{\\frac{1}{2}}", "0.5", "math", True),
+    ("\\boxed{0.5}", "\\frac{1}{2}", "math", True),
+    ("\\boxed{1/2}", "\\frac12", "math", True),
+    ("\\boxed{\\frac{1}{3}}", "0.5", "math", False),
+    ("\\boxed{1,234}", "1234", "math", True),
+    ("\\boxed{\\$1,234}", "1234", "math", True),
+    ("\\boxed{12.50}", "12.5", "math", True),
+    ("\\boxed{-3}", "3", "math", False),
+    ("\\boxed{\\{3,2,1\\}}", "\\{1,2,3\\}", "math", True),
+    ("\\boxed{(0, 1]}", "(0,1]", "math", True),
+    ("\\boxed{[0, 1]}", "(0,1]", "math", False),
+    ("\\boxed{50\\%}", "0.5", "math", True),
+    ("\\boxed{50\\%}", "50", "math", True),
+    ("\\boxed{1+x^2}", "x^2+1", "math", True),
+    ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\sqrt{2}/2", "math", True),
+    ("\\boxed{x = 3}", "3", "math", True),
+    ("\\boxed{2^{2024}}", "2^{2024}", "math", True),
+    ("The final answer is $\\frac{3}{4}$.", "0.75", "math", True),
+    # integer (AIME)
+    ("\\boxed{033}", "33", "integer", True),
+    ("\\boxed{33}", "033", "integer", True),
+    ("\\boxed{34}", "33", "integer", False),
+    ("\\boxed{33.5}", "33", "integer", False),
+    ("\\boxed{x}", "33", "integer", False),
+    ("no answer here at all, just a long rambling paragraph of prose", "33", "integer", False),
+    # choice (GPQA)
+    ("\\boxed{B}", "B", "choice", True),
+    ("(B)", "B", "choice", True),
+    ("B", "B", "choice", True),
+    ("The answer is B.", "B", "choice", True),
+    ("\\boxed{\\text{(C)}}", "C", "choice", True),
+    ("\\boxed{A}", "B", "choice", False),
+    ("Because it is hot, the answer is: D", "D", "choice", True),
+    # exact
+    ("\\boxed{yes}", "yes", "exact", True),
+    ("\\boxed{Yes}", "yes", "exact", False),
+]
+
+
+@pytest.mark.parametrize("completion,answer,mode,expected", CORRECT_CASES)
+def test_is_correct(completion: str, answer: str, mode: str, expected: bool) -> None:
+    assert is_correct(completion, answer, mode) is expected
+
+
+ADVERSARIAL = [
+    "\\boxed{" + "1" * 100_000 + "}",
+    "\\boxed{" + "x+" * 50_000 + "1}",
+    "\\boxed{" + "{" * 5000 + "1" + "}" * 5000 + "}",
+    "\\boxed{" + "\\frac{" * 30 + "1" + "}{2}" * 30 + "}",
+    "\\boxed{{{1}",
+    "\\boxed{1}}}} and }{",
+    "\\boxed{\x00\xff\x00\xfe}",
+    "\x00\xff" * 1000,
+    "\\boxed{10^{10^{10}}}",
+    "\\boxed{9**999999}",
+    "\\boxed{9**9**9**9}",
+    "\\boxed{2^{2^{2^{2^{2^{2}}}}}}",
+    "\\boxed{(10^9)!}",
+    "\\boxed{1000000000!}",
+    "\\boxed{\\binom{10^{9}}{500000}}",
+    "\\boxed{\\sum_{k=1}^{10^{9}} k}",
+    "\\boxed{1e999999999}",
+    "\\boxed{" + "\\sqrt{" * 200 + "2" + "}" * 200 + "}",
+]
+
+
+@pytest.mark.parametrize("completion", ADVERSARIAL, ids=range(len(ADVERSARIAL)))
+def test_adversarial_predictions_are_incorrect_and_fast(completion: str) -> None:
+    start = time.perf_counter()
+    assert is_correct(completion, "5", "math") is False
+    assert is_correct(completion, "5", "integer") is False
+    assert is_correct(completion, "B", "choice") is False
+    assert time.perf_counter() - start < 2.0
+
+
+def test_guarded_checks_are_counted() -> None:
+    reset_verify_stats()
+    is_correct("\\boxed{10^{10^{10}}}", "5")
+    is_correct("\\boxed{12}", "12")
+    stats = verify_stats()
+    assert stats["guarded"] == 1 and stats["fast_path"] == 1 and stats["checks"] == 2
+
+
+def test_math_verify_exception_counts_as_errored(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(gold: str, pred: str) -> bool:
+        raise RecursionError("sympy blew up")
+
+    monkeypatch.setattr("thinktune.rewards.verify._math_verify_equal", boom)
+    reset_verify_stats()
+    assert is_correct("\\boxed{x+1}", "x+1") is False
+    assert verify_stats()["errored"] == 1
+
+
+def _mixed_checks() -> list[bool]:
+    return [
+        is_correct("<think>hm</think>\\boxed{\\frac{1}{2}}", "0.5"),
+        is_correct("\\boxed{(0,1]}", "(0, 1]"),
+        is_correct("\\boxed{x^2+1}", "1+x^2"),
+        is_correct("\\boxed{3}", "4"),
+    ]
+
+
+def test_works_in_a_thread() -> None:
+    results: list[list[bool]] = []
+    thread = threading.Thread(target=lambda: results.append(_mixed_checks()))
+    thread.start()
+    thread.join(timeout=30)
+    assert results == [[True, True, True, False]]
+
+
+def test_works_in_a_thread_pool() -> None:
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(_mixed_checks) for _ in range(8)]
+        assert all(f.result(timeout=30) == [True, True, True, False] for f in futures)
+
+
+def test_integer_fast_path_is_fast() -> None:
+    completions = [f"<think>work</think>The answer is \\boxed{{{i}}}." for i in range(2000)]
+    start = time.perf_counter()
+    results = is_correct_batch(completions, [str(i) for i in range(2000)])
+    per_check = (time.perf_counter() - start) / len(completions)
+    assert all(results)
+    assert per_check < 1e-3
+
+
+def test_batch_modes_and_length_check() -> None:
+    assert is_correct_batch(["\\boxed{B}", "\\boxed{7}"], ["B", "7"], ["choice", "integer"]) == [True, True]
+    with pytest.raises(ValueError, match="one answer"):
+        is_correct_batch(["a", "b"], ["a"])
+
+
+def test_unknown_mode_names_valid_modes() -> None:
+    with pytest.raises(ValueError, match=", ".join(MODES)):
+        is_correct("\\boxed{1}", "1", mode="fuzzy")
+
+
+@pytest.mark.parametrize("mode,gold", [("integer", "x+1"), ("choice", "E")])
+def test_bad_gold_is_a_data_error(mode: str, gold: str) -> None:
+    with pytest.raises(DataError):
+        is_correct("\\boxed{1}", gold, mode)
