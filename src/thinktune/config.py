@@ -218,42 +218,48 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:  # noqa: C901 - o
 
 
 def _coerce_scalar(value: Any, tp: type, key: str, where: str) -> Any:
+    """Coerce one scalar: YAML gives typed values, the command line gives strings (_Raw)."""
     bad = ConfigError(f"{where}: '{key}' should be {tp.__name__}, got {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise bad
-    if tp is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                raise bad from None
-        raise bad
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        raise bad
-    if tp is str:
-        if isinstance(value, str):
-            return str(value)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        raise bad
-    raise ConfigError(f"{where}: '{key}' has an unsupported field type {tp}")
+    if tp not in _SCALARS:
+        raise ConfigError(f"{where}: '{key}' has an unsupported field type {tp}")
+    if isinstance(value, bool) and tp is not bool:
+        raise bad  # True is an int to Python, never to a config
+    try:
+        return _SCALARS[tp](value)
+    except (TypeError, ValueError):
+        raise bad from None
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.lower()]
+    raise ValueError(value)
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        return int(value.replace("_", ""))
+    raise TypeError(value)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, int | float | str):  # YAML 1.1 reads "1e-5" as a string
+        return float(value)
+    raise TypeError(value)
+
+
+def _to_str(value: Any) -> str:
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise TypeError(value)
+
+
+_BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+_SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
 # --------------------------------------------------------------------------------------------------------

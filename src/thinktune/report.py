@@ -9,7 +9,6 @@ and the table must say so rather than leave it to the reader.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from thinktune.errors import UserError  # noqa: E402
+from thinktune.metrics import combined_std  # noqa: E402
 
 
 def load_report(path: str | Path) -> dict:
@@ -27,6 +27,11 @@ def load_report(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: no evaluation report here; run `thinktune evaluate` with output_dir there")
     return json.loads(path.read_text())
+
+
+def _at_n(m: dict, name: str) -> float:
+    """``maj@N``, ``best@N`` or ``worst@N`` of a summary, whatever its N."""
+    return m[f"{name}@{int(m['samples_per_problem'])}"]
 
 
 def _cell(m: dict) -> str:
@@ -40,14 +45,15 @@ def eval_markdown(report: dict) -> str:
     lines = [f"# {report['label']}", "",
              f"Model `{report['model']}` on `{report['source']}`: {s['n']} samples per problem, {decoding}, "
              f"max {s['max_new_tokens']} new tokens.", "",
-             "| group | problems | pass@1 (mean ± std over runs) | maj@N | best@N | worst@N | format ok % "
+             f"| group | problems | pass@1 (mean ± std over runs) | maj@{s['n']} | best@{s['n']} | worst@{s['n']} "
+             "| format ok % "
              "| answered % | truncated % | mean length |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in report["groups"].items():
-        lines.append(f"| {name} | {m['num_problems']} | {_cell(m)} | {m['maj@N']:.1f} | {m['best@N']:.1f} | "
-                     f"{m['worst@N']:.1f} | {m['format_ok']:.1f} | {m['answered']:.1f} | "
+        lines.append(f"| {name} | {int(m['num_problems'])} | {_cell(m)} | {_at_n(m, 'maj'):.1f} | "
+                     f"{_at_n(m, 'best'):.1f} | {_at_n(m, 'worst'):.1f} | {m['format_ok']:.1f} | {m['answered']:.1f} | "
                      f"{m.get('truncated', 0.0):.1f} | {m['mean_length']:.1f} |")
-    extra = sorted(k for k in report["groups"]["all"] if k.startswith("pass@") and k not in ("pass@1", "pass@1_std"))
+    extra = [k for k in report["groups"]["all"] if k.startswith("pass@") and k not in ("pass@1", "pass@1_std")]
     if extra:
         lines += ["", "Unbiased pass@k (all): " + ", ".join(f"{k} {report['groups']['all'][k]:.1f}" for k in extra)]
     return "\n".join(lines) + "\n"
@@ -76,7 +82,7 @@ def compare(reports: list[dict]) -> tuple[str, list[str]]:
             if comparable and g in prev["groups"]:
                 p = prev["groups"][g]
                 delta = m["pass@1"] - p["pass@1"]
-                limit = math.hypot(m["pass@1_std"], p["pass@1_std"])
+                limit = combined_std(m["pass@1_std"], p["pass@1_std"])
                 cell += f" ({delta:+.1f})"
                 if delta < -limit:
                     cell += " **drop**"
@@ -87,7 +93,7 @@ def compare(reports: list[dict]) -> tuple[str, list[str]]:
             cells.append(cell)
         a = rep["groups"]["all"]
         lines.append(f"| {rep['label']} | " + " | ".join(cells) +
-                     f" | {a['maj@N']:.1f} | {a['format_ok']:.1f} | {a['mean_length']:.1f} |")
+                     f" | {_at_n(a, 'maj'):.1f} | {a['format_ok']:.1f} | {a['mean_length']:.1f} |")
     return "\n".join(lines) + "\n", drops
 
 

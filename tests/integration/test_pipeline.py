@@ -36,7 +36,7 @@ TINY = {
 def write_pipeline(tmp_path: Path) -> Path:
     spec = {**TINY, "run_dir": str(tmp_path / "run")}
     path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
 
@@ -73,6 +73,10 @@ def test_pipeline_errors_name_the_problem(tmp_path):
         pipeline.load_pipeline(path)
     path.write_text(yaml.safe_dump({"stages": {"a": {"verb": "synth", "set": {"output_dir": "{b}"}}}}))
     with pytest.raises(pipeline.ConfigError, match=r"refers to \{b\}"):
+        pipeline.load_pipeline(path)
+    path.write_text(yaml.safe_dump({"stages": {"b": {"verb": "synth", "set": {"output_dir": "{a}"}},
+                                               "a": {"verb": "synth"}}}, sort_keys=False))
+    with pytest.raises(pipeline.ConfigError, match=r"reads \['a'\], which run after it"):
         pipeline.load_pipeline(path)
     path = write_pipeline(tmp_path)
     with pytest.raises(pipeline.ConfigError, match="STAGE.key=value"):

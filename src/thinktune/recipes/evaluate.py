@@ -27,7 +27,7 @@ from thinktune.config import ModelConfig, save_config
 from thinktune.data.chat import prompt_messages, render_prompt
 from thinktune.data.io import write_json, write_jsonl
 from thinktune.errors import ConfigError
-from thinktune.metrics import summarize
+from thinktune.metrics import per_run_accuracy, summarize
 from thinktune.report import eval_markdown, plot_run_accuracies
 from thinktune.rewards.verify import extract_answer, has_valid_think, is_correct
 from thinktune.rollout.sampler import SamplingParams, sample
@@ -124,17 +124,14 @@ def run(cfg: EvalConfig) -> dict:
     groups = summarize_groups(rows, mats, cfg)
     report = {"label": label, "model": cfg.model.path, "source": cfg.data.prompts or cfg.data.benchmark,
               "sampling": vars(params), "problem_ids": [r["id"] for r in rows], "groups": groups,
-              "run_accuracies": _run_accuracies(mats["correct"])}
+              "run_accuracies": per_run_accuracy(mats["correct"])}
     write_jsonl(out / "samples.jsonl", records)
     write_json(out / "report.json", report)
     (out / "report.md").write_text(eval_markdown(report))
     plot_run_accuracies(report, out / "plots" / "runs.png")
     a = groups["all"]
-    tqdm.write(f"[eval] {label}: pass@1 {a['pass@1']:.1f} +- {a['pass@1_std']:.1f}  maj@N {a['maj@N']:.1f}  "
+    tqdm.write(f"[eval] {label}: pass@1 {a['pass@1']:.1f} +- {a['pass@1_std']:.1f}  "
+               f"maj@{cfg.samples} {a[f'maj@{cfg.samples}']:.1f}  "
                f"format ok {a['format_ok']:.1f}%  mean length {a['mean_length']:.0f}")
     return report
 
-
-def _run_accuracies(correct: list[list[bool]]) -> list[float]:
-    n = len(correct[0])
-    return [100.0 * sum(row[j] for row in correct) / len(correct) for j in range(n)]

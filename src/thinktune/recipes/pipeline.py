@@ -95,6 +95,10 @@ def load_pipeline(path: str | Path, profile: str = "", overrides: list[str] | No
         set_dotted(extra.setdefault(stage, {}), sub, value)
     stages = [_stage(path, Path(run_dir), name, body, extra.get(name, {}), spec["stages"])
               for name, body in spec["stages"].items()]
+    for i, stage in enumerate(stages):
+        if later := stage.depends - {s.name for s in stages[:i]}:
+            raise ConfigError(f"{path}: stage {stage.name!r} reads {sorted(later)}, which run after it; "
+                              "order the stages so that each comes after the ones it reads")
     report = spec.get("report", [])
     if missing := [r for r in report if r not in spec["stages"]]:
         raise ConfigError(f"{path}: report names unknown stages {missing}")
@@ -156,7 +160,7 @@ def run(pipeline: Pipeline) -> dict:
             tqdm.write(f"[pipeline] {stage.name}: done before, skipped")
             status[stage.name] = "skipped"
             continue
-        if _stale(out, resolved) or stage.depends & rerun:
+        if out.exists() and (_stale(out, resolved) or stage.depends & rerun):
             tqdm.write(f"[pipeline] {stage.name}: config or inputs changed; starting it over")
             shutil.rmtree(out, ignore_errors=True)
         tqdm.write(f"[pipeline] {stage.name}: {stage.verb} -> {out}")
@@ -172,7 +176,7 @@ def run(pipeline: Pipeline) -> dict:
 
 def _is_done(out: Path, resolved: dict) -> bool:
     marker = out / DONE
-    return marker.is_file() and yaml.safe_load(marker.read_text()).get("config") == resolved
+    return marker.is_file() and json.loads(marker.read_text()).get("config") == resolved
 
 
 def _stale(out: Path, resolved: dict) -> bool:
