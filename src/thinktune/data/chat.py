@@ -113,7 +113,8 @@ def packed_batch(bins: list[list[Example]], pad_id: int) -> dict[str, torch.Tens
             start += n
     causal = torch.tril(torch.ones(width, width, dtype=torch.bool))  # [T, T]
     same = segment[:, :, None] == segment[:, None, :]  # [B, T, T]
-    # Padding rows attend to themselves only, so no softmax row is empty (which would give NaN).
+    # Padding positions see earlier padding and themselves (never real tokens, which never see them), so no
+    # softmax row is empty, which would give NaN.
     eye = torch.eye(width, dtype=torch.bool)
     attention_mask = ((same & causal) | eye)[:, None]  # [B, 1, T, T]
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
