@@ -64,7 +64,12 @@ def synthesize(
     """
     out_dir = Path(out_dir)
     heldout = heldout_split(levels, n_heldout_per_level, seed)
-    train = train_problems(levels, n_train, seed, exclude={p.question for p in heldout})
+    heldout_questions = {p.question for p in heldout}
+    train = train_problems(levels, n_train, seed, exclude=heldout_questions)
+    # Checked here too, not only in tests: a leak would inflate every held-out number downstream.
+    overlap = sum(p.question in heldout_questions for p in train)
+    if overlap:
+        raise RuntimeError(f"{overlap} training problems are also held out; this is a bug in train_problems")
     teacher_rng = random.Random(f"thinktune-teacher:{seed}")
     traces: list[Trace] = [solve(p, teacher_rng, slip_rate) for p in train]
 
@@ -82,4 +87,5 @@ def synthesize(
         "levels": list(levels),
         "seed": seed,
         "slip_rate": slip_rate,
+        "heldout_overlap": overlap,
     }
