@@ -23,6 +23,8 @@ STAGE_HELP = {
     "build-model": "train the demo tokenizer and build a tiny Phi3/Qwen2/Llama model",
     "sft": "SFT distillation on verified <think> traces (rejection sampling, loss masks, packing)",
     "evaluate": "N samples per problem: pass@1 mean +- std, maj@N, best/worst-of-N, pass@k",
+    "dpo-pairs": "mine rollout DPO pairs: k samples per prompt, verified, correct paired with incorrect",
+    "dpo": "rollout DPO against a frozen reference (beta, label smoothing, optional RPO NLL term)",
 }
 
 EPILOG = f"""Configs are YAML files holding only what differs from the defaults; see {REPO_CONFIGS}/

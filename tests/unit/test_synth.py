@@ -10,7 +10,8 @@ from thinktune.tasks.synth import FILES, synthesize
 
 def run(out: Path, seed: int = 0, slip_rate: float = 0.3) -> dict:
     return synthesize(
-        out, levels=(1, 2, 3), n_train=300, n_heldout_per_level=40, slip_rate=slip_rate, seed=seed
+        out, levels=(1, 2, 3), n_train=300, n_heldout_per_level=40, slip_rate=slip_rate, seed=seed,
+        rollout_prompts=50, rollout_k=4,
     )
 
 
@@ -25,6 +26,7 @@ def test_files_pass_schema_checks_and_summary_counts(tmp_path: Path) -> None:
         "train_prompts.jsonl": 300,
         "sft_cot.jsonl": 300,
         "sft_direct.jsonl": 300,
+        "teacher_rollouts.jsonl": 200,
     }
     assert (len(held), len(train), len(cot), len(direct)) == (120, 300, 300, 300)
     assert summary["levels"] == [1, 2, 3]
@@ -74,3 +76,14 @@ def test_slip_rate_zero_writes_only_correct_traces(tmp_path: Path) -> None:
     summary = run(tmp_path, slip_rate=0.0)
     assert summary["slips"] == {"dropped_carry": 0, "wrong_partial": 0, "wrong_sum": 0}
     assert all(r["teacher_slip"] is None for r in read_jsonl(tmp_path / "sft_cot.jsonl"))
+
+
+def test_teacher_rollouts_are_independent_samples_of_the_first_problems(tmp_path: Path) -> None:
+    run(tmp_path, slip_rate=0.3)
+    train = read_jsonl(tmp_path / "train_prompts.jsonl")
+    rollouts = read_jsonl(tmp_path / "teacher_rollouts.jsonl")
+    assert [r["prompt_id"] for r in rollouts] == [p["id"] for p in train[:50] for _ in range(4)]
+    answers = {p["id"]: p["answer"] for p in train}
+    wrong = [not r["completion"].endswith("\\boxed{" + answers[r["prompt_id"]] + "}") for r in rollouts]
+    # At slip rate 0.3 over 200 samples, both outcomes occur (P(no slip at all) = 0.7^200, negligible).
+    assert 0 < sum(wrong) < len(wrong)

@@ -39,6 +39,8 @@ VERBS = {
     "build-model": ("thinktune.recipes.build_model", "BuildModelConfig"),
     "sft": ("thinktune.recipes.sft", "SFTConfig"),
     "evaluate": ("thinktune.recipes.evaluate", "EvalConfig"),
+    "dpo-pairs": ("thinktune.recipes.dpo_pairs", "DPOPairsConfig"),
+    "dpo": ("thinktune.recipes.dpo", "DPOConfig"),
 }
 
 DONE = ".done.json"

@@ -19,7 +19,6 @@ trace would teach the model to stop mid-thought.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import time
@@ -33,6 +32,7 @@ from thinktune import checkpoint, models, runtime
 from thinktune.config import LogConfig, ModelConfig, OptimConfig, save_config
 from thinktune.data.chat import Example, pack_examples, packed_batch, pad_batch, render_sft
 from thinktune.data.io import read_jsonl, write_json
+from thinktune.data.order import step_units
 from thinktune.errors import ConfigError, DataError
 from thinktune.losses import sft_nll_sum
 from thinktune.optim import build_optimizer, build_scheduler
@@ -113,22 +113,6 @@ def make_units(examples: list[Example], cfg: SFTConfig) -> list[list[Example]]:
 
 def collate(units: list[list[Example]], pad_id: int, packing: bool) -> dict[str, torch.Tensor]:
     return packed_batch(units, pad_id) if packing else pad_batch([u[0] for u in units], pad_id)
-
-
-@functools.lru_cache(maxsize=4)
-def unit_order(num_units: int, seed: int, epoch: int) -> list[int]:
-    """The shuffled order of an epoch: a pure function of (seed, epoch), so resuming needs only a position."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(num_units, generator=g).tolist()
-
-
-def step_units(position: int, count: int, num_units: int, seed: int) -> list[int]:
-    """Indices of the ``count`` units starting at global data ``position`` (crossing epochs as needed)."""
-    out = []
-    for p in range(position, position + count):
-        epoch, i = divmod(p, num_units)
-        out.append(unit_order(num_units, seed, epoch)[i])
-    return out
 
 
 def forward_loss(model, batch: dict[str, torch.Tensor], rt: runtime.Runtime) -> tuple[torch.Tensor, int]:

@@ -27,6 +27,8 @@ class SynthConfig:
     n_train: int = 50_000  # training problems (one CoT and one direct SFT row each)
     n_heldout_per_level: int = 300
     slip_rate: float = 0.1  # share of teacher traces with a deliberate slip (wrong answer)
+    rollout_prompts: int = 1000  # training problems with saved teacher samples (teacher_rollouts.jsonl)
+    rollout_k: int = 4  # teacher samples per such problem
     seed: int = 0
     output_dir: str = "runs/data"
 
@@ -44,7 +46,8 @@ def run(cfg: SynthConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     summary = synthesize(out, levels=cfg.levels, n_train=cfg.n_train, n_heldout_per_level=cfg.n_heldout_per_level,
-                         slip_rate=cfg.slip_rate, seed=cfg.seed)
+                         slip_rate=cfg.slip_rate, seed=cfg.seed, rollout_prompts=cfg.rollout_prompts,
+                         rollout_k=cfg.rollout_k)
     write_json(out / "summary.json", summary)
     slips = sum(summary["slips"].values())
     tqdm.write(f"[data] {cfg.n_train} train problems ({slips} teacher slips), "

@@ -9,21 +9,26 @@ Files in ``out_dir``:
 - ``heldout_prompts.jsonl``: prompt rows of the held-out split;
 - ``train_prompts.jsonl``: prompt rows of the training problems (for the RL stages);
 - ``sft_cot.jsonl``: ``{"id", "messages", "answer", "difficulty", "teacher_slip"}`` per training problem;
-- ``sft_direct.jsonl``: the same problems with ``\\boxed{answer}`` as the assistant turn.
+- ``sft_direct.jsonl``: the same problems with ``\\boxed{answer}`` as the assistant turn;
+- ``teacher_rollouts.jsonl``: ``rollout_k`` independent teacher samples for each of the first
+  ``rollout_prompts`` training problems, as rollout records ``{"prompt_id", "completion", "finished"}``:
+  a teacher's saved samples, from which rollout DPO can mine pairs as Phi-4-mini-reasoning did from
+  DeepSeek-R1's (the slips make the outcomes mixed).
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from thinktune.data.io import write_jsonl
 from thinktune.tasks.teacher import SLIP_KINDS, Trace, cot_completion, direct_completion, solve
 from thinktune.tasks.world import Problem, heldout_split, prompt_row, train_problems
 
-FILES = ("heldout_prompts.jsonl", "train_prompts.jsonl", "sft_cot.jsonl", "sft_direct.jsonl")
+FILES = ("heldout_prompts.jsonl", "train_prompts.jsonl", "sft_cot.jsonl", "sft_direct.jsonl",
+         "teacher_rollouts.jsonl")
 
 
 def sft_row(problem: Problem, completion: str, slip: str | None) -> dict:
@@ -48,6 +53,8 @@ def synthesize(
     n_heldout_per_level: int,
     slip_rate: float,
     seed: int,
+    rollout_prompts: int = 0,
+    rollout_k: int = 4,
 ) -> dict:
     """Generate the world's data for ``seed`` and write the four JSONL files atomically.
 
@@ -58,6 +65,8 @@ def synthesize(
         n_heldout_per_level: held-out problems per level; their questions never appear in training.
         slip_rate: probability that a teacher trace contains a slip.
         seed: seeds the held-out split, the training problems and the teacher's slips.
+        rollout_prompts: training problems that get ``rollout_k`` saved teacher samples each.
+        rollout_k: teacher samples per problem in ``teacher_rollouts.jsonl``.
 
     Returns:
         ``{"files": {name: rows}, "slips": {kind: count}, "levels": [...], "seed", "slip_rate"}``.
@@ -78,6 +87,7 @@ def synthesize(
         "train_prompts.jsonl": (prompt_row(p) for p in train),
         "sft_cot.jsonl": (sft_row(p, cot_completion(t), t.slip) for p, t in zip(train, traces, strict=True)),
         "sft_direct.jsonl": (sft_row(p, direct_completion(p), None) for p in train),
+        "teacher_rollouts.jsonl": _teacher_rollouts(train[:rollout_prompts], rollout_k, slip_rate, seed),
     }
     counts = {name: write_jsonl(out_dir / name, rows[name]) for name in FILES}
     slips = Counter(t.slip for t in traces if t.slip is not None)
@@ -89,3 +99,10 @@ def synthesize(
         "slip_rate": slip_rate,
         "heldout_overlap": overlap,
     }
+
+
+def _teacher_rollouts(problems: list[Problem], k: int, slip_rate: float, seed: int) -> Iterator[dict]:
+    rng = random.Random(f"thinktune-teacher-rollouts:{seed}")  # its own stream: the SFT traces stay the same
+    for p in problems:
+        for _ in range(k):
+            yield {"prompt_id": p.id, "completion": cot_completion(solve(p, rng, slip_rate)), "finished": True}
