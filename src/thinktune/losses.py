@@ -100,3 +100,77 @@ def chosen_nll(policy_chosen_logps: torch.Tensor, chosen_num_tokens: torch.Tenso
     likelihood of the chosen answer along with the rejected one, and the NLL term holds it up.
     """
     return -policy_chosen_logps / chosen_num_tokens.clamp(min=1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GRPO
+
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean")
+
+
+def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, num_tokens: int, num_seqs: int) -> torch.Tensor:
+    """Reduce per-token losses to the batch loss, so that summing over micro-batches gives the whole batch's.
+
+    Args:
+        values: [B, T] per-token losses.
+        mask: [B, T] 1 on completion tokens.
+        mode: "token_mean": every token of the batch weighs the same (DAPO; long answers count more);
+            "seq_mean": the mean over sequences of each sequence's token mean (the original GRPO; each
+            answer counts the same, so tokens of long answers count less).
+        num_tokens: completion tokens in the whole batch (all micro-batches), for "token_mean".
+        num_seqs: sequences in the whole batch, for "seq_mean".
+    """
+    mask = mask.to(values.dtype)
+    if mode == "token_mean":
+        return (values * mask).sum() / max(num_tokens, 1)
+    if mode == "seq_mean":
+        per_seq = (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # [B]
+        return per_seq.sum() / max(num_seqs, 1)
+    raise ValueError(f"loss aggregation {mode!r}; choose one of {', '.join(LOSS_AGGREGATIONS)}")
+
+
+def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(pi || ref) (Schulman 2020): exp(d) - d - 1 with d = ref - pi; >= 0."""
+    d = ref_logps - logps
+    return torch.exp(d) - d - 1
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Per-position entropy of softmax(logits): [B, T, V] -> [B, T]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def grpo_token_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, clip_low: float,
+                    clip_high: float, ref_logps: torch.Tensor | None = None, beta: float = 0.0,
+                    entropy: torch.Tensor | None = None, gamma: float = 0.0
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The per-token GRPO objective to minimise, before aggregation.
+
+    loss_t = -min(rho_t A, clip(rho_t, 1 - clip_low, 1 + clip_high) A) + beta KL_k3(pi || ref)_t - gamma H_t
+    with rho_t = exp(logp_t - old_logp_t). Separate low and high clip ratios are DAPO's "clip-higher".
+
+    Args:
+        logps, old_logps: [B, T] log-probs of the sampled tokens under the current and the sampling policy.
+        advantages: [B] one advantage per sequence, broadcast over its tokens.
+        ref_logps: [B, T] under the frozen reference, needed when beta > 0.
+        entropy: [B, T] policy entropy per position, needed when gamma > 0.
+
+    Returns:
+        (loss [B, T], stats [B, T] each: ratio, clipped (1 where the clipped branch was taken), kl, entropy).
+    """
+    ratio = torch.exp(logps - old_logps)  # [B, T]
+    adv = advantages[:, None].to(logps.dtype)  # [B, 1]
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
+    loss = -torch.minimum(unclipped, clipped)  # [B, T]
+    stats = {"ratio": ratio.detach(), "clipped": (clipped < unclipped).float()}
+    if beta:
+        kl = kl_k3(logps, ref_logps)
+        loss = loss + beta * kl
+        stats["kl"] = kl.detach()
+    if gamma:
+        loss = loss - gamma * entropy
+    if entropy is not None:
+        stats["entropy"] = entropy.detach()
+    return loss, stats
