@@ -41,13 +41,14 @@ def test_equal_rewards_give_zero_advantage():
 def test_clipped_surrogate_by_hand():
     # Token 1: ratio e^0.5 = 1.6487 with A = +1 and clip_high 0.2: min(1.6487, 1.2) = 1.2 -> loss -1.2, clipped.
     # Token 2: ratio e^-0.5 = 0.6065 with A = +1, clip_low 0.2: min(0.6065, 0.8) = 0.6065 -> loss -0.6065.
-    # Sequence 2 has A = -1: token ratio e^0.5: min(-1.6487, -1.2) = -1.6487 -> loss +1.6487, not clipped.
+    # Sequence 2 has A = -1: token ratio e^0.5: min(-1.6487, -1.2) = -1.6487 -> loss +1.6487, not clipped;
+    # its second token has ratio 1: loss -(1 * -1) = 1.
     logps = torch.tensor([[0.0, -1.0], [0.0, 0.0]])
     old = torch.tensor([[-0.5, -0.5], [-0.5, 0.0]])
     adv = torch.tensor([1.0, -1.0])
     loss, stats = grpo_token_loss(logps, old, adv, clip_low=0.2, clip_high=0.2)
     e = math.exp(0.5)
-    assert loss.flatten().tolist() == pytest.approx([-1.2, -1 / e, e, 0.0], abs=1e-6)
+    assert loss.flatten().tolist() == pytest.approx([-1.2, -1 / e, e, 1.0], abs=1e-6)
     assert stats["clipped"].tolist() == [[1.0, 0.0], [0.0, 0.0]]
 
 
