@@ -12,6 +12,7 @@ wrong types and invalid combinations raise ``ConfigError`` with a message that s
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -155,20 +156,39 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[last] = value
 
 
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", prefix: str = "") -> T:
-    """Instantiate dataclass ``cls`` from a nested dict, coercing and checking every value."""
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", prefix: str = "",
+              base: Any = None) -> T:
+    """Instantiate dataclass ``cls`` from a nested dict, coercing and checking every value.
+
+    ``base`` is the instance whose values stand for keys ``data`` does not give. For a nested section it is
+    the section's default in the parent (e.g. GRPO's ``optim`` defaults to lr 5e-8 and 10 warm-up steps,
+    not to ``OptimConfig``'s own defaults), so setting one key of a section keeps the parent's others.
+    """
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         full = prefix + key
-        if key not in names:
-            raise ConfigError(_unknown_key_message(full, names, prefix, where))
-        kwargs[key] = _coerce(value, hints[key], full, where)
+        if key not in fields:
+            raise ConfigError(_unknown_key_message(full, list(fields), prefix, where))
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            section_base = getattr(base, key) if base is not None else _field_default(fields[key])
+            kwargs[key] = from_dict(tp, value, where, prefix=full + ".", base=section_base)
+        else:
+            kwargs[key] = _coerce(value, tp, full, where)
+    if base is not None:
+        kwargs = {f: copy.deepcopy(getattr(base, f)) for f in fields if f not in kwargs and fields[f].init} | kwargs
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field without default
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def _unknown_key_message(full: str, names: list[str], prefix: str, where: str) -> str:

@@ -438,3 +438,12 @@ def test_every_stage_yaml_loads_into_its_verbs_config(path: Path) -> None:
         if config is not None:
             assert (REPO / config).resolve() == path.resolve(), f"{rel(path)}: its Run line names {config}"
         assert isinstance(load_config(cls, path, overrides), cls)
+
+
+def test_setting_one_key_of_a_section_keeps_the_parents_defaults_for_the_rest():
+    # DPOConfig's optim defaults to lr 5e-7, no warm-up, no weight decay (not OptimConfig's 1e-5/450/1e-4).
+    from thinktune.recipes.dpo import DPOConfig
+
+    cfg = load_config(DPOConfig, None, ["data.train=x.jsonl", "optim.lr=1e-6"])
+    assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.weight_decay) == (1e-6, 0, 0.0)
+    assert load_config(DPOConfig, None, ["data.train=x.jsonl"]).optim.lr == 5e-7

@@ -41,6 +41,7 @@ VERBS = {
     "evaluate": ("thinktune.recipes.evaluate", "EvalConfig"),
     "dpo-pairs": ("thinktune.recipes.dpo_pairs", "DPOPairsConfig"),
     "dpo": ("thinktune.recipes.dpo", "DPOConfig"),
+    "grpo": ("thinktune.recipes.grpo", "GRPOConfig"),
 }
 
 DONE = ".done.json"

@@ -1,0 +1,340 @@
+"""GRPO with the Phi-4-reasoning-plus reward and the Phi-4-mini-reasoning stabilisers.
+
+Run:
+    thinktune grpo --config configs/phi4-reasoning-plus/grpo.yaml model.path=runs/sft/final data.prompts=math.jsonl
+    thinktune grpo --config configs/demo/grpo.yaml model.path=runs/demo/dpo/final data.prompts=...
+
+Each step: P prompts x G samples from the rollout engine at the step's temperature -> rewards and their
+components -> (optional) Phi-4-mini rebalancing: keep every positive sample and as many negatives, drop
+prompts above an accuracy threshold -> group advantages -> reference log-probs -> ``updates_per_batch``
+passes of the clipped surrogate with KL (k3, coefficient beta) and an entropy bonus (gamma) -> log, dump
+rollouts, checkpoint.
+
+The old policy's log-probs are the ones the rollout engine returns under the distribution it sampled
+(softmax of logits / temperature); the update computes the policy's log-probs at the same temperature, so
+the importance ratio compares like with like. That is why top_p must stay 1.0 here: a nucleus-truncated
+sampling distribution is not the policy's.
+
+Departures from the paper: the Phi-4-reasoning report prints its KL against pi_old (RECIPE.md section
+2.1); we take it against the frozen starting model, as GRPO (DeepSeekMath) and verl do, since against
+pi_old it is zero on the first of the ``updates_per_batch`` passes. The clip ratio, rollout temperature
+and Adam betas are not reported; they are config fields with conventional defaults (0.2, 1.0, 0.9/0.999).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from thinktune import checkpoint, models, runtime
+from thinktune.advantages import ADVANTAGE_MODES, annealed_temperature, balance_group, group_advantages
+from thinktune.config import LogConfig, ModelConfig, OptimConfig, save_config
+from thinktune.data.chat import prompt_messages, render_prompt
+from thinktune.data.io import write_json, write_jsonl
+from thinktune.data.order import step_units
+from thinktune.errors import ConfigError, DataError
+from thinktune.losses import LOSS_AGGREGATIONS, aggregate, entropy_from_logits, grpo_token_loss, token_logps
+from thinktune.optim import build_optimizer, build_scheduler
+from thinktune.rewards import RewardConfig, score_batch
+from thinktune.rollout.sampler import Completion, RolloutEngine, SamplingParams
+from thinktune.tasks.benchmarks import load_prompts
+from thinktune.tracking import MetricsLogger, plot_curves, progress
+
+
+@dataclass
+class GRPODataConfig:
+    prompts: str = ""  # prompt JSONL: {"id", "prompt", "answer", "difficulty"?, "mode"?}
+    difficulties: list[int] = field(default_factory=list)  # keep these levels only (empty: all)
+    limit: int = 0
+
+
+@dataclass
+class GRPOConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)  # the policy's start and the frozen reference
+    data: GRPODataConfig = field(default_factory=GRPODataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-8, warmup_steps=10, weight_decay=0.0,
+                                                                   schedule="constant"))
+    log: LogConfig = field(default_factory=LogConfig)
+    prompts_per_step: int = 64
+    samples_per_prompt: int = 8  # G drawn per prompt (with balance, the kept share may be smaller)
+    max_new_tokens: int = 31744
+    scale_reward_to_context: bool = False  # rescale the reward's length constants to max_new_tokens
+    temperature: float = 1.0  # sampling temperature at step 0
+    temperature_end: float = 0.0  # > 0: anneal linearly to this (Phi-4-mini: 0.6) ...
+    anneal_fraction: float = 0.5  # ... over this share of the steps, then hold it
+    advantage: str = "grpo"  # grpo: (r - mean) / std; drgrpo: r - mean
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    loss_agg: str = "token_mean"  # token_mean | seq_mean
+    beta: float = 0.001  # KL to the frozen reference (k3)
+    gamma: float = 0.001  # entropy bonus
+    updates_per_batch: int = 1  # mu: passes over each batch of rollouts
+    balance: bool = False  # Phi-4-mini rebalancing: all positives, as many negatives
+    max_group_accuracy: float = 0.5  # with balance: prompts above this accuracy are dropped
+    micro_batch_size: int = 8  # sequences per forward pass in the update
+    rollout_batch_size: int = 256  # sequences decoded together
+    max_steps: int = 90
+    dump_every: int = 10  # steps between rollout dumps to samples/ (0: never)
+    seed: int = 0
+    output_dir: str = "runs/grpo"
+
+    def __post_init__(self) -> None:
+        if not self.data.prompts:
+            raise ConfigError("data.prompts is empty; set it to a prompt JSONL (data.prompts=FILE)")
+        if self.advantage not in ADVANTAGE_MODES:
+            raise ConfigError(f"advantage={self.advantage!r}; choose one of {', '.join(ADVANTAGE_MODES)}")
+        if self.loss_agg not in LOSS_AGGREGATIONS:
+            raise ConfigError(f"loss_agg={self.loss_agg!r}; choose one of {', '.join(LOSS_AGGREGATIONS)}")
+        if self.samples_per_prompt < 2:
+            raise ConfigError("samples_per_prompt must be >= 2: a group advantage needs a group")
+        if self.temperature <= 0 or self.temperature_end < 0:
+            raise ConfigError("temperature must be > 0 (and temperature_end >= 0, 0 meaning no annealing)")
+        if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
+            raise ConfigError("clip_low must be in [0, 1) and clip_high >= 0")
+        if self.max_steps < 1 or self.updates_per_batch < 1 or self.prompts_per_step < 1:
+            raise ConfigError("max_steps, updates_per_batch and prompts_per_step must be >= 1")
+
+    def temperature_at(self, step: int) -> float:
+        if not self.temperature_end:
+            return self.temperature
+        return annealed_temperature(step, self.max_steps, self.temperature, self.temperature_end,
+                                    self.anneal_fraction)
+
+
+@dataclass
+class Rollouts:
+    """The samples of one step that enter the update, flattened: N sequences."""
+
+    input_ids: list[list[int]]  # prompt + completion tokens
+    prompt_lens: list[int]
+    old_logps: list[list[float]]  # per completion token, under the sampling distribution
+    advantages: torch.Tensor  # [N]
+    group_ids: list[int]
+
+
+def load_rows(cfg: GRPOConfig) -> list[dict]:
+    rows = load_prompts(cfg.data.prompts)
+    if cfg.data.difficulties:
+        rows = [r for r in rows if r.get("difficulty") in cfg.data.difficulties]
+    rows = rows[: cfg.data.limit or None]
+    if not rows:
+        raise DataError(f"{cfg.data.prompts}: no prompts left after the difficulty filter {cfg.data.difficulties}")
+    return rows
+
+
+def select(groups: list[list[Completion]], correct: list[list[bool]], cfg: GRPOConfig,
+           rng: random.Random) -> tuple[list[tuple[int, int]], dict]:
+    """Which (prompt, sample) pairs enter the update, and counts of what was dropped and why."""
+    keep: list[tuple[int, int]] = []
+    counts = {"prompts_too_easy": 0, "prompts_no_positive": 0}
+    for p, group in enumerate(groups):
+        if not cfg.balance:
+            keep += [(p, j) for j in range(len(group))]
+            continue
+        decision = balance_group(correct[p], cfg.max_group_accuracy, rng)
+        if decision.reason != "kept":
+            counts[f"prompts_{decision.reason}"] += 1
+        keep += [(p, j) for j in decision.keep]
+    counts["samples_kept"] = len(keep)
+    counts["samples_dropped"] = sum(len(g) for g in groups) - len(keep)
+    return keep, counts
+
+
+def build_rollouts(prompts: list[list[int]], groups: list[list[Completion]], rewards: list[list[float]],
+                   keep: list[tuple[int, int]], cfg: GRPOConfig) -> Rollouts:
+    ids, lens, old = [], [], []
+    for p, j in keep:
+        c = groups[p][j]
+        ids.append(prompts[p] + c.token_ids)
+        lens.append(len(prompts[p]))
+        old.append(c.sampling_logprobs)
+    group_ids = [p for p, _ in keep]
+    r = torch.tensor([rewards[p][j] for p, j in keep])  # [N]
+    adv = group_advantages(r, torch.tensor(group_ids), cfg.advantage) if keep else torch.zeros(0)
+    return Rollouts(ids, lens, old, adv, group_ids)
+
+
+def _batch(ro: Rollouts, idx: list[int], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Right-padded tensors for sequences ``idx``: input_ids, attention_mask, completion mask, old logps."""
+    width = max(len(ro.input_ids[i]) for i in idx)
+    input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)  # [B, T]
+    attn = torch.zeros((len(idx), width), dtype=torch.long)  # [B, T]
+    mask = torch.zeros((len(idx), width - 1))  # [B, T-1], aligned with next-token log-probs
+    old = torch.zeros((len(idx), width - 1))  # [B, T-1]
+    for b, i in enumerate(idx):
+        seq, start = ro.input_ids[i], ro.prompt_lens[i]
+        input_ids[b, :len(seq)] = torch.tensor(seq)
+        attn[b, :len(seq)] = 1
+        mask[b, start - 1:len(seq) - 1] = 1
+        old[b, start - 1:len(seq) - 1] = torch.tensor(ro.old_logps[i])
+    return {"input_ids": input_ids.to(device), "attention_mask": attn.to(device), "mask": mask.to(device),
+            "old_logps": old.to(device), "advantages": ro.advantages[idx].to(device)}
+
+
+def policy_logps(model, batch: dict[str, torch.Tensor], temperature: float, rt: runtime.Runtime,
+                 need_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[B, T-1] log-probs of the taken tokens at ``temperature``, and the entropy when asked for."""
+    with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.dtype != torch.float32):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [B, T, V]
+    logits = logits.float() / temperature
+    entropy = entropy_from_logits(logits[:, :-1]) if need_entropy else None  # [B, T-1]
+    return token_logps(logits, batch["input_ids"]), entropy
+
+
+def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperature: float, pad_id: int,
+           rt: runtime.Runtime) -> dict[str, float]:
+    """``updates_per_batch`` passes of the GRPO objective over the step's rollouts; returns update stats."""
+    n = len(ro.input_ids)
+    micro = [list(range(i, min(i + cfg.micro_batch_size, n))) for i in range(0, n, cfg.micro_batch_size)]
+    num_tokens = sum(len(x) - s for x, s in zip(ro.input_ids, ro.prompt_lens, strict=True))
+    ref_logps = []
+    if cfg.beta and reference is not None:
+        with torch.no_grad():
+            ref_logps = [policy_logps(reference, _batch(ro, idx, pad_id, rt.device), temperature, rt, False)[0]
+                         for idx in micro]
+    sums = {"kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "ratio": 0.0}
+    grad_norms = []
+    for _ in range(cfg.updates_per_batch):
+        for k, idx in enumerate(micro):
+            b = _batch(ro, idx, pad_id, rt.device)
+            logps, entropy = policy_logps(model, b, temperature, rt, need_entropy=True)
+            loss_t, stats = grpo_token_loss(logps, b["old_logps"], b["advantages"], cfg.clip_low, cfg.clip_high,
+                                            ref_logps[k] if ref_logps else None, cfg.beta if ref_logps else 0.0,
+                                            entropy, cfg.gamma)
+            aggregate(loss_t, b["mask"], cfg.loss_agg, num_tokens, n).backward()
+            for key, name in (("kl", "kl"), ("entropy", "entropy"), ("clip_fraction", "clipped"), ("ratio", "ratio")):
+                if name in stats:
+                    sums[key] += float((stats[name] * b["mask"]).sum())
+        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                               cfg.optim.grad_clip or float("inf"))))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    denom = max(num_tokens * cfg.updates_per_batch, 1)
+    return {f"update/{k}": v / denom for k, v in sums.items()} | {"update/grad_norm": sum(grad_norms) / len(grad_norms)}
+
+
+def rollout_metrics(groups: list[list[Completion]], results: list[list],
+                    correct: list[list[bool]]) -> dict[str, float]:
+    flat = [c for g in groups for c in g]
+    lengths = sorted(len(c.token_ids) for c in flat)
+    rewards = [r.reward for g in results for r in g]
+    out = {"rollout/reward_mean": sum(rewards) / len(rewards),
+           "rollout/accuracy": sum(map(sum, correct)) / len(flat),
+           "rollout/length_mean": sum(lengths) / len(lengths),
+           "rollout/length_p90": float(lengths[min(len(lengths) - 1, int(0.9 * len(lengths)))]),
+           "rollout/truncated": sum(not c.finished for c in flat) / len(flat)}
+    keys = {k for g in results for r in g for k in r.components}
+    for k in sorted(keys):
+        vals = [r.components[k] for g in results for r in g if k in r.components]
+        out[f"reward/{k}"] = sum(vals) / len(vals)
+    return out
+
+
+def dump(out: Path, step: int, rows: list[dict], groups: list[list[Completion]], results: list[list],
+         correct: list[list[bool]]) -> None:
+    write_jsonl(out / "samples" / f"step-{step}.jsonl", (
+        {"prompt_id": row["id"], "completion": c.text, "num_tokens": len(c.token_ids), "finished": c.finished,
+         "reward": r.reward, "components": r.components, "correct": ok}
+        for row, g, rs, cs in zip(rows, groups, results, correct, strict=True)
+        for c, r, ok in zip(g, rs, cs, strict=True)))
+
+
+def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; its stages are calls
+    rt = runtime.init(cfg.model.dtype, cfg.seed)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    reward_cfg = cfg.reward
+    if cfg.scale_reward_to_context:
+        from thinktune.rewards import scale_to_context
+
+        reward_cfg = scale_to_context(cfg.reward, cfg.max_new_tokens)
+    tokenizer = models.load_tokenizer(cfg.model)
+    pad_id = tokenizer.pad_token_id
+    rows = load_rows(cfg)
+    prompt_ids = [render_prompt(tokenizer, prompt_messages(r["prompt"]), cfg.model.system_prompt) for r in rows]
+
+    resume_from = checkpoint.latest(out)
+    model_cfg = ModelConfig(**{**vars(cfg.model), "path": str(resume_from or cfg.model.path)})
+    model = models.load_model(model_cfg, tokenizer, rt.device, torch.float32)
+    reference = models.load_model(cfg.model, tokenizer, rt.device, rt.dtype).eval() if cfg.beta else None
+    if reference is not None:
+        reference.requires_grad_(False)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
+    start = 0
+    if resume_from is not None:
+        state = checkpoint.load_state(resume_from)
+        checkpoint.restore(state, optimizer, scheduler)
+        start = state["step"]
+        tqdm.write(f"[grpo] resuming from {resume_from} (step {start})")
+    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start)
+    engine = RolloutEngine(model, tokenizer)
+    tqdm.write(f"[grpo] {len(rows)} prompts; {cfg.max_steps} steps of {cfg.prompts_per_step} x "
+               f"{cfg.samples_per_prompt}; reward {reward_cfg.name}; lr {cfg.optim.lr}, beta {cfg.beta}, "
+               f"gamma {cfg.gamma}; balance {cfg.balance}")
+
+    bar = progress(cfg.max_steps, start, "grpo", cfg.log.progress)
+    for step in range(start, cfg.max_steps):
+        timer = {"time/generate": 0.0, "time/score": 0.0, "time/update": 0.0}
+        temperature = cfg.temperature_at(step)
+        idx = step_units(step * cfg.prompts_per_step, cfg.prompts_per_step, len(rows), cfg.seed)
+        step_rows, step_prompts = [rows[i] for i in idx], [prompt_ids[i] for i in idx]
+
+        t = time.perf_counter()
+        params = SamplingParams(n=cfg.samples_per_prompt, temperature=temperature, max_new_tokens=cfg.max_new_tokens)
+        groups = engine.sample(step_prompts, params, seed=cfg.seed * 1_000_003 + step,
+                               batch_size=cfg.rollout_batch_size, show_progress=False)
+        timer["time/generate"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        flat = [(r, c) for r, g in zip(step_rows, groups, strict=True) for c in g]
+        scored = score_batch([c.text for _, c in flat], [str(r["answer"]) for r, _ in flat],
+                             [len(c.token_ids) for _, c in flat], [c.finished for _, c in flat], reward_cfg,
+                             modes=[r.get("mode") for r, _ in flat])
+        g = cfg.samples_per_prompt
+        results = [scored[i * g:(i + 1) * g] for i in range(len(groups))]
+        rewards = [[r.reward for r in rs] for rs in results]
+        correct = [[bool(r.components.get("accuracy", 0.0) > 0) for r in rs] for rs in results]
+        timer["time/score"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        keep, counts = select(groups, correct, cfg, random.Random(cfg.seed * 7919 + step))
+        metrics = {**rollout_metrics(groups, results, correct),
+                   **{f"select/{k}": float(v) for k, v in counts.items()}, "rollout/temperature": temperature}
+        if keep:
+            ro = build_rollouts(step_prompts, groups, rewards, keep, cfg)
+            metrics.update(update(model, reference, optimizer, ro, cfg, temperature, pad_id, rt))
+        scheduler.step()
+        timer["time/update"] = time.perf_counter() - t
+
+        done = step + 1
+        metrics.update(timer)
+        metrics["train/lr"] = scheduler.get_last_lr()[0]
+        bar.update(1)
+        bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}", acc=f"{metrics['rollout/accuracy']:.2f}",
+                        T=f"{temperature:.2f}")
+        if done % cfg.log.log_every == 0 or done == cfg.max_steps:
+            logger.log(done, metrics)
+        if cfg.dump_every and (done % cfg.dump_every == 0 or done == 1):
+            dump(out, done, step_rows, groups, results, correct)
+        if cfg.log.save_every and done % cfg.log.save_every == 0 and done < cfg.max_steps:
+            checkpoint.save(out, done, model, tokenizer, optimizer, scheduler,
+                            {"position": done * cfg.prompts_per_step}, cfg.log.keep_checkpoints)
+    bar.close()
+
+    checkpoint.save_pretrained_atomic(model, tokenizer, out / "final")
+    plot_curves(out / "metrics.jsonl", ["rollout/reward_mean", "rollout/accuracy", "rollout/length_mean"],
+                out / "plots" / "reward_length.png", title=f"GRPO: {out}")
+    plot_curves(out / "metrics.jsonl", ["update/kl", "update/entropy", "update/clip_fraction", "rollout/temperature"],
+                out / "plots" / "update.png", title=f"GRPO: {out}")
+    summary = {"steps": cfg.max_steps, "prompts": len(rows)}
+    write_json(out / "summary.json", summary)
+    tqdm.write(f"[grpo] done; model in {out / 'final'}")
+    return summary
