@@ -25,6 +25,8 @@ STAGE_HELP = {
     "evaluate": "N samples per problem: pass@1 mean +- std, maj@N, best/worst-of-N, pass@k",
     "dpo-pairs": "mine rollout DPO pairs: k samples per prompt, verified, correct paired with incorrect",
     "dpo": "rollout DPO against a frozen reference (beta, label smoothing, optional RPO NLL term)",
+    "grpo": "GRPO on verifiable rewards: Phi-4 length-aware reward, KL, entropy, Phi-4-mini stabilisers",
+    "select-prompts": "keep RL prompts whose sampled response lengths vary least (Phi-4-mini)",
 }
 
 EPILOG = f"""Configs are YAML files holding only what differs from the defaults; see {REPO_CONFIGS}/
@@ -60,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Compare evaluation output dirs (or report.json files) in order.")
     p.add_argument("reports", nargs="+", help="evaluation output dirs or report.json files")
 
+    p = sub.add_parser("reward-curve", help="plot the RL reward against generation length (PNG + CSV)",
+                       description="Write reward vs length for correct and incorrect answers: a CSV with "
+                                   "columns length,correct,reward and a PNG. Paper defaults unless overridden.")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--csv", required=True, help="CSV file to write")
+    p.add_argument("--max-len", type=int, default=None,
+                   help="scale the length constants to this budget, keeping the paper's ratios")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override a RewardConfig field")
+
     p = sub.add_parser("print-config", help="show a verb's config with every field resolved")
     p.add_argument("target_verb", choices=list(STAGE_HELP), metavar="VERB")
     _config_args(p)
@@ -85,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    if args.verb == "reward-curve":  # before the imports below: the plot needs neither torch nor transformers
+        from thinktune.rewards.curve import main as reward_curve
+
+        return reward_curve(args.out, args.csv, args.max_len, args.overrides)
     # Imports are here so `thinktune --help` answers without loading torch.
     from thinktune.config import format_config, load_config
     from thinktune.recipes import pipeline

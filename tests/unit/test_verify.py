@@ -1,4 +1,8 @@
-"""Table-driven tests for the answer checker, including adversarial predictions and threads."""
+"""Table-driven tests for the answer checker, including adversarial predictions and threads.
+
+The math-verify worker pool is started once per module (``warm_pool``), so no single test pays for it;
+``test_rewards_pool.py`` covers the hard time limit itself.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from math_verify import parse, verify
 
 from thinktune.errors import DataError
+from thinktune.rewards import verify as verify_module
+from thinktune.rewards.pool import get_pool
 from thinktune.rewards.verify import (
     MODES,
+    Verdict,
+    check_answer,
     extract_answer,
     has_valid_think,
     is_correct,
@@ -19,6 +28,11 @@ from thinktune.rewards.verify import (
     split_think,
     verify_stats,
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_pool() -> None:
+    get_pool().warm_up(2)
 
 SPLIT_CASES = [
     ("<think>r</think>s", ("r", "s")),
@@ -168,14 +182,99 @@ def test_guarded_checks_are_counted() -> None:
     assert stats["guarded"] == 1 and stats["fast_path"] == 1 and stats["checks"] == 2
 
 
-def test_math_verify_exception_counts_as_errored(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_math_verify_exception_counts_as_errored_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(gold: str, pred: str) -> bool:
         raise RecursionError("sympy blew up")
 
-    monkeypatch.setattr("thinktune.rewards.verify._math_verify_equal", boom)
+    monkeypatch.setattr(verify_module, "math_verify_equal", boom)
+    verify_module._math_verify_outcome.cache_clear()
     reset_verify_stats()
-    assert is_correct("\\boxed{x+1}", "x+1") is False
+    assert check_answer("\\boxed{x+1}", "x+1", timeout_s=0) == Verdict(False, "x+1", "errored")
     assert verify_stats()["errored"] == 1
+    verify_module._math_verify_outcome.cache_clear()
+
+
+def test_in_process_mode_agrees_with_workers() -> None:
+    for gold, pred in (("x^2+1", "1+x^2"), ("(0,1]", "[0,1]"), ("\\frac{1}{2}", "0.5")):
+        completion = f"\\boxed{{{pred}}}"
+        assert is_correct(completion, gold, timeout_s=0) == is_correct(completion, gold)
+
+
+def test_check_answer_reports_answer_and_failure() -> None:
+    assert check_answer("<think>x</think>\\boxed{7}", "7") == Verdict(True, "7", None)
+    assert check_answer("no answer, just a long paragraph of prose with no final line", "7") == Verdict(False, None)
+    assert check_answer("\\boxed{10^{10^{10}}}", "5").failure == "guarded"
+    assert check_answer("\\boxed{B}", "B", "choice") == Verdict(True, "B", None)
+
+
+def test_repeated_answers_are_cached() -> None:
+    verify_module._math_verify_outcome.cache_clear()
+    for _ in range(5):
+        assert is_correct("\\boxed{\\frac{2}{4}}", "1/2")
+    info = verify_module._math_verify_outcome.cache_info()
+    assert (info.misses, info.hits) == (1, 4)
+
+
+# (gold, prediction, mathematically equivalent): hand-written; the checker and math-verify called directly
+# must both give the label. Two labels record math-verify's own limits (it does not simplify e^{i pi} or
+# sqrt(-1)); the checker follows math-verify there, as it should.
+AGREEMENT_CASES = [
+    ("\\frac{1}{2}", "0.5", True), ("0.5", "\\frac{1}{2}", True), ("\\frac{1}{2}", "1/2", True),
+    ("\\frac12", "\\dfrac{1}{2}", True), ("\\tfrac{5}{6}", "5/6", True), ("2", "2.0", True), ("-3", "-3", True),
+    ("12", "12.00", True), ("1000", "1,000", True), ("\\frac{3}{4}", "0.75", True), ("1.5", "\\frac{3}{2}", True),
+    ("\\frac{7}{2}", "3.5", True), ("3.5", "7/2", True), ("0.1", "\\frac{1}{10}", True),
+    ("-\\frac{1}{3}", "\\frac{-1}{3}", True), ("\\sqrt{2}/2", "\\frac{\\sqrt{2}}{2}", True),
+    ("\\frac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt{3}}", True), ("\\sqrt{8}", "2\\sqrt{2}", True),
+    ("x^2+1", "1+x^2", True), ("2x+3", "3+2x", True), ("(x+1)^2", "x^2+2x+1", True), ("x^2", "x\\cdot x", True),
+    ("\\sqrt{x^2}", "|x|", True), ("\\frac{a}{b}", "a/b", True), ("a+b", "b+a", True), ("\\pi", "\\pi", True),
+    ("2\\pi", "\\pi \\cdot 2", True), ("\\frac{\\pi}{4}", "\\pi/4", True), ("\\infty", "\\infty", True),
+    ("\\{1,2,3\\}", "\\{3,2,1\\}", True), ("(0,1]", "(0, 1]", True), ("[2, \\infty)", "[2,\\infty)", True),
+    ("x \\in [1,2]", "[1,2]", True), ("(1,2)", "(1, 2)", True), ("1,2,3", "1,2,3", True), ("2,3", "3,2", True),
+    ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", True),
+    ("x=3", "3", True), ("3", "x=3", True), ("y = 2x + 1", "y=1+2x", True), ("50\\%", "0.5", True),
+    ("0.5", "50\\%", True), ("100\\%", "1", True), ("45^\\circ", "45", True), ("\\log_2 8", "3", True),
+    ("10", "\\binom{5}{2}", True), ("2^{10}", "1024", True), ("1024", "2^{10}", True),
+    ("e^{i\\pi}", "-1", False), ("i", "\\sqrt{-1}", False),  # equal in math; math-verify says no
+    ("\\frac{1}{3}", "0.5", False), ("2", "3", False), ("-3", "3", False), ("12", "1.2", False),
+    ("1000", "100", False), ("0.5", "5", False), ("1/3", "0.33", False), ("\\frac{1}{9}", "0.111", False),
+    ("\\frac{3}{4}", "\\frac{4}{3}", False), ("\\sqrt{2}", "2", False), ("\\pi", "3.14", False),
+    ("e", "2.718", False), ("x^2+1", "x^2-1", False), ("2x+3", "2x+4", False), ("a+b", "a-b", False),
+    ("\\{1,2\\}", "\\{1,2,3\\}", False), ("[0,1]", "(0,1]", False), ("(1,2)", "(2,1)", False),
+    ("x=3", "x=4", False), ("1024", "2^{11}", False), ("10", "\\binom{5}{1}", False),
+]
+
+
+@pytest.mark.parametrize("gold,pred,label", AGREEMENT_CASES)
+def test_agrees_with_math_verify_directly(gold: str, pred: str, label: bool) -> None:
+    completion = f"<think>Let me check.</think>The answer is $\\boxed{{{pred}}}$."
+    direct = verify(parse(f"${gold}$"), parse(completion))  # math-verify's documented use, main thread
+    assert direct is label
+    assert is_correct(completion, gold) is label
+
+
+def test_agreement_table_is_large_enough() -> None:
+    assert len(AGREEMENT_CASES) >= 50
+    assert sum(label for *_, label in AGREEMENT_CASES) >= 20 <= sum(not label for *_, label in AGREEMENT_CASES)
+
+
+def test_adversarial_predictions_finish_from_a_worker_thread() -> None:
+    reset_verify_stats()
+    elapsed: list[float] = []
+    verdicts: list[Verdict] = []
+
+    def run() -> None:
+        for completion in ADVERSARIAL:
+            start = time.perf_counter()
+            verdicts.append(check_answer(completion, "5"))
+            elapsed.append(time.perf_counter() - start)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=10)
+    assert len(elapsed) == len(ADVERSARIAL) and max(elapsed) < 0.5
+    assert not any(v.correct for v in verdicts)
+    failures = [v.failure for v in verdicts if v.failure]
+    assert len(failures) >= 10 and verify_stats()["guarded"] == failures.count("guarded")
 
 
 def _mixed_checks() -> list[bool]:

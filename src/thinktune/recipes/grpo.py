@@ -262,7 +262,7 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
 
     resume_from = checkpoint.latest(out)
     model_cfg = ModelConfig(**{**vars(cfg.model), "path": str(resume_from or cfg.model.path)})
-    model = models.load_model(model_cfg, tokenizer, rt.device, torch.float32)
+    model = models.load_model(model_cfg, tokenizer, rt.device, torch.float32).train()
     reference = models.load_model(cfg.model, tokenizer, rt.device, rt.dtype).eval() if cfg.beta else None
     if reference is not None:
         reference.requires_grad_(False)

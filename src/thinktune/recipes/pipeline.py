@@ -42,6 +42,7 @@ VERBS = {
     "dpo-pairs": ("thinktune.recipes.dpo_pairs", "DPOPairsConfig"),
     "dpo": ("thinktune.recipes.dpo", "DPOConfig"),
     "grpo": ("thinktune.recipes.grpo", "GRPOConfig"),
+    "select-prompts": ("thinktune.recipes.select_prompts", "SelectPromptsConfig"),
 }
 
 DONE = ".done.json"

@@ -1,0 +1,130 @@
+"""Rewards for RL: pick one by name, score completions one at a time or in a batch.
+
+    from thinktune.rewards import RewardConfig, scale_to_context, score_batch
+    cfg = scale_to_context(RewardConfig(), max_len=256)             # the demo's budget, paper's ratios
+    results = score_batch(texts, answers, num_tokens, finished, cfg)  # [P*G] RewardResult
+    rewards = [r.reward for r in results]; metrics from r.components
+
+``RewardConfig.name`` chooses the function (a dict literal below, plus a dotted-path escape hatch for
+user rewards, as TRL's grpo script allows). Every reward has the signature of ``phi4.phi4_reward``:
+``fn(completion, answer, num_tokens, finished, cfg, mode) -> RewardResult``.
+
+Answer checking lives in ``verify`` (``is_correct`` and friends); math-verify's hard time limit in ``pool``;
+the reward-vs-length plot in ``curve`` (not imported here: it needs matplotlib).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from thinktune.errors import ConfigError
+from thinktune.rewards.phi4 import (
+    RewardConfig,
+    RewardResult,
+    length_reward,
+    phi4_mini_reward,
+    phi4_reward,
+    repetition_penalty,
+    scale_to_context,
+)
+
+RewardFn = Callable[[str, str, int, bool, RewardConfig, str], RewardResult]
+REWARDS: dict[str, RewardFn] = {"phi4": phi4_reward, "phi4-mini": phi4_mini_reward}
+DEFAULT_WORKERS = 4
+
+__all__ = [
+    "REWARDS", "RewardConfig", "RewardResult", "length_reward", "load_reward_fn", "phi4_mini_reward",
+    "phi4_reward", "repetition_penalty", "scale_to_context", "score", "score_batch",
+]
+
+
+@functools.lru_cache(maxsize=32)
+def load_reward_fn(name: str) -> RewardFn:
+    """The reward function called ``name``: a key of ``REWARDS`` or ``"package.module:function"``
+    (``"package.module.function"`` also works).
+
+    Raises:
+        ConfigError: the module cannot be imported, has no such attribute, or it is not callable.
+    """
+    if name in REWARDS:
+        return REWARDS[name]
+    module_name, sep, attr = name.partition(":") if ":" in name else name.rpartition(".")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"reward {name!r}: use one of {', '.join(REWARDS)} or 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"reward {name!r}: cannot import module {module_name!r} ({e}); is it installed "
+                          "or on PYTHONPATH?") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"reward {name!r}: module {module_name!r} has no function {attr!r}")
+    return fn
+
+
+def score(completion: str, answer: str, num_tokens: int, finished: bool, cfg: RewardConfig,
+          mode: str | None = None) -> RewardResult:
+    """Score one completion with the reward named by ``cfg.name``.
+
+    Args:
+        completion: generated text, think tags kept.
+        answer: the gold answer.
+        num_tokens: generated tokens.
+        finished: the completion ended with EOS.
+        cfg: reward config.
+        mode: verify mode of this row; None uses ``cfg.mode``.
+
+    Returns:
+        The reward and its components.
+
+    Raises:
+        ConfigError: ``cfg.name`` does not load.
+        TypeError: a user reward returned something other than a ``RewardResult``.
+        DataError: the gold answer does not fit the mode (e.g. not an integer in integer mode).
+    """
+    fn = load_reward_fn(cfg.name)
+    result = fn(completion, str(answer), num_tokens, finished, cfg, mode or cfg.mode)
+    if not isinstance(result, RewardResult):
+        raise TypeError(f"reward {cfg.name!r} returned {type(result).__name__}; return "
+                        "thinktune.rewards.RewardResult(reward, components)")
+    return result
+
+
+def score_batch(completions: Sequence[str], answers: Sequence[str], num_tokens: Sequence[int],
+                finished: Sequence[bool], cfg: RewardConfig, modes: Sequence[str | None] | None = None,
+                workers: int = DEFAULT_WORKERS) -> list[RewardResult]:
+    """``score`` over parallel lists (e.g. the P*G rollouts of a GRPO step), in order.
+
+    Args:
+        completions: [N] generated texts.
+        answers: [N] gold answers.
+        num_tokens: [N] generated token counts.
+        finished: [N] EOS flags.
+        cfg: reward config.
+        modes: [N] verify modes (None entries use ``cfg.mode``), or None for all.
+        workers: threads; math-verify checks run in worker processes, so threads overlap them. 1 scores
+            in the calling thread.
+
+    Returns:
+        [N] results.
+
+    Raises:
+        ValueError: the lists differ in length.
+    """
+    n = len(completions)
+    mode_list = [None] * n if modes is None else list(modes)
+    if not n == len(answers) == len(num_tokens) == len(finished) == len(mode_list):
+        raise ValueError(f"score_batch: got {n} completions, {len(answers)} answers, {len(num_tokens)} "
+                         f"num_tokens, {len(finished)} finished flags and {len(mode_list)} modes; pass one "
+                         "of each per completion")
+
+    def one(i: int) -> RewardResult:
+        return score(completions[i], answers[i], num_tokens[i], finished[i], cfg, mode_list[i])
+
+    if workers <= 1 or n <= 1:
+        return [one(i) for i in range(n)]
+    with ThreadPoolExecutor(max_workers=min(workers, n), thread_name_prefix="reward") as pool:
+        return list(pool.map(one, range(n)))

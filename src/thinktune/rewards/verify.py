@@ -5,18 +5,25 @@ here, so "correct" means the same thing everywhere. Phi-4-reasoning extracts the
 from ``\\boxed{}``) and checks it against the ground truth with equivalence checks (RECIPE.md §2.2).
 
 Modes (``MODES``):
-    - ``math``: plain integers/decimals are compared numerically in pure Python (fast path); anything else
-      goes through math-verify, gold first, as math-verify intends.
+    - ``math``: plain integers/decimals are compared numerically in pure Python (fast path, in-process);
+      anything else goes through math-verify, gold first, as math-verify intends, in a worker process
+      under a hard time limit (``thinktune.rewards.pool``).
     - ``integer``: AIME-style; the prediction must be an integer equal to the gold ("033" == "33").
     - ``choice``: GPQA-style letter A-D.
     - ``exact``: stripped string equality.
 
 What is and isn't covered:
     - Only the text after ``</think>`` counts; an answer written inside the thinking never does.
-    - math-verify's own timeouts use ``signal.alarm``, which fails outside the main thread, so they are
-      disabled. Work is bounded instead by ``_guard_reason``: long, deeply nested, unbalanced, binary or
-      huge-power predictions are marked incorrect without reaching sympy. This is a heuristic, not a hard
-      time bound; a process-based bound would wrap ``_math_verify_equal``.
+    - math-verify's own timeouts use ``signal.alarm``, which fails outside the main thread (and cannot
+      interrupt a long C call anyway), so they are disabled. Time is bounded twice: ``_guard_reason``
+      rejects long, deeply nested, unbalanced, binary or huge-power predictions in microseconds without
+      reaching sympy; whatever passes runs in a worker process that is killed after ``timeout_s``
+      seconds (``DEFAULT_TIMEOUT_S``). Guarded, timed-out and errored checks are incorrect and counted
+      in ``verify_stats()``; ``check_answer`` also reports them per check (``Verdict.failure``).
+    - ``timeout_s=0`` verifies in-process instead: guards only, no hard bound (for platforms without
+      ``fork``/``pass_fds``, or debugging).
+    - Verdicts of math-verify are cached per (gold, prediction, timeout): a GRPO group or an N-sample
+      evaluation repeats the same final answers many times.
     - The gold answer is trusted data and is not guarded; a gold that breaks math-verify shows up in
       ``verify_stats()["errored"]``.
     - No LLM verifier fallback (the paper uses one when regex extraction fails).
@@ -24,15 +31,15 @@ What is and isn't covered:
 
 from __future__ import annotations
 
-import logging
+import functools
 import re
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from math_verify import parse, verify
-
 from thinktune.errors import DataError
+from thinktune.rewards.pool import get_pool, math_verify_equal
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 MODES = ("math", "integer", "choice", "exact")
@@ -44,6 +51,8 @@ MAX_ANSWER_CHARS = 300
 MAX_BRACE_DEPTH = 10
 # A bare trailing line this short is taken as the answer when nothing else matches (e.g. a plain "42").
 MAX_BARE_ANSWER_CHARS = 40
+# Wall-clock limit of one math-verify check (math-verify's own default is 5 s per operation).
+DEFAULT_TIMEOUT_S = 5.0
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BOX_NOBRACE_RE = re.compile(r"\\boxed +([^\s$]+)")
@@ -67,10 +76,7 @@ _HUGE_PATTERNS = (
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
 
 _stats_lock = threading.Lock()
-_stats = {"checks": 0, "fast_path": 0, "math_verify": 0, "guarded": 0, "errored": 0}
-
-# math-verify logs a warning whenever its timeouts are disabled; we disable them on purpose (see above).
-logging.getLogger("math_verify").setLevel(logging.ERROR)
+_stats = {"checks": 0, "fast_path": 0, "math_verify": 0, "guarded": 0, "timed_out": 0, "errored": 0}
 
 
 def _count(key: str) -> None:
@@ -82,9 +88,11 @@ def verify_stats() -> dict[str, int]:
     """Counts since import (or the last reset) of ``math`` mode checks, by how they were decided.
 
     Returns:
-        ``{"checks", "fast_path", "math_verify", "guarded", "errored"}``: all math-mode checks, those the
-        numeric fast path decided, those sent to math-verify, those rejected by the input guards, and
-        those where math-verify raised (all guarded/errored checks count as incorrect).
+        ``{"checks", "fast_path", "math_verify", "guarded", "timed_out", "errored"}``: all math-mode
+        checks, those the numeric fast path decided, those sent to math-verify (cache hits included),
+        those rejected by the input guards, and, among those sent to math-verify, those killed at the
+        time limit and those where math-verify raised or its worker died. Guarded, timed-out and
+        errored checks count as incorrect.
     """
     with _stats_lock:
         return dict(_stats)
@@ -95,6 +103,23 @@ def reset_verify_stats() -> None:
     with _stats_lock:
         for key in _stats:
             _stats[key] = 0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One answer check.
+
+    Attributes:
+        correct: the extracted answer matches the gold answer.
+        answer: the extracted answer, or None when there was none.
+        failure: why the check could not be completed, or None: ``"guarded"`` (rejected by the input
+            guards), ``"timed_out"`` (math-verify killed at the limit) or ``"errored"`` (math-verify
+            raised or its worker died). A failed check is incorrect.
+    """
+
+    correct: bool
+    answer: str | None
+    failure: str | None = None
 
 
 def split_think(completion: str) -> tuple[str | None, str]:
@@ -215,32 +240,36 @@ def _guard_reason(pred: str) -> str | None:
     return None
 
 
-def _math_verify_equal(gold: str, pred: str) -> bool:
-    """math-verify equivalence, gold-guided; both sides wrapped in ``\\boxed{}`` so LaTeX and plain
-    expressions parse alike. Timeouts are off (they break in threads): callers guard the input."""
-    gold_parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=None)
-    pred_parsed = parse(f"\\boxed{{{pred}}}", parsing_timeout=None)
-    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+@functools.lru_cache(maxsize=1 << 16)
+def _math_verify_outcome(gold: str, pred: str, timeout_s: float) -> str:
+    """One of ``pool.OUTCOMES``; cached, since groups of samples repeat the same answers."""
+    if timeout_s > 0:
+        return get_pool().run(gold, pred, timeout_s)
+    try:
+        return "true" if math_verify_equal(gold, pred) else "false"
+    except Exception:  # any failure inside sympy/math-verify means "not verified"
+        return "errored"
 
 
-def _math_equal(gold: str, pred: str) -> bool:
+def _math_equal(gold: str, pred: str, timeout_s: float) -> tuple[bool, str | None]:
+    """(equal, failure) for ``math`` mode: fast path, then guards, then bounded math-verify."""
     _count("checks")
     gold_num, pred_num = _clean_number(gold), _clean_number(pred)
     if gold_num is not None and pred_num is not None:
         _count("fast_path")
         try:
-            return Decimal(gold_num) == Decimal(pred_num)
+            return Decimal(gold_num) == Decimal(pred_num), None
         except InvalidOperation:
-            return False
+            return False, None
     if _guard_reason(pred) is not None:
         _count("guarded")
-        return False
+        return False, "guarded"
     _count("math_verify")
-    try:
-        return _math_verify_equal(_strip_delimiters(gold), pred)
-    except Exception:  # any failure inside sympy/math-verify means "not verified"
-        _count("errored")
-        return False
+    outcome = _math_verify_outcome(_strip_delimiters(gold), pred, timeout_s)
+    if outcome in ("timed_out", "errored"):
+        _count(outcome)
+        return False, outcome
+    return outcome == "true", None
 
 
 def _parse_integer(text: str) -> int | None:
@@ -264,13 +293,56 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"unknown verify mode {mode!r}; valid modes are {', '.join(MODES)}")
 
 
-def is_correct(completion: str, answer: str, mode: str = "math") -> bool:
-    """Whether a completion's final answer matches the gold answer.
+def check_answer(
+    completion: str, answer: str, mode: str = "math", timeout_s: float = DEFAULT_TIMEOUT_S
+) -> Verdict:
+    """Check a completion's final answer against the gold answer, saying how the check went.
 
     Args:
         completion: the generated text (thinking included; only the solution part is read).
         answer: the gold answer.
         mode: one of ``MODES``.
+        timeout_s: wall-clock limit of a math-verify check, in seconds; 0 runs it in-process with the
+            input guards as the only bound.
+
+    Returns:
+        A ``Verdict``. Never raises on bad model output; malformed or adversarial predictions are
+        simply incorrect, with ``failure`` set when the check was cut short.
+
+    Raises:
+        ValueError: ``mode`` is not one of ``MODES``.
+        DataError: in ``integer``/``choice`` mode, the gold answer is not an integer / a letter A-D.
+        RuntimeError: no math-verify worker process could be started (see ``thinktune.rewards.pool``).
+    """
+    _check_mode(mode)
+    answer = str(answer)
+    pred = extract_answer(completion)
+    if mode == "integer":
+        gold_int = _parse_integer(answer)
+        if gold_int is None:
+            raise DataError(f"gold answer {answer[:80]!r} is not an integer; integer mode needs one")
+        return Verdict(pred is not None and _parse_integer(pred) == gold_int, pred)
+    if mode == "choice":
+        gold_letter = _parse_choice(answer)
+        if gold_letter is None:
+            raise DataError(f"gold answer {answer[:80]!r} is not a letter A-D; choice mode needs one")
+        return Verdict(pred is not None and _parse_choice(pred) == gold_letter, pred)
+    if pred is None:
+        return Verdict(False, None)
+    if mode == "exact":
+        return Verdict(pred.strip() == answer.strip(), pred)
+    correct, failure = _math_equal(answer, pred, timeout_s)
+    return Verdict(correct, pred, failure)
+
+
+def is_correct(completion: str, answer: str, mode: str = "math", timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+    """Whether a completion's final answer matches the gold answer (``check_answer(...).correct``).
+
+    Args:
+        completion: the generated text (thinking included; only the solution part is read).
+        answer: the gold answer.
+        mode: one of ``MODES``.
+        timeout_s: wall-clock limit of a math-verify check (see ``check_answer``).
 
     Returns:
         True if the extracted answer is equivalent to ``answer`` under ``mode``. Never raises on bad
@@ -280,28 +352,14 @@ def is_correct(completion: str, answer: str, mode: str = "math") -> bool:
         ValueError: ``mode`` is not one of ``MODES``.
         DataError: in ``integer``/``choice`` mode, the gold answer is not an integer / a letter A-D.
     """
-    _check_mode(mode)
-    answer = str(answer)
-    pred = extract_answer(completion)
-    if mode == "integer":
-        gold_int = _parse_integer(answer)
-        if gold_int is None:
-            raise DataError(f"gold answer {answer[:80]!r} is not an integer; integer mode needs one")
-        return pred is not None and _parse_integer(pred) == gold_int
-    if mode == "choice":
-        gold_letter = _parse_choice(answer)
-        if gold_letter is None:
-            raise DataError(f"gold answer {answer[:80]!r} is not a letter A-D; choice mode needs one")
-        return pred is not None and _parse_choice(pred) == gold_letter
-    if pred is None:
-        return False
-    if mode == "exact":
-        return pred.strip() == answer.strip()
-    return _math_equal(answer, pred)
+    return check_answer(completion, answer, mode, timeout_s).correct
 
 
 def is_correct_batch(
-    completions: Sequence[str], answers: Sequence[str], mode: str | Sequence[str] = "math"
+    completions: Sequence[str],
+    answers: Sequence[str],
+    mode: str | Sequence[str] = "math",
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> list[bool]:
     """``is_correct`` over parallel lists.
 
@@ -309,6 +367,7 @@ def is_correct_batch(
         completions: [N] generated texts.
         answers: [N] gold answers.
         mode: one mode for all, or [N] modes.
+        timeout_s: wall-clock limit of each math-verify check.
 
     Returns:
         [N] booleans.
@@ -322,4 +381,4 @@ def is_correct_batch(
             f"is_correct_batch: {len(completions)} completions, {len(answers)} answers and "
             f"{len(modes)} modes; pass one answer (and mode) per completion"
         )
-    return [is_correct(c, a, m) for c, a, m in zip(completions, answers, modes, strict=True)]
+    return [is_correct(c, a, m, timeout_s) for c, a, m in zip(completions, answers, modes, strict=True)]

@@ -1,0 +1,113 @@
+"""Select RL prompts whose responses have uniform lengths (Phi-4-mini-reasoning's prompt optimisation).
+
+Run:
+    thinktune select-prompts --config configs/demo/select_prompts.yaml model.path=runs/demo/dpo/final prompts=train.jsonl
+
+Samples k responses per candidate prompt with the current model, measures the coefficient of variation of
+their lengths (``thinktune.curation.lengths``), keeps the ``keep_fraction`` of prompts that vary least,
+and writes ``selected.jsonl`` (the kept prompt rows, with their length statistics and sampled pass rate),
+``report.md`` with the length spread before and after, and ``plots/length_cv.png``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from thinktune import models, runtime  # noqa: E402
+from thinktune.config import ModelConfig, save_config  # noqa: E402
+from thinktune.curation.lengths import length_cv, most_uniform, spread  # noqa: E402
+from thinktune.data.chat import prompt_messages, render_prompt  # noqa: E402
+from thinktune.data.io import write_json, write_jsonl  # noqa: E402
+from thinktune.errors import ConfigError, DataError  # noqa: E402
+from thinktune.rewards.verify import is_correct  # noqa: E402
+from thinktune.rollout.sampler import SamplingParams, sample  # noqa: E402
+from thinktune.tasks.benchmarks import load_prompts  # noqa: E402
+
+
+@dataclass
+class SelectPromptsConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompts: str = ""  # candidate prompt JSONL
+    difficulties: list[int] = field(default_factory=list)  # keep these levels only (empty: all)
+    limit: int = 0  # first N candidates (0: all)
+    k: int = 8  # responses sampled per prompt
+    temperature: float = 1.0
+    max_new_tokens: int = 31744
+    batch_size: int = 64
+    keep_fraction: float = 0.5  # share of candidates kept, most uniform first
+    seed: int = 0
+    output_dir: str = "runs/select-prompts"
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ConfigError("prompts is empty; give the candidate prompt JSONL (prompts=FILE)")
+        if self.k < 2:
+            raise ConfigError("k must be >= 2: a length spread needs two responses")
+        if not 0 < self.keep_fraction <= 1:
+            raise ConfigError(f"keep_fraction={self.keep_fraction} must be in (0, 1]")
+
+
+def plot_cv(cvs: list[float], kept: list[int], out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    bins = 30
+    ax.hist(cvs, bins=bins, color="#bbbbbb", label=f"all ({len(cvs)})")
+    ax.hist([cvs[i] for i in kept], bins=bins, range=(min(cvs), max(cvs)), color="#4477aa",
+            label=f"kept ({len(kept)})")
+    ax.set_xlabel("coefficient of variation of response length")
+    ax.set_ylabel("prompts")
+    ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def run(cfg: SelectPromptsConfig) -> dict:
+    rt = runtime.init(cfg.model.dtype, cfg.seed)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    rows = load_prompts(cfg.prompts)
+    if cfg.difficulties:
+        rows = [r for r in rows if r.get("difficulty") in cfg.difficulties]
+    rows = rows[: cfg.limit or None]
+    if not rows:
+        raise DataError(f"{cfg.prompts}: no candidate prompts after the difficulty filter {cfg.difficulties}")
+    tokenizer = models.load_tokenizer(cfg.model)
+    model = models.load_model(cfg.model, tokenizer, rt.device, rt.dtype)
+    prompts = [render_prompt(tokenizer, prompt_messages(r["prompt"]), cfg.model.system_prompt) for r in rows]
+    params = SamplingParams(n=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+    groups = sample(model, tokenizer, prompts, params, seed=cfg.seed, batch_size=cfg.batch_size)
+
+    lengths = [[len(c.token_ids) for c in g] for g in groups]
+    cvs = [length_cv(g) for g in lengths]
+    kept = most_uniform(cvs, cfg.keep_fraction)
+    pass_rates = [sum(is_correct(c.text, str(r["answer"]), r.get("mode", "math")) for c in g) / cfg.k
+                  for r, g in zip(rows, groups, strict=True)]
+    write_jsonl(out / "selected.jsonl", (
+        {**rows[i], "length_mean": sum(lengths[i]) / cfg.k, "length_cv": cvs[i], "pass_rate": pass_rates[i]}
+        for i in kept))
+    before, after = spread(lengths), spread([lengths[i] for i in kept])
+    summary = {"candidates": len(rows), "kept": len(kept), "before": before, "after": after,
+               "pass_rate_before": sum(pass_rates) / len(rows),
+               "pass_rate_after": sum(pass_rates[i] for i in kept) / len(kept)}
+    write_json(out / "summary.json", summary)
+    lines = ["# Prompt selection for uniform response lengths", "",
+             f"{len(rows)} candidates, {cfg.k} responses each; kept {len(kept)} ({cfg.keep_fraction:.0%}) with "
+             "the lowest coefficient of variation (CV) of response length.", "",
+             "| | prompts | mean CV | mean std (tokens) | mean max/min | mean pass rate |", "|---|---|---|---|---|---|"]
+    for name, n, s, pr in (("before", len(rows), before, summary["pass_rate_before"]),
+                           ("after", len(kept), after, summary["pass_rate_after"])):
+        lines.append(f"| {name} | {n} | {s['mean_cv']:.3f} | {s['mean_std']:.1f} | {s['mean_max_over_min']:.2f} | "
+                     f"{pr:.2f} |")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    plot_cv(cvs, kept, out / "plots" / "length_cv.png")
+    tqdm.write("\n".join(lines[-4:]))
+    return summary
