@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -311,7 +312,10 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
         if keep:
             ro = build_rollouts(step_prompts, groups, rewards, keep, cfg)
             metrics.update(update(model, reference, optimizer, ro, cfg, temperature, pad_id, rt))
-        scheduler.step()
+        with warnings.catch_warnings():
+            # A step whose every group was dropped makes no update; the schedule still counts RL steps.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            scheduler.step()
         timer["time/update"] = time.perf_counter() - t
 
         done = step + 1
