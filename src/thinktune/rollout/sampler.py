@@ -1,22 +1,51 @@
 """Batched sampling for any HF causal LM: the one place every stage draws completions from.
 
-``sample`` takes tokenized prompts and returns, per prompt, ``n`` completions with their token ids, text
-and whether they ended with the end-of-sequence token (a completion cut at ``max_new_tokens`` is not
-finished). Sampling is seeded: the same call with the same seed gives the same completions.
+``sample`` takes tokenized prompts (any lengths) and returns, per prompt, ``n`` completions with their
+token ids, text, per-token log-probs and whether they finished. ``RolloutEngine`` does the same and keeps
+its KV cache (and CUDA graphs) between calls, which is what GRPO wants: build it once, call it every step.
 
-This first version runs on ``model.generate``; the rollout-engine issue replaces the decode loop behind
-the same interface with a faster one.
+The decode loop is ours, not ``model.generate``'s:
+
+- Llama, Qwen2 and Phi3 models run on ``LeanDecoder`` (static KV cache, ~25 ops per layer); on CUDA its
+  decode step is replayed from CUDA graphs (``cuda_graphs.py``), in the model's dtype (bf16 for training).
+  Any other causal LM runs on ``HFDecoder`` (``model.forward`` with a ``DynamicCache``). Both feed the
+  same loop, so sampling, stops and log-probs are identical code.
+- A row stops at an end-of-sequence token (the tokenizer's EOS plus ``stop_token_ids``), at a stop string,
+  or at ``max_new_tokens``. Finished rows leave the batch at once (the live rows are compacted to the
+  front of the cache), so they cost nothing in later steps.
+- Log-probs: ``Completion.logprobs`` are the model's log-probs of the sampled tokens with NO temperature
+  and no filter, ``log_softmax(logits)[token]``: what a teacher-forced forward pass of the same model on
+  the same tokens gives (tested), so GRPO can use them as the old policy's log-probs.
+  ``Completion.sampling_logprobs`` are under the distribution actually sampled: logits / temperature,
+  then top-k and top-p, renormalised (and EOS removed before ``min_new_tokens``); 0 for greedy. With
+  ``top_k=0, top_p=1`` they are ``log_softmax(logits / T)[token]``, the temperature-scaled policy that
+  TRL and verl score with; a GRPO that trains on ``logits / T`` wants these. See ``sampling.py``.
+- ``min_new_tokens`` holds back every stop (EOS is not drawn, stop strings are not checked) before that
+  many tokens.
+- Seeded: one ``torch.Generator`` per call, so the same call with the same seed gives the same completions.
+  A row's draws depend on which rows share its batch (they share random tensors), not only on its prompt.
+
+Not done here (yet): refilling finished slots with waiting prompts (continuous batching: today a batch
+waits for its longest row, though finished rows cost nothing), and prefix sharing between the ``n``
+samples of a prompt (each sample prefills its prompt again). For vLLM, see ``vllm_backend.py``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from thinktune.errors import ConfigError
+from thinktune.rollout.cuda_graphs import CudaGraphDecoder
+from thinktune.rollout.hf_decoder import HFDecoder
+from thinktune.rollout.lean import LeanDecoder, unsupported_reason
+from thinktune.rollout.sampling import gumbel_noise, select_tokens
 from thinktune.tracking import progress
+
+DECODERS = ("auto", "lean", "hf")  # auto: lean where the architecture is supported, else hf
 
 
 @dataclass(frozen=True)
@@ -27,6 +56,9 @@ class SamplingParams:
     top_k: int = 0  # 0: no top-k filter
     max_new_tokens: int = 256
     greedy: bool = False
+    min_new_tokens: int = 0  # end-of-sequence tokens are not drawn before this many new tokens
+    stop: tuple[str, ...] = ()  # stop strings: the completion ends once its text contains one
+    stop_token_ids: tuple[int, ...] = ()  # more end-of-sequence ids besides the tokenizer's EOS
 
     def __post_init__(self) -> None:
         if self.greedy and self.n > 1:
@@ -36,62 +68,284 @@ class SamplingParams:
             raise ConfigError("temperature must be > 0 for sampling; use greedy=true for argmax decoding")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p={self.top_p} must be in (0, 1]")
+        if self.top_k < 0 or self.n < 1 or self.max_new_tokens < 1:
+            raise ConfigError(f"top_k={self.top_k} must be >= 0, n={self.n} and "
+                              f"max_new_tokens={self.max_new_tokens} >= 1")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ConfigError(f"min_new_tokens={self.min_new_tokens} must be in [0, max_new_tokens]")
+        if any(not s for s in self.stop):
+            raise ConfigError("stop strings must be non-empty")
 
 
 @dataclass
 class Completion:
-    token_ids: list[int]  # generated tokens, up to and including the EOS when finished
-    text: str  # decoded generation without the EOS or padding
-    finished: bool  # ended with EOS (False: cut at max_new_tokens)
+    token_ids: list[int]  # generated tokens, up to and including the EOS (or the token that completed a stop)
+    text: str  # decoded generation without the EOS; with a stop string it ends right after that string
+    finished: bool  # ended with EOS or a stop string (False: cut at max_new_tokens)
+    logprobs: list[float] = field(default_factory=list)  # model log-probs (T=1, no filter), per token
+    sampling_logprobs: list[float] | None = None  # under the distribution sampled; None if a backend lacks them
+    finish_reason: str = "length"  # "eos" | "stop" | "length"
 
 
-@torch.no_grad()
+class Decoder(Protocol):
+    """What the loop needs from a decoder (``LeanDecoder``, ``CudaGraphDecoder``, ``HFDecoder``)."""
+
+    max_batch: int
+    max_len: int
+
+    def refresh_weights(self) -> None: ...
+    def prefill(self, input_ids: torch.Tensor, pad: torch.Tensor) -> torch.Tensor: ...
+    def step(self, tokens: torch.Tensor) -> torch.Tensor: ...
+    def reorder(self, index: torch.Tensor) -> None: ...
+
+
+@dataclass
+class _Stops:
+    """Per-call stop conditions and scratch."""
+
+    eos: torch.Tensor  # [K] end-of-sequence ids on the device
+    strings: tuple[str, ...]
+    window: int  # generated tokens decoded when looking for a stop string
+
+
+@dataclass
+class _Row:
+    """One completion as it is decoded."""
+
+    tokens: list[int]
+    logps: list[float]
+    sampling_logps: list[float]
+    reason: str
+
+
+class RolloutEngine:
+    """A sampler bound to one model; reuses its cache and CUDA graphs across ``sample`` calls.
+
+    Args:
+        model: any HF causal LM; it is read, never modified (weights are re-read at every call).
+        tokenizer: its tokenizer (EOS, PAD, decoding).
+        decoder: "auto" (lean where supported, else hf), "lean" (error if unsupported) or "hf".
+        cuda_graphs: replay the lean decode step from CUDA graphs; None: on when the model is on CUDA and
+            the lean decoder runs it (True: an error where it cannot).
+
+    Raises:
+        ConfigError: an unknown decoder, or CUDA graphs asked for off CUDA.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, decoder: str = "auto",
+                 cuda_graphs: bool | None = None) -> None:
+        if decoder not in DECODERS:
+            raise ConfigError(f"decoder={decoder!r}; choose one of {', '.join(DECODERS)}")
+        self.model, self.tokenizer, self.decoder_choice = model, tokenizer, decoder
+        self.device = next(model.parameters()).device
+        if cuda_graphs and self.device.type != "cuda":
+            raise ConfigError(f"cuda_graphs=true needs the model on CUDA, it is on {self.device}")
+        self.graphs_required = cuda_graphs is True
+        self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        self._decoder: Decoder | None = None
+        self.lean_unsupported: str | None = None  # why the lean decoder could not run this model, if so
+        self.stats: dict[str, int | str] = {}  # of the last call: decoder, steps, decoded_rows
+
+    def _get_decoder(self, rows: int, max_len: int) -> Decoder:
+        d = self._decoder
+        if d is not None and d.max_batch >= rows and d.max_len >= max_len:
+            return d
+        self._decoder = None  # free the old cache before allocating the new one
+        reason = self.lean_unsupported = unsupported_reason(self.model, max_len)
+        if self.decoder_choice == "lean" and reason:
+            raise ConfigError(f"decoder=lean cannot run this model ({reason}); use decoder=auto or hf")
+        if self.decoder_choice == "hf" or reason:
+            if self.graphs_required:
+                raise ConfigError(f"cuda_graphs=true needs the lean decoder, which is not used here "
+                                  f"({reason or 'decoder=hf'}); leave cuda_graphs unset")
+            self._decoder = HFDecoder(self.model, rows, max_len)
+        else:
+            lean = LeanDecoder(self.model, rows, max_len, fuse=self.device.type == "cpu")
+            self._decoder = CudaGraphDecoder(lean) if self.cuda_graphs else lean
+        return self._decoder
+
+    def sample(self, prompts: list[list[int]], params: SamplingParams, seed: int = 0, batch_size: int = 64,
+               show_progress: bool = True) -> list[list[Completion]]:
+        """Sample ``params.n`` completions for each tokenized prompt, ``batch_size`` rows at a time.
+
+        Returns:
+            ``out[p][j]`` is completion ``j`` of prompt ``p``.
+
+        Raises:
+            ConfigError: an empty prompt, ``batch_size < 1``, or a decoder that cannot run the model.
+        """
+        if not prompts:
+            return []
+        if any(len(p) == 0 for p in prompts) or batch_size < 1:
+            raise ConfigError(f"every prompt needs at least one token and batch_size={batch_size} must be >= 1")
+        tok = self.tokenizer
+        eos_ids = [tok.convert_tokens_to_ids(tok.eos_token), *params.stop_token_ids]
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
+        stops = _Stops(eos=torch.tensor(eos_ids, device=self.device), strings=params.stop,
+                       window=4 * max((len(s) for s in params.stop), default=0) + 1)
+        requests = [(p, j) for j in range(params.n) for p in range(len(prompts))]
+        rows = min(batch_size, len(requests))
+        generator = torch.Generator(self.device).manual_seed(seed)
+        out: list[list[Completion | None]] = [[None] * params.n for _ in prompts]
+        was_training = self.model.training
+        self.model.eval()
+        bar = progress(len(requests), desc="sample", enabled=show_progress)
+        with torch.inference_mode():  # also keeps the CPU weight copies out of autograd
+            decoder = self._get_decoder(rows, max(len(p) for p in prompts) + params.max_new_tokens)
+            decoder.refresh_weights()
+            self.stats = {"decoder": type(decoder).__name__, "steps": 0, "decoded_rows": 0}
+            for start in range(0, len(requests), rows):
+                chunk = requests[start:start + rows]
+                results = self._run_batch(decoder, [prompts[p] for p, _ in chunk], params, stops, pad_id,
+                                          generator)
+                for (p, j), row in zip(chunk, results, strict=True):
+                    out[p][j] = make_completion(self.tokenizer, row.tokens, row.logps, row.sampling_logps,
+                                                 row.reason, params.stop)
+                bar.update(len(chunk))
+        bar.close()
+        self.model.train(was_training)
+        return out  # type: ignore[return-value]
+
+    def _run_batch(self, decoder: Decoder, prompts: list[list[int]], params: SamplingParams, stops: _Stops,
+                   pad_id: int, generator: torch.Generator) -> list[_Row]:
+        """Decode one batch of prompts to the end; returns one row per prompt, in order."""
+        ids, pad = _left_pad(prompts, pad_id, self.device)
+        logits = decoder.prefill(ids, pad)  # [n, V]
+        rows = [_Row([], [], [], "length") for _ in prompts]
+        slots = list(range(len(prompts)))  # live slot -> batch row
+        segment: tuple[list, list, list] = ([], [], [])  # per step since the last flush: tokens, logps, s-logps
+        noise = _NoiseBank(generator, logits.shape[1], self.device, enabled=not params.greedy)
+        for s in range(params.max_new_tokens):
+            picked = select_tokens(
+                logits, greedy=params.greedy, temperature=params.temperature, top_k=params.top_k,
+                top_p=params.top_p, generator=generator, banned=stops.eos if s < params.min_new_tokens else None,
+                gumbel=noise.next(len(slots)))
+            for buf, x in zip(segment, picked, strict=True):
+                buf.append(x)  # [m] each
+            tok = picked[0]
+            ended = self._ended(tok, slots, rows, segment, stops) if s >= params.min_new_tokens else {}
+            if s == params.max_new_tokens - 1:
+                break
+            if ended:
+                _flush(segment, slots, rows)
+                for i, reason in ended.items():
+                    rows[slots[i]].reason = reason
+                keep = _compaction(len(slots), ended)
+                if not keep:
+                    return rows
+                index = torch.tensor(keep, device=self.device)  # [m']
+                decoder.reorder(index)
+                slots = [slots[i] for i in keep]
+                tok = tok[index]
+            logits = decoder.step(tok)  # [m', V]
+            self.stats["steps"] += 1
+            self.stats["decoded_rows"] += len(slots)
+        _flush(segment, slots, rows)
+        for i, reason in ended.items():
+            rows[slots[i]].reason = reason
+        return rows
+
+    def _ended(self, tok: torch.Tensor, slots: list[int], rows: list[_Row], segment: tuple[list, list, list],
+               stops: _Stops) -> dict[int, str]:
+        """Slots whose last token ended them: ``{slot: "eos" | "stop"}`` (EOS wins when both)."""
+        ended: dict[int, str] = {}
+        if stops.strings:  # needs the text so far: flush every step (stop strings are the slow path)
+            _flush(segment, slots, rows)
+            texts = self.tokenizer.batch_decode([rows[r].tokens[-stops.window:] for r in slots],
+                                                skip_special_tokens=False)
+            ended = {i: "stop" for i, text in enumerate(texts) if any(st in text for st in stops.strings)}
+        hit = (tok[:, None] == stops.eos).any(dim=1)  # [m]
+        if hit.any():
+            ended.update({i: "eos" for i in hit.nonzero().squeeze(1).tolist()})
+        return ended
+
 def sample(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
-           params: SamplingParams, seed: int = 0, batch_size: int = 64,
-           show_progress: bool = True) -> list[list[Completion]]:
-    """Sample ``params.n`` completions for each tokenized prompt.
+           params: SamplingParams, seed: int = 0, batch_size: int = 64, show_progress: bool = True,
+           decoder: str = "auto") -> list[list[Completion]]:
+    """Sample ``params.n`` completions for each tokenized prompt (a one-off ``RolloutEngine``).
+
+    Args:
+        model: any HF causal LM (Llama, Qwen2 and Phi3 take the lean path).
+        tokenizer: its tokenizer.
+        prompts: token ids per prompt; lengths may differ.
+        params: how to sample and when to stop.
+        seed: the same seed gives the same completions.
+        batch_size: rows decoded together.
+        show_progress: a progress bar over completions.
+        decoder: "auto" | "lean" | "hf" (see ``RolloutEngine``).
 
     Returns:
         ``out[p][j]`` is completion ``j`` of prompt ``p``.
     """
-    eos_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    requests = [(p, j) for j in range(params.n) for p in range(len(prompts))]
-    out: list[list[Completion | None]] = [[None] * params.n for _ in prompts]
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    bar = progress(len(requests), desc="sample", enabled=show_progress)
-    for chunk_index, start in enumerate(range(0, len(requests), batch_size)):
-        chunk = requests[start:start + batch_size]
-        input_ids, attention_mask = _left_pad([prompts[p] for p, _ in chunk], pad_id)
-        torch.manual_seed(seed * 1_000_003 + chunk_index)
-        generated = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-            do_sample=not params.greedy, temperature=None if params.greedy else params.temperature,
-            top_p=None if params.greedy else params.top_p, top_k=params.top_k or None,
-            max_new_tokens=params.max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id,
-        )[:, input_ids.shape[1]:].cpu()  # [B, new]
-        for (p, j), row in zip(chunk, generated.tolist(), strict=True):
-            out[p][j] = _completion(row, eos_id, tokenizer)
-        bar.update(len(chunk))
-    bar.close()
-    model.train(was_training)
-    return out  # type: ignore[return-value]
+    engine = RolloutEngine(model, tokenizer, decoder=decoder)
+    return engine.sample(prompts, params, seed=seed, batch_size=batch_size, show_progress=show_progress)
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def make_completion(tokenizer: PreTrainedTokenizerBase, tokens: list[int], logps: list[float],
+                    sampling_logps: list[float] | None, reason: str, stop_strings: tuple[str, ...]) -> Completion:
+    """A ``Completion`` from generated ``tokens`` that ended for ``reason`` ("eos" | "stop" | "length").
+
+    The text leaves out a final EOS and, for a stop string, ends right after the first stop string in it
+    (the last token may have carried characters past it; ``token_ids`` keep that whole token).
+    """
+    body = tokens[:-1] if reason == "eos" else tokens
+    text = tokenizer.decode(body, skip_special_tokens=False)
+    ends = [text.find(s) + len(s) for s in stop_strings if s in text] if reason == "stop" else []
+    if ends:
+        text = text[:min(ends)]
+    return Completion(token_ids=tokens, text=text, finished=reason != "length", logprobs=logps,
+                      sampling_logprobs=sampling_logps, finish_reason=reason)
+
+
+def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns ``ids`` ``[B, T]`` left padded with ``pad_id`` and ``pad`` ``[B]`` (pad columns per row)."""
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [B, T]
-    mask = torch.zeros((len(rows), width), dtype=torch.long)  # [B, T]
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
-    return ids, mask
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], dtype=torch.long)  # [B, T]
+    pad = torch.tensor([width - len(r) for r in rows], dtype=torch.long)  # [B]
+    return ids.to(device), pad.to(device)
 
 
-def _completion(row: list[int], eos_id: int, tokenizer: PreTrainedTokenizerBase) -> Completion:
-    finished = eos_id in row
-    tokens = row[: row.index(eos_id) + 1] if finished else row
-    body = tokens[:-1] if finished else tokens
-    return Completion(token_ids=tokens, text=tokenizer.decode(body, skip_special_tokens=False), finished=finished)
+class _NoiseBank:
+    """Gumbel noise for many steps at once: one random call per ~2^22 values rather than one per step.
+
+    Noise is i.i.d. and independent of the logits, so any row of it serves any live row; a bank made for
+    ``m`` rows serves every later step with fewer rows too.
+    """
+
+    def __init__(self, generator: torch.Generator, vocab: int, device: torch.device, enabled: bool) -> None:
+        self.generator, self.vocab, self.device, self.enabled = generator, vocab, device, enabled
+        self.bank: torch.Tensor | None = None  # [steps, rows, V]
+        self.used = 0
+
+    def next(self, rows: int) -> torch.Tensor | None:
+        if not self.enabled:
+            return None
+        if self.bank is None or self.used == self.bank.shape[0] or self.bank.shape[1] < rows:
+            steps = max(1, min(64, 2**22 // (rows * self.vocab)))
+            self.bank, self.used = gumbel_noise((steps, rows, self.vocab), self.generator, self.device), 0
+        self.used += 1
+        return self.bank[self.used - 1, :rows]  # [rows, V]
+
+
+def _flush(segment: tuple[list, list, list], slots: list[int], rows: list[_Row]) -> None:
+    """Move the steps held as tensors (one ``[m]`` per step) into the rows' lists, then clear them."""
+    if not segment[0]:
+        return
+    tokens, logps, sampling_logps = (torch.stack(buf, dim=1).tolist() for buf in segment)  # [m, steps] each
+    for i, slot in enumerate(slots):
+        rows[slot].tokens += tokens[i]
+        rows[slot].logps += logps[i]
+        rows[slot].sampling_logps += sampling_logps[i]
+    for buf in segment:
+        buf.clear()
+
+
+def _compaction(m: int, ended: dict[int, str]) -> list[int]:
+    """The live slots, as a new order in which only the slots past the new end move (into the holes)."""
+    live = [i for i in range(m) if i not in ended]
+    keep = list(range(len(live)))
+    holes = [i for i in keep if i in ended]
+    movers = [i for i in live if i >= len(live)]
+    for hole, mover in zip(holes, movers, strict=True):
+        keep[hole] = mover
+    return keep

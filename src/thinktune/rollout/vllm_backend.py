@@ -1,0 +1,126 @@
+"""The vLLM backend: the same ``sample`` interface on a vLLM engine, with the policy's weights pushed in.
+
+Install with ``pip install 'thinktune[vllm]'`` (needs CUDA). ``resolve_backend("auto")`` picks it when
+vllm is importable and a GPU is present, and thinktune's own sampler otherwise.
+
+The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) next to the training model, so
+``push_weights`` hands the policy's tensors to vLLM's model directly (``load_weights`` via
+``collective_rpc``), with no copy to disk or across processes, and then drops vLLM's prefix cache, whose
+KV entries were computed with the old weights.
+
+Differences from thinktune's sampler, stated rather than hidden:
+
+- ``Completion.logprobs`` are vLLM's raw log-probs (before temperature and filters), the same quantity as
+  ours; vLLM computes them in its own kernels, so they match a teacher-forced pass only to within its
+  numerics. ``sampling_logprobs`` is None: vLLM returns one kind per engine.
+- Seeds are per prompt (``seed + prompt index``): reproducible, but not the same draws as ours.
+
+Tested in ``tests/integration/test_rollout_vllm.py`` where vllm and CUDA exist; skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from thinktune.errors import ConfigError, UserError
+from thinktune.rollout.sampler import Completion, SamplingParams, make_completion
+
+BACKENDS = ("auto", "thinktune", "vllm")
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def resolve_backend(name: str) -> str:
+    """``"auto"`` -> ``"vllm"`` when vllm is installed and CUDA is present, else ``"thinktune"``.
+
+    Raises:
+        ConfigError: an unknown name, or ``"vllm"`` where it cannot run.
+    """
+    if name not in BACKENDS:
+        raise ConfigError(f"rollout backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    usable = vllm_available() and torch.cuda.is_available()
+    if name == "vllm" and not usable:
+        raise ConfigError("rollout backend vllm needs `pip install 'thinktune[vllm]'` and a CUDA GPU; "
+                          "use backend=thinktune")
+    if name == "auto":
+        return "vllm" if usable else "thinktune"
+    return name
+
+
+def _load_weights(worker, weights: list[tuple[str, torch.Tensor]]) -> int:
+    """Runs inside vLLM's worker (``collective_rpc``): load HF-named tensors into its model."""
+    loaded = worker.model_runner.model.load_weights(weights=weights)
+    return len(loaded) if loaded is not None else len(weights)
+
+
+class VLLMSampler:
+    """A vLLM engine for one model, sampled like ``RolloutEngine``.
+
+    Args:
+        model_path: a saved HF model directory (the policy's starting point).
+        tokenizer: its tokenizer (EOS, decoding).
+        dtype: vLLM's weight dtype.
+        gpu_memory_utilization: the share of GPU memory vLLM may take (leave room for training).
+        **engine_kwargs: passed to ``vllm.LLM`` (``max_model_len``, ``enforce_eager``, ...).
+
+    Raises:
+        UserError: vllm is not installed.
+    """
+
+    def __init__(self, model_path: str, tokenizer: PreTrainedTokenizerBase, dtype: str = "bfloat16",
+                 gpu_memory_utilization: float = 0.4, **engine_kwargs) -> None:
+        if not vllm_available():
+            raise UserError("vllm is not installed: pip install 'thinktune[vllm]' (it needs a CUDA GPU)")
+        # One process: push_weights reaches the model object, and the engine shares the training GPU.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        self.tokenizer = tokenizer
+        self.llm = LLM(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+                       enable_prefix_caching=True, **engine_kwargs)
+
+    def push_weights(self, model: torch.nn.Module) -> int:
+        """Copy ``model``'s current weights into the engine (call after every optimizer step).
+
+        Returns:
+            the number of tensors vLLM loaded.
+        """
+        weights = [(name, t.detach()) for name, t in model.state_dict().items()]
+        counts = self.llm.collective_rpc(_load_weights, args=(weights,))
+        self.llm.reset_prefix_cache()
+        return int(counts[0])
+
+    def sample(self, prompts: list[list[int]], params: SamplingParams, seed: int = 0,
+               show_progress: bool = True) -> list[list[Completion]]:
+        """Sample ``params.n`` completions per tokenized prompt; ``out[p][j]`` is completion ``j`` of ``p``."""
+        from vllm import SamplingParams as VLLMParams
+        from vllm import TokensPrompt
+
+        eos = self.tokenizer.convert_tokens_to_ids(self.tokenizer.eos_token)
+        per_prompt = [VLLMParams(
+            n=params.n, temperature=0.0 if params.greedy else params.temperature, top_p=params.top_p,
+            top_k=params.top_k if params.top_k > 0 else -1, max_tokens=params.max_new_tokens,
+            min_tokens=params.min_new_tokens, stop=list(params.stop), stop_token_ids=[eos, *params.stop_token_ids],
+            include_stop_str_in_output=True, skip_special_tokens=False, logprobs=0, seed=seed + i,
+        ) for i in range(len(prompts))]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], per_prompt,
+                                    use_tqdm=show_progress)
+        result = []
+        for out in outputs:
+            group = []
+            for c in out.outputs:
+                tokens = list(c.token_ids)
+                logps = [lp[t].logprob for lp, t in zip(c.logprobs, tokens, strict=True)]
+                if c.finish_reason == "length":
+                    reason = "length"
+                else:  # stop_reason: None for EOS, the id for a stop token, the string for a stop string
+                    reason = "stop" if isinstance(c.stop_reason, str) else "eos"
+                group.append(make_completion(self.tokenizer, tokens, logps, None, reason, params.stop))
+            result.append(group)
+        return result

@@ -1,0 +1,125 @@
+"""Tests for the lean decoder: its logits equal the HF model's, per architecture, on tiny random models.
+
+Each architecture gets the features that change the math: Phi3 with fused qkv/gate_up and partial
+rotary; Qwen2 with q/k/v biases (randomised: HF initialises them to zero) and grouped-query attention;
+Llama with attention and MLP biases, GQA and untied embeddings. Both weight paths are checked: the CPU
+copy path (fused, gains folded, complex rotary) and the view path the GPU uses (rotate-half). The
+static-shape step that CUDA graphs replay is checked here too, run eagerly on CPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from thinktune.rollout.cuda_graphs import CudaGraphDecoder
+from thinktune.rollout.lean import LeanDecoder, unsupported_reason
+
+VOCAB = 40
+BASE = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, intermediate_size=48,
+            max_position_embeddings=128, bos_token_id=None, eos_token_id=1, pad_token_id=0)
+ARCHS = {
+    "phi3": dict(num_attention_heads=4, num_key_value_heads=4, partial_rotary_factor=0.5),
+    "qwen2": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
+    "llama": dict(num_attention_heads=4, num_key_value_heads=1, attention_bias=True, mlp_bias=True,
+                  tie_word_embeddings=False),
+}
+
+
+def tiny(arch: str, **overrides) -> torch.nn.Module:
+    config = AutoConfig.for_model(arch, **BASE | ARCHS[arch] | overrides)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:  # HF starts them at 0 and 1: make them matter
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
+def model(request):
+    return tiny(request.param)
+
+
+PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
+NEXT = [[20, 21, 22], [23, 24, 25], [26, 27, 28]]  # tokens fed to the decode steps
+
+
+def reference_logits(model, prompt: list[int], steps: list[int]) -> torch.Tensor:
+    """HF logits predicting each step's input: [len(steps) + 1, V]."""
+    ids = torch.tensor([prompt + steps])
+    with torch.no_grad():
+        return model(input_ids=ids).logits[0, len(prompt) - 1:].float()
+
+
+def lean_logits(decoder, prompts, steps) -> torch.Tensor:
+    """Prefill left-padded prompts, then decode ``steps`` column by column: [B, S + 1, V]."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    pad = torch.tensor([width - len(p) for p in prompts])
+    with torch.inference_mode():
+        out = [decoder.prefill(ids, pad)]
+        for s in range(len(steps[0])):
+            out.append(decoder.step(torch.tensor([row[s] for row in steps])))
+    return torch.stack(out, dim=1)
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["cpu-copies", "views"])
+def test_lean_logits_equal_hf(model, fuse):
+    assert unsupported_reason(model, 32) is None
+    got = lean_logits(LeanDecoder(model, 4, 32, fuse=fuse), PROMPTS, NEXT)  # [B, S+1, V]
+    for i, (prompt, steps) in enumerate(zip(PROMPTS, NEXT, strict=True)):
+        torch.testing.assert_close(got[i], reference_logits(model, prompt, steps), atol=2e-5, rtol=1e-4)
+
+
+def test_equal_length_prompts_take_the_unmasked_path(model):
+    prompts = [p[:2] for p in PROMPTS]
+    decoder = LeanDecoder(model, 4, 32, fuse=True)
+    got = lean_logits(decoder, prompts, NEXT)
+    assert not decoder.padded
+    for i, (prompt, steps) in enumerate(zip(prompts, NEXT, strict=True)):
+        torch.testing.assert_close(got[i], reference_logits(model, prompt, steps), atol=2e-5, rtol=1e-4)
+
+
+def test_reorder_keeps_rows_with_their_cache(model):
+    decoder = LeanDecoder(model, 4, 32, fuse=True)
+    width = max(len(p) for p in PROMPTS)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in PROMPTS])
+    with torch.inference_mode():
+        decoder.prefill(ids, torch.tensor([width - len(p) for p in PROMPTS]))
+        decoder.reorder(torch.tensor([2, 1]))  # row 0 finished: row 2 moves into its slot
+        logits = decoder.step(torch.tensor([NEXT[2][0], NEXT[1][0]]))  # [2, V]
+    torch.testing.assert_close(logits[0], reference_logits(model, PROMPTS[2], NEXT[2][:1])[1], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(logits[1], reference_logits(model, PROMPTS[1], NEXT[1][:1])[1], atol=2e-5, rtol=1e-4)
+
+
+def test_static_step_for_cuda_graphs_equals_lean(model):
+    """The step the graphs capture (bucketed rows and key length, mask, device-side column), run eagerly."""
+    static = CudaGraphDecoder(LeanDecoder(model, 4, 40, fuse=False), capture=False)
+    static.min_rows, static.min_keys = 2, 8  # small buckets, so these few steps cross several of them
+    plain = LeanDecoder(model, 4, 40, fuse=False)
+    long_steps = [[(7 * s + i) % (VOCAB - 2) + 2 for s in range(30)] for i in range(3)]
+    torch.testing.assert_close(lean_logits(static, PROMPTS, long_steps), lean_logits(plain, PROMPTS, long_steps),
+                               atol=2e-5, rtol=1e-4)
+
+
+def test_unsupported_models_are_named():
+    assert "model_type" in unsupported_reason(AutoModelForCausalLM.from_config(AutoConfig.for_model(
+        "gpt2", vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=2)), 32)
+    windowed = tiny("phi3", sliding_window=16)
+    assert unsupported_reason(windowed, 16) is None
+    assert "sliding window" in unsupported_reason(windowed, 17)
+
+
+def test_bf16_cpu_copies_use_rotate_half_and_track_hf(model):
+    """bf16 has no complex type: the copy path falls back to rotate-half, and agrees with HF's bf16 logits."""
+    half = tiny(model.config.model_type).to(torch.bfloat16)
+    decoder = LeanDecoder(half, 4, 32, fuse=True)
+    assert not decoder.complex_rope
+    got = lean_logits(decoder, PROMPTS, NEXT)
+    for i, (prompt, steps) in enumerate(zip(PROMPTS, NEXT, strict=True)):
+        ref = reference_logits(half, prompt, steps)
+        assert (got[i] - ref).abs().max() < 0.1 * ref.abs().max()
+        assert (got[i].argmax(-1) == ref.argmax(-1)).float().mean() >= 0.75

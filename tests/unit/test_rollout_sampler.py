@@ -1,0 +1,174 @@
+"""Tests for thinktune.rollout.sampler end to end on a tiny random Phi3 (and a GPT-2 for the HF fallback).
+
+What is pinned down: log-probs equal a teacher-forced forward pass (with sampling filters, prompts of
+different lengths and rows finishing at different steps); greedy equals argmax and ``model.generate``;
+first-token frequencies match the model's softmax; stops on EOS, stop strings and max_new_tokens;
+finished rows cost no further decode work; seeds reproduce; both decoders give the same outputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from thinktune.errors import ConfigError
+from thinktune.models import IM_END, build_tiny_model
+from thinktune.rollout.sampler import RolloutEngine, SamplingParams, sample
+
+SMALL = dict(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64,
+             max_position_embeddings=256)
+
+
+@pytest.fixture(scope="module")
+def model(char_tokenizer):
+    return build_tiny_model("phi3", char_tokenizer, **SMALL).eval()
+
+
+@pytest.fixture(scope="module")
+def prompts(char_tokenizer):
+    texts = ["What is 2+3?", "7*8", "Be brief. Q"]
+    return [char_tokenizer(t)["input_ids"] for t in texts]
+
+
+def teacher_forced(model, prompt: list[int], tokens: list[int]) -> torch.Tensor:
+    """log p(tokens[i] | prompt, tokens[:i]) from one plain forward pass: [len(tokens)]."""
+    ids = torch.tensor([prompt + tokens])
+    with torch.no_grad():
+        logps = torch.log_softmax(model(input_ids=ids).logits[0, len(prompt) - 1:-1].float(), dim=-1)
+    return logps.gather(1, torch.tensor(tokens)[:, None]).squeeze(1)
+
+
+def run(model, tok, prompts, seed=0, decoder="auto", batch_size=64, **kw):
+    return sample(model, tok, prompts, SamplingParams(**kw), seed=seed, batch_size=batch_size,
+                  show_progress=False, decoder=decoder)
+
+
+@pytest.mark.parametrize("decoder", ["lean", "hf"])
+def test_logprobs_equal_teacher_forcing(model, char_tokenizer, prompts, decoder):
+    out = run(model, char_tokenizer, prompts, decoder=decoder, n=3, temperature=3.0, top_k=40, top_p=0.95,
+              max_new_tokens=24)
+    lengths = {len(c.token_ids) for group in out for c in group}
+    assert len(lengths) > 1 and any(c.finished for g in out for c in g)  # rows ended at different steps
+    for prompt, group in zip(prompts, out, strict=True):
+        for c in group:
+            torch.testing.assert_close(torch.tensor(c.logprobs), teacher_forced(model, prompt, c.token_ids),
+                                       atol=1e-4, rtol=1e-4)
+            assert all(s <= 1e-6 for s in c.sampling_logprobs) and len(c.sampling_logprobs) == len(c.token_ids)
+
+
+def test_greedy_is_argmax_and_matches_generate(model, char_tokenizer, prompts):
+    out = run(model, char_tokenizer, prompts, greedy=True, max_new_tokens=12)
+    eos = char_tokenizer.convert_tokens_to_ids(IM_END)
+    for prompt, (c,) in zip(prompts, out, strict=True):
+        ids = torch.tensor([prompt + c.token_ids])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1]
+        assert logits.argmax(-1).tolist() == c.token_ids
+        with torch.no_grad():
+            ref = model.generate(input_ids=torch.tensor([prompt]), do_sample=False, max_new_tokens=12,
+                                 eos_token_id=eos, pad_token_id=char_tokenizer.pad_token_id)
+        assert ref[0, len(prompt):].tolist()[:len(c.token_ids)] == c.token_ids
+
+
+def test_first_token_frequencies_match_the_model(model, char_tokenizer, prompts):
+    prompt = prompts[0]
+    draws = 2000
+    out = run(model, char_tokenizer, [prompt], n=draws, max_new_tokens=1, batch_size=draws)
+    counts = torch.bincount(torch.tensor([g.token_ids[0] for g in out[0]]), minlength=model.config.vocab_size)
+    with torch.no_grad():
+        probs = torch.softmax(model(input_ids=torch.tensor([prompt])).logits[0, -1].double(), -1)
+    expected = probs * draws
+    common = expected >= 5  # pool the rare tokens into one cell, as the chi-square test requires
+    observed, expected = counts[common].double(), expected[common]
+    if not common.all():
+        observed = torch.cat([observed, counts[~common].double().sum()[None]])
+        expected = torch.cat([expected, (probs * draws)[~common].sum()[None]])
+    stat = ((observed - expected) ** 2 / expected).sum().item()
+    df = observed.numel() - 1
+    c = 2 / (9 * df)
+    assert stat < df * (1 - c + 3.090232 * math.sqrt(c)) ** 3  # chi-square, p = 1e-3 (Wilson-Hilferty)
+
+
+def test_stops_and_finished_rows_cost_nothing(model, char_tokenizer, prompts):
+    eos = char_tokenizer.convert_tokens_to_ids(IM_END)
+    engine = RolloutEngine(model, char_tokenizer)
+    out = engine.sample(prompts, SamplingParams(n=8, temperature=4.0, max_new_tokens=20), show_progress=False)
+    completions = [c for g in out for c in g]
+    for c in completions:
+        assert (c.token_ids[-1] == eos) == c.finished == (c.finish_reason == "eos")
+        assert eos not in c.token_ids[:-1] and len(c.token_ids) <= 20
+        assert c.finished or len(c.token_ids) == 20
+        assert IM_END not in c.text
+    assert any(c.finished for c in completions) and not all(c.finished for c in completions)
+    # Each decode step advances only live rows; the first token of every row comes from the prefill.
+    assert engine.stats["decoded_rows"] == sum(len(c.token_ids) - 1 for c in completions)
+
+
+def test_min_new_tokens_holds_back_eos(model, char_tokenizer, prompts):
+    out = run(model, char_tokenizer, prompts, n=8, temperature=4.0, max_new_tokens=12, min_new_tokens=12)
+    assert all(len(c.token_ids) == 12 and not c.finished for g in out for c in g)
+
+
+def test_stop_strings_end_the_text_after_the_string(model, char_tokenizer, prompts):
+    params = dict(temperature=2.0, max_new_tokens=40)
+    free = run(model, char_tokenizer, prompts[:1], seed=3, **params)[0][0]
+    stop = free.text[len(free.text) // 2]  # a character that occurs mid-way
+    stopped = run(model, char_tokenizer, prompts[:1], seed=3, stop=(stop,), **params)[0][0]
+    assert stopped.finished and stopped.finish_reason == "stop"
+    assert stopped.text == free.text[:free.text.index(stop) + 1]
+    assert stopped.token_ids == free.token_ids[:len(stopped.token_ids)]  # one row: same draws up to the stop
+
+
+def test_seeds_reproduce_and_decoders_agree(model, char_tokenizer, prompts):
+    kw = dict(n=2, temperature=1.5, top_p=0.9, max_new_tokens=16)
+    a = run(model, char_tokenizer, prompts, seed=5, **kw)
+    b = run(model, char_tokenizer, prompts, seed=5, **kw)
+    c = run(model, char_tokenizer, prompts, seed=6, **kw)
+    hf = run(model, char_tokenizer, prompts, seed=5, decoder="hf", **kw)
+    ids = [[x.token_ids for x in g] for g in a]
+    assert ids == [[x.token_ids for x in g] for g in b] == [[x.token_ids for x in g] for g in hf]
+    assert ids != [[x.token_ids for x in g] for g in c]
+
+
+def test_an_engine_follows_in_place_weight_updates(char_tokenizer, prompts):
+    model = build_tiny_model("qwen2", char_tokenizer, **SMALL).eval()  # q/k/v are copied on CPU: must refresh
+    engine = RolloutEngine(model, char_tokenizer)
+    params = SamplingParams(greedy=True, max_new_tokens=12)
+    before = engine.sample(prompts, params, show_progress=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)  # in place, like an optimizer step
+    after = engine.sample(prompts, params, show_progress=False)
+    fresh = sample(model, char_tokenizer, prompts, params, show_progress=False)
+    ids = [[[c.token_ids for c in g] for g in out] for out in (before, after, fresh)]
+    assert ids[1] == ids[2] != ids[0]
+
+
+def test_other_architectures_fall_back_to_hf(char_tokenizer, prompts):
+    config = AutoConfig.for_model("gpt2", vocab_size=len(char_tokenizer), n_embd=32, n_layer=2, n_head=2,
+                                  n_positions=128, eos_token_id=char_tokenizer.convert_tokens_to_ids(IM_END))
+    torch.manual_seed(0)
+    gpt2 = AutoModelForCausalLM.from_config(config).eval()
+    engine = RolloutEngine(gpt2, char_tokenizer)
+    out = engine.sample(prompts, SamplingParams(n=2, temperature=2.0, max_new_tokens=10), show_progress=False)
+    assert engine.stats["decoder"] == "HFDecoder"
+    for prompt, group in zip(prompts, out, strict=True):
+        for c in group:
+            torch.testing.assert_close(torch.tensor(c.logprobs), teacher_forced(gpt2, prompt, c.token_ids),
+                                       atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match="decoder=lean cannot run"):
+        run(gpt2, char_tokenizer, prompts, decoder="lean")
+
+
+def test_bad_settings_are_errors(model, char_tokenizer):
+    with pytest.raises(ConfigError, match="min_new_tokens"):
+        SamplingParams(max_new_tokens=4, min_new_tokens=5)
+    with pytest.raises(ConfigError, match="stop strings"):
+        SamplingParams(stop=("",))
+    with pytest.raises(ConfigError, match="decoder"):
+        RolloutEngine(model, char_tokenizer, decoder="fast")
+    with pytest.raises(ConfigError, match="cuda_graphs"):
+        RolloutEngine(model, char_tokenizer, cuda_graphs=True)
