@@ -16,8 +16,8 @@ attention) at the matmul rate measured on this machine, on CPU; on CUDA, the byt
 
 The last line is ``speedup_vs_generate: X.XX``, the smallest speedup over the cases run.
 
-CPU threads: ``--threads 1`` by default, for both sides. Intra-op threads on 16x128 matrices cost more in
-synchronisation than they save, and on a shared 2-core machine a second thread is often descheduled
+CPU threads: by default torch's own count (all cores), for both sides, as every thinktune stage runs.
+On a loaded machine pass ``--threads 1``: on a shared 2-core machine a second thread is often descheduled
 (measured here under load: 50 ms per step with 2 threads, 5 ms with 1, for the same model).
 """
 
@@ -177,7 +177,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads, both sides")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="CPU intra-op threads, both sides (default: torch's, all cores)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
