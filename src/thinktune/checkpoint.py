@@ -77,3 +77,13 @@ def restore(state: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: 
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     runtime.set_rng_state(state["rng"])
+
+
+def resume(path: Path | None, optimizer: torch.optim.Optimizer, scheduler: Any, stage: str) -> int:
+    """Restore optimizer, scheduler and RNG from checkpoint ``path`` (if any); returns the step to start at."""
+    if path is None:
+        return 0
+    state = load_state(path)
+    restore(state, optimizer, scheduler)
+    print(f"[{stage}] resuming from {path} (step {state['step']})", flush=True)
+    return state["step"]

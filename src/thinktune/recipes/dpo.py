@@ -174,12 +174,7 @@ def run(cfg: DPOConfig) -> dict:
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train) / cfg.batch_size))
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
-    start = 0
-    if resume_from is not None:
-        state = checkpoint.load_state(resume_from)
-        checkpoint.restore(state, optimizer, scheduler)
-        start = state["step"]
-        tqdm.write(f"[dpo] resuming from {resume_from} (step {start})")
+    start = checkpoint.resume(resume_from, optimizer, scheduler, "dpo")
     logger = MetricsLogger(out / "metrics.jsonl", resume_step=start)
     tqdm.write(f"[dpo] {stats['rows']} rows: {stats['identical']} identical skipped, {stats['too_long']} too "
                f"long; {len(train)} train pairs, {len(heldout)} held-out; {total_steps} steps of {cfg.batch_size}, "

@@ -269,12 +269,7 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
         reference.requires_grad_(False)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
-    start = 0
-    if resume_from is not None:
-        state = checkpoint.load_state(resume_from)
-        checkpoint.restore(state, optimizer, scheduler)
-        start = state["step"]
-        tqdm.write(f"[grpo] resuming from {resume_from} (step {start})")
+    start = checkpoint.resume(resume_from, optimizer, scheduler, "grpo")
     logger = MetricsLogger(out / "metrics.jsonl", resume_step=start)
     engine = RolloutEngine(model, tokenizer)
     tqdm.write(f"[grpo] {len(rows)} prompts; {cfg.max_steps} steps of {cfg.prompts_per_step} x "

@@ -159,12 +159,7 @@ def run(cfg: SFTConfig) -> dict:
 
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
-    start = 0
-    if resume_from is not None:
-        state = checkpoint.load_state(resume_from)
-        checkpoint.restore(state, optimizer, scheduler)
-        start = state["step"]
-        tqdm.write(f"[sft] resuming from {resume_from} (step {start})")
+    start = checkpoint.resume(resume_from, optimizer, scheduler, "sft")
     logger = MetricsLogger(out / "metrics.jsonl", resume_step=start)
     pad_id = tokenizer.pad_token_id
 
