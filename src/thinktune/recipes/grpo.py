@@ -24,6 +24,7 @@ and Adam betas are not reported; they are config fields with conventional defaul
 from __future__ import annotations
 
 import random
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -309,7 +310,7 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
             metrics.update(update(model, reference, optimizer, ro, cfg, temperature, pad_id, rt))
         with warnings.catch_warnings():
             # A step whose every group was dropped makes no update; the schedule still counts RL steps.
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             scheduler.step()
         timer["time/update"] = time.perf_counter() - t
 
