@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # e.g. `make TORCH=torch` (any torch >= 2.4 works).
 TORCH ?= torch==2.13.0
 
-.PHONY: demo demo-quick test test-all lint clean
+.PHONY: demo demo-quick test lint clean bench-grpo
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,3 +31,13 @@ lint: $(VENV)/.installed
 
 clean:
 	rm -rf runs/demo-quick .pytest_cache
+
+# GRPO step time against TRL's GRPOTrainer; trl is installed only in this benchmark's own environment.
+.venv-bench/.installed: pyproject.toml
+	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -c "import torch" 2>/dev/null || .venv-bench/bin/pip install --quiet "$(TORCH)"
+	.venv-bench/bin/pip install --quiet -e . trl
+	touch $@
+
+bench-grpo: .venv-bench/.installed
+	.venv-bench/bin/python benchmarks/grpo_step.py

@@ -1,0 +1,138 @@
+"""Time full GRPO steps (generate, score, update): thinktune against TRL's GRPOTrainer, same work.
+
+Run (TRL lives only in the benchmark's own environment, never in thinktune's dependencies):
+    make bench-grpo          # creates .venv-bench with thinktune + trl, then runs this file
+    .venv-bench/bin/python benchmarks/grpo_step.py [--steps 8]
+
+Both sides train the same Qwen2 built from a config (hidden 128, 4 layers, 4 heads, random weights, the
+demo's character tokenizer) on the embedded world's level-3 prompts: 16 prompts x 8 samples per step, at
+most 64 new tokens, temperature 1.0, no KL, every group kept, one policy update per batch of rollouts,
+the same learning rate and a 0/1 correctness reward through thinktune's verifier. The first step of each
+side is a warm-up and is not counted. Prints, for each side, ``seconds_per_step`` and
+``completion_tokens_per_s`` (completion tokens generated per second of whole steps), thinktune's time
+split, and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from thinktune.cli import _quiet_transformers
+from thinktune.config import load_config
+from thinktune.recipes import build_model, grpo
+from thinktune.recipes.synth import SynthConfig
+from thinktune.recipes.synth import run as run_synth
+from thinktune.rewards import RewardResult
+from thinktune.rewards.verify import is_correct
+
+PROMPTS, GROUP, NEW_TOKENS, LR = 16, 8, 64, 1e-5
+
+
+def correctness(completion: str, answer: str, num_tokens: int, finished: bool, cfg, mode: str) -> RewardResult:
+    """0/1 correctness: the reward both sides use."""
+    ok = float(is_correct(completion, answer, mode))
+    return RewardResult(ok, {"accuracy": ok})
+
+
+def setup(root: Path) -> Path:
+    run_synth(SynthConfig(n_train=2000, n_heldout_per_level=2, rollout_prompts=0, output_dir=str(root / "data")))
+    build_model.run(build_model.BuildModelConfig(
+        corpus=str(root / "data" / "sft_cot.jsonl"), arch="qwen2", hidden_size=128, num_layers=4, num_heads=4,
+        num_kv_heads=4, intermediate_size=512, max_position_embeddings=256, output_dir=str(root / "model")))
+    return root
+
+
+def thinktune_side(root: Path, steps: int) -> dict:
+    out = root / "thinktune"
+    cfg = load_config(grpo.GRPOConfig, None, [
+        f"model.path={root / 'model'}", "model.system_prompt=", f"data.prompts={root / 'data' / 'train_prompts.jsonl'}",
+        "data.difficulties=[3]", "reward.name=grpo_step:correctness", f"prompts_per_step={PROMPTS}",
+        f"samples_per_prompt={GROUP}", f"max_new_tokens={NEW_TOKENS}", "temperature=1.0", "beta=0", "gamma=0",
+        "updates_per_batch=1", f"optim.lr={LR}", "optim.warmup_steps=0", "optim.weight_decay=0",
+        f"micro_batch_size={PROMPTS * GROUP}", f"max_steps={steps}", "log.log_every=1", "log.save_every=0",
+        "log.progress=false", "dump_every=0", f"output_dir={out}"])
+    grpo.run(cfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
+    split = {k: statistics.fmean(r[k] for r in rows) for k in ("time/generate", "time/score", "time/update")}
+    seconds = sum(split.values())
+    tokens = statistics.fmean(r["rollout/length_mean"] for r in rows) * PROMPTS * GROUP
+    return {"seconds_per_step": seconds, "completion_tokens_per_s": tokens / seconds, **split}
+
+
+def trl_side(root: Path, steps: int) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    rows = [json.loads(line) for line in (root / "data" / "train_prompts.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["difficulty"] == 3][: PROMPTS * (steps + 1)]
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]}
+                              for r in rows])
+
+    def reward(completions, answer, **kwargs):
+        return [float(is_correct(c[0]["content"], a)) for c, a in zip(completions, answer, strict=True)]
+
+    times: list[float] = []
+    lengths: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "completions/mean_length" in logs:
+                lengths.append(logs["completions/mean_length"])
+
+    tokenizer = AutoTokenizer.from_pretrained(root / "model")
+    model = AutoModelForCausalLM.from_pretrained(root / "model")
+    args = GRPOConfig(
+        output_dir=str(root / "trl"), per_device_train_batch_size=PROMPTS * GROUP, num_generations=GROUP,
+        max_completion_length=NEW_TOKENS, temperature=1.0, top_p=1.0, beta=0.0, num_iterations=1,
+        gradient_accumulation_steps=1, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
+        weight_decay=0.0, max_steps=steps, logging_steps=1, report_to="none", use_cpu=True, save_strategy="no",
+        shuffle_dataset=False, seed=0)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
+                          processing_class=tokenizer, callbacks=[Timer()])
+    trainer.train()
+    seconds = statistics.fmean(times[1:])
+    tokens = statistics.fmean(lengths[1:]) * PROMPTS * GROUP
+    return {"seconds_per_step": seconds, "completion_tokens_per_s": tokens / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8)
+    args = parser.parse_args()
+    _quiet_transformers()
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))  # so "grpo_step:correctness" imports this file
+    root = setup(Path(tempfile.mkdtemp(prefix="grpo-step-")))
+    print(f"device cpu, {torch.get_num_threads()} threads; Qwen2 h128 L4; {PROMPTS} prompts x {GROUP} samples, "
+          f"<= {NEW_TOKENS} new tokens, T=1.0, no KL, one update per batch; {args.steps - 1} timed steps each")
+    ours = thinktune_side(root, args.steps)
+    print(f"thinktune  seconds_per_step: {ours['seconds_per_step']:.3f}  completion_tokens_per_s: "
+          f"{ours['completion_tokens_per_s']:.0f}  (generate {ours['time/generate']:.3f} s, score "
+          f"{ours['time/score']:.3f} s, update {ours['time/update']:.3f} s)")
+    try:
+        theirs = trl_side(root, args.steps)
+    except ImportError:
+        print("trl is not installed in this environment: run `make bench-grpo` (it creates .venv-bench)")
+        return
+    print(f"trl        seconds_per_step: {theirs['seconds_per_step']:.3f}  completion_tokens_per_s: "
+          f"{theirs['completion_tokens_per_s']:.0f}")
+    print(f"speedup_vs_trl: {ours['completion_tokens_per_s'] / theirs['completion_tokens_per_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
