@@ -163,13 +163,15 @@ def run(cfg: SFTConfig) -> dict:
     logger = MetricsLogger(out / "metrics.jsonl", resume_step=start)
     pad_id = tokenizer.pad_token_id
 
+    # Labelled next-token targets per unit, counted once rather than every step (rows can be 32K tokens).
+    unit_tokens = [sum(sum(1 for x in e.labels[1:] if x != -100) for e in u) for u in units]
     bar = progress(total_steps, start, "sft", cfg.log.progress)
     t0, tokens = time.perf_counter(), 0
     for step in range(start, total_steps):
         idx = step_units(step * cfg.batch_size, cfg.batch_size, len(units), cfg.seed)
         micro = [idx[i:i + cfg.micro_batch_size] for i in range(0, len(idx), cfg.micro_batch_size)]
         # Normalise by the whole step's token count so accumulation matches one large batch exactly.
-        step_tokens = sum(sum(1 for x in e.labels[1:] if x != -100) for i in idx for e in units[i])
+        step_tokens = sum(unit_tokens[i] for i in idx)
         loss_sum = 0.0
         for mb in micro:
             batch = collate([units[i] for i in mb], pad_id, cfg.data.packing)
