@@ -184,3 +184,16 @@ def test_load_prompts_rejects_bad_rows(tmp_path: Path) -> None:
     path = write_rows(tmp_path / "q.jsonl", [{"id": 1, "prompt": "p", "answer": "1", "mode": "fuzzy"}])
     with pytest.raises(DataError, match="row 1: field 'mode'"):
         load_prompts(str(path))
+
+
+def test_load_prompts_filters_difficulty_before_the_limit(tmp_path):
+    from thinktune.errors import DataError
+    from thinktune.tasks.benchmarks import load_prompts
+
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "prompt": "q", "answer": "1", "difficulty": i % 3}) + "\n"
+                            for i in range(9)))
+    rows = load_prompts(str(path), limit=2, difficulties=[2])
+    assert [r["id"] for r in rows] == ["2", "5"]
+    with pytest.raises(DataError, match="no prompts left after the difficulty filter"):
+        load_prompts(str(path), difficulties=[7])

@@ -65,13 +65,7 @@ class DPOPairsConfig:
 
 
 def select_prompts(cfg: DPOPairsConfig) -> list[dict]:
-    rows = load_prompts(cfg.prompts)
-    if cfg.difficulties:
-        rows = [r for r in rows if r.get("difficulty") in cfg.difficulties]
-    rows = rows[: cfg.limit or None]
-    if not rows:
-        raise DataError(f"{cfg.prompts}: no prompts left after the difficulty filter {cfg.difficulties}")
-    return rows
+    return load_prompts(cfg.prompts, limit=cfg.limit or None, difficulties=cfg.difficulties)
 
 
 def sample_policy(cfg: DPOPairsConfig, rows: list[dict]) -> list[list[tuple[str, int]]]:

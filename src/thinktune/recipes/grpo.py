@@ -39,7 +39,7 @@ from thinktune.config import LogConfig, ModelConfig, OptimConfig, save_config
 from thinktune.data.chat import prompt_messages, render_prompt
 from thinktune.data.io import write_json, write_jsonl
 from thinktune.data.order import step_units
-from thinktune.errors import ConfigError, DataError
+from thinktune.errors import ConfigError
 from thinktune.losses import LOSS_AGGREGATIONS, aggregate, entropy_from_logits, grpo_token_loss, token_logps
 from thinktune.optim import build_optimizer, build_scheduler
 from thinktune.rewards import RewardConfig, score_batch
@@ -121,13 +121,7 @@ class Rollouts:
 
 
 def load_rows(cfg: GRPOConfig) -> list[dict]:
-    rows = load_prompts(cfg.data.prompts)
-    if cfg.data.difficulties:
-        rows = [r for r in rows if r.get("difficulty") in cfg.data.difficulties]
-    rows = rows[: cfg.data.limit or None]
-    if not rows:
-        raise DataError(f"{cfg.data.prompts}: no prompts left after the difficulty filter {cfg.data.difficulties}")
-    return rows
+    return load_prompts(cfg.data.prompts, limit=cfg.data.limit or None, difficulties=cfg.data.difficulties)
 
 
 def select(groups: list[list[Completion]], correct: list[list[bool]], cfg: GRPOConfig,

@@ -25,7 +25,7 @@ from thinktune.config import ModelConfig, save_config  # noqa: E402
 from thinktune.curation.lengths import length_cv, most_uniform, spread  # noqa: E402
 from thinktune.data.chat import prompt_messages, render_prompt  # noqa: E402
 from thinktune.data.io import write_json, write_jsonl  # noqa: E402
-from thinktune.errors import ConfigError, DataError  # noqa: E402
+from thinktune.errors import ConfigError  # noqa: E402
 from thinktune.rewards.verify import is_correct  # noqa: E402
 from thinktune.rollout.sampler import SamplingParams, sample  # noqa: E402
 from thinktune.tasks.benchmarks import load_prompts  # noqa: E402
@@ -74,12 +74,7 @@ def run(cfg: SelectPromptsConfig) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    rows = load_prompts(cfg.prompts)
-    if cfg.difficulties:
-        rows = [r for r in rows if r.get("difficulty") in cfg.difficulties]
-    rows = rows[: cfg.limit or None]
-    if not rows:
-        raise DataError(f"{cfg.prompts}: no candidate prompts after the difficulty filter {cfg.difficulties}")
+    rows = load_prompts(cfg.prompts, limit=cfg.limit or None, difficulties=cfg.difficulties)
     tokenizer = models.load_tokenizer(cfg.model)
     model = models.load_model(cfg.model, tokenizer, rt.device, rt.dtype)
     prompts = [render_prompt(tokenizer, prompt_messages(r["prompt"]), cfg.model.system_prompt) for r in rows]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,21 +222,28 @@ def load_benchmark(
     return rows
 
 
-def load_prompts(path: str, limit: int | None = None) -> list[dict[str, Any]]:
-    """Load a thinktune prompt JSONL (``{"id", "prompt", "answer"}`` rows) for evaluation.
+def load_prompts(path: str, limit: int | None = None,
+                 difficulties: Sequence[int] = ()) -> list[dict[str, Any]]:
+    """Load a thinktune prompt JSONL (``{"id", "prompt", "answer"}`` rows) for evaluation or training.
 
     Args:
         path: the JSONL file.
-        limit: keep only the first ``limit`` rows.
+        limit: keep only the first ``limit`` rows (after the difficulty filter).
+        difficulties: keep only rows whose ``difficulty`` is one of these (empty: all).
 
     Returns:
         The rows with ``id`` and ``answer`` cast to str, ``mode`` defaulting to "math" and ``source``
         defaulting to the file's stem; other fields are kept.
 
     Raises:
-        DataError: the file breaks the prompt schema or a row names an unknown mode.
+        DataError: the file breaks the prompt schema, a row names an unknown mode, or no row is left
+            after the difficulty filter.
     """
     rows = read_jsonl(path, kind="prompt")
+    if difficulties:
+        rows = [r for r in rows if r.get("difficulty") in difficulties]
+        if not rows:
+            raise DataError(f"{path}: no prompts left after the difficulty filter {list(difficulties)}")
     if limit is not None:
         rows = rows[:limit]
     out = []
