@@ -40,7 +40,8 @@ from thinktune.data.chat import prompt_messages, render_prompt
 from thinktune.data.io import write_json, write_jsonl
 from thinktune.data.order import step_units
 from thinktune.errors import ConfigError
-from thinktune.losses import LOSS_AGGREGATIONS, aggregate, entropy_from_logits, grpo_token_loss, token_logps
+from thinktune.logprobs import PromptCache, length_sorted_chunks
+from thinktune.losses import LOSS_AGGREGATIONS, aggregate, grpo_token_loss
 from thinktune.optim import build_optimizer, build_scheduler
 from thinktune.rewards import RewardConfig, score_batch
 from thinktune.rollout.sampler import Completion, RolloutEngine, SamplingParams
@@ -79,7 +80,10 @@ class GRPOConfig:
     updates_per_batch: int = 1  # mu: passes over each batch of rollouts
     balance: bool = False  # Phi-4-mini rebalancing: all positives, as many negatives
     max_group_accuracy: float = 0.5  # with balance: prompts above this accuracy are dropped
-    micro_batch_size: int = 8  # sequences per forward pass in the update
+    micro_batch_size: int = 8  # completions per forward pass in the update (sorted by length)
+    share_prompt: bool = True  # forward each prompt once per pass, not once per sample (same result)
+    compile: bool = False  # torch.compile the update's forward (dynamic shapes): a one-off compile of tens of
+    #                        seconds, then fused kernels; worth it for runs longer than a few minutes
     rollout_batch_size: int = 256  # sequences decoded together
     max_steps: int = 90
     dump_every: int = 10  # steps between rollout dumps to samples/ (0: never)
@@ -111,13 +115,13 @@ class GRPOConfig:
 
 @dataclass
 class Rollouts:
-    """The samples of one step that enter the update, flattened: N sequences."""
+    """The samples of one step that enter the update, flattened: N completions of the step's prompts."""
 
-    input_ids: list[list[int]]  # prompt + completion tokens
-    prompt_lens: list[int]
-    old_logps: list[list[float]]  # per completion token, under the sampling distribution
+    prompts: list[list[int]]  # the step's prompts, each once
+    prompt_index: list[int]  # [N] which prompt each completion answers
+    completions: list[list[int]]  # [N] completion tokens
+    old_logps: list[list[float]]  # [N] per completion token, under the sampling distribution
     advantages: torch.Tensor  # [N]
-    group_ids: list[int]
 
 
 def load_rows(cfg: GRPOConfig) -> list[dict]:
@@ -144,69 +148,56 @@ def select(groups: list[list[Completion]], correct: list[list[bool]], cfg: GRPOC
 
 def build_rollouts(prompts: list[list[int]], groups: list[list[Completion]], rewards: list[list[float]],
                    keep: list[tuple[int, int]], cfg: GRPOConfig) -> Rollouts:
-    ids, lens, old = [], [], []
-    for p, j in keep:
-        c = groups[p][j]
-        ids.append(prompts[p] + c.token_ids)
-        lens.append(len(prompts[p]))
-        old.append(c.sampling_logprobs)
-    group_ids = [p for p, _ in keep]
     r = torch.tensor([rewards[p][j] for p, j in keep])  # [N]
-    adv = group_advantages(r, torch.tensor(group_ids), cfg.advantage) if keep else torch.zeros(0)
-    return Rollouts(ids, lens, old, adv, group_ids)
+    adv = group_advantages(r, torch.tensor([p for p, _ in keep]), cfg.advantage) if keep else torch.zeros(0)
+    return Rollouts(prompts=prompts, prompt_index=[p for p, _ in keep],
+                    completions=[groups[p][j].token_ids for p, j in keep],  # each ends with its EOS, so never empty
+                    old_logps=[groups[p][j].sampling_logprobs for p, j in keep], advantages=adv)
 
 
-def _batch(ro: Rollouts, idx: list[int], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-padded tensors for sequences ``idx``: input_ids, attention_mask, completion mask, old logps."""
-    width = max(len(ro.input_ids[i]) for i in idx)
-    input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)  # [B, T]
-    attn = torch.zeros((len(idx), width), dtype=torch.long)  # [B, T]
-    mask = torch.zeros((len(idx), width - 1))  # [B, T-1], aligned with next-token log-probs
-    old = torch.zeros((len(idx), width - 1))  # [B, T-1]
-    for b, i in enumerate(idx):
-        seq, start = ro.input_ids[i], ro.prompt_lens[i]
-        input_ids[b, :len(seq)] = torch.tensor(seq)
-        attn[b, :len(seq)] = 1
-        mask[b, start - 1:len(seq) - 1] = 1
-        old[b, start - 1:len(seq) - 1] = torch.tensor(ro.old_logps[i])
-    return {"input_ids": input_ids.to(device), "attention_mask": attn.to(device), "mask": mask.to(device),
-            "old_logps": old.to(device), "advantages": ro.advantages[idx].to(device)}
-
-
-def policy_logps(model, batch: dict[str, torch.Tensor], temperature: float, rt: runtime.Runtime,
-                 need_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """[B, T-1] log-probs of the taken tokens at ``temperature``, and the entropy when asked for."""
-    with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.dtype != torch.float32):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [B, T, V]
-    logits = logits.float() / temperature
-    entropy = entropy_from_logits(logits[:, :-1]) if need_entropy else None  # [B, T-1]
-    return token_logps(logits, batch["input_ids"]), entropy
+def _padded(rows: list[list[float]], width: int, device: torch.device) -> torch.Tensor:
+    out = torch.zeros((len(rows), width))  # [B, T]
+    for b, r in enumerate(rows):
+        out[b, :len(r)] = torch.tensor(r)
+    return out.to(device)
 
 
 def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperature: float, pad_id: int,
            rt: runtime.Runtime) -> dict[str, float]:
-    """``updates_per_batch`` passes of the GRPO objective over the step's rollouts; returns update stats."""
-    n = len(ro.input_ids)
-    micro = [list(range(i, min(i + cfg.micro_batch_size, n))) for i in range(0, n, cfg.micro_batch_size)]
-    num_tokens = sum(len(x) - s for x, s in zip(ro.input_ids, ro.prompt_lens, strict=True))
+    """``updates_per_batch`` passes of the GRPO objective over the step's rollouts; returns update stats.
+
+    Log-probs come from ``PromptCache``: each prompt forwarded once per pass, completions in micro-batches
+    of similar length (see ``thinktune.logprobs``).
+    """
+    n = len(ro.completions)
+    micro = length_sorted_chunks([len(c) for c in ro.completions], cfg.micro_batch_size)
+    num_tokens = sum(len(c) for c in ro.completions)
+    autocast = rt.dtype if rt.dtype != torch.float32 else None
+
+    def forward(cache: PromptCache, idx: list[int], need_entropy: bool):
+        return cache.logps([ro.prompt_index[i] for i in idx], [ro.completions[i] for i in idx], temperature,
+                           need_entropy)
+
     ref_logps = []
     if cfg.beta and reference is not None:
         with torch.no_grad():
-            ref_logps = [policy_logps(reference, _batch(ro, idx, pad_id, rt.device), temperature, rt, False)[0]
-                         for idx in micro]
+            ref_cache = PromptCache(reference, ro.prompts, pad_id, cfg.share_prompt, autocast)
+            ref_logps = [forward(ref_cache, idx, False)[0] for idx in micro]
     sums = {"kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "ratio": 0.0}
     grad_norms = []
     for _ in range(cfg.updates_per_batch):
+        cache = PromptCache(model, ro.prompts, pad_id, cfg.share_prompt, autocast)
         for k, idx in enumerate(micro):
-            b = _batch(ro, idx, pad_id, rt.device)
-            logps, entropy = policy_logps(model, b, temperature, rt, need_entropy=True)
-            loss_t, stats = grpo_token_loss(logps, b["old_logps"], b["advantages"], cfg.clip_low, cfg.clip_high,
-                                            ref_logps[k] if ref_logps else None, cfg.beta if ref_logps else 0.0,
-                                            entropy, cfg.gamma)
-            aggregate(loss_t, b["mask"], cfg.loss_agg, num_tokens, n).backward()
+            logps, entropy, mask = forward(cache, idx, need_entropy=True)  # [B, T] each
+            old = _padded([ro.old_logps[i] for i in idx], logps.shape[1], rt.device)
+            loss_t, stats = grpo_token_loss(logps, old, ro.advantages[idx].to(rt.device), cfg.clip_low,
+                                            cfg.clip_high, ref_logps[k] if ref_logps else None,
+                                            cfg.beta if ref_logps else 0.0, entropy, cfg.gamma)
+            aggregate(loss_t, mask, cfg.loss_agg, num_tokens, n).backward()
             for key, name in (("kl", "kl"), ("entropy", "entropy"), ("clip_fraction", "clipped"), ("ratio", "ratio")):
                 if name in stats:
-                    sums[key] += float((stats[name] * b["mask"]).sum())
+                    sums[key] += float((stats[name] * mask).sum())
+        cache.backward_prompts()
         grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                                cfg.optim.grad_clip or float("inf"))))
         optimizer.step()
@@ -262,6 +253,10 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
     reference = models.load_model(cfg.model, tokenizer, rt.device, rt.dtype).eval() if cfg.beta else None
     if reference is not None:
         reference.requires_grad_(False)
+    if cfg.compile:  # in place, so checkpoints keep plain parameter names; the rollout decoder reads weights
+        for m in (model, reference):
+            if m is not None:
+                m.compile(dynamic=True)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
     start = checkpoint.resume(resume_from, optimizer, scheduler, "grpo")

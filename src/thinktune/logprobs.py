@@ -1,0 +1,148 @@
+"""Log-probs of sampled completions under a model, each prompt forwarded once.
+
+An RL update scores G completions of every prompt. Forwarding each ``prompt + completion`` as its own
+row repeats the prompt G times and pads every row to the longest sequence of the batch. ``PromptCache``
+does the same math with less work:
+
+1. every prompt except its last token goes through the model once (left padded) and its keys and values
+   are kept;
+2. each completion, preceded by its prompt's last token (whose logits predict the first completion
+   token), is forwarded on top of its prompt's cached keys and values; ``length_sorted_chunks`` groups
+   completions of similar length into micro-batches, so little padding is computed;
+3. with gradients, a micro-batch's backward stops at detached copies of the cached keys and values,
+   whose gradients accumulate across micro-batches; ``backward_prompts`` then sends them through the
+   prompt forward once.
+
+Log-probs and gradients equal those of a full forward of every ``prompt + completion`` (tested to float
+rounding). ``share_prompt=False`` does exactly that full forward instead, for models whose attention
+cannot take a ready-made cache (or with gradient checkpointing, which HF runs without one); the output
+layout is the same.
+
+Output layout: ``[B, T]`` with T the longest completion of the micro-batch; column k is
+``log p(completion[k] | prompt, completion[:k])`` and ``mask`` is 1 on real tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+
+import torch
+from transformers import DynamicCache
+
+from thinktune.losses import entropy_from_logits
+
+
+def length_sorted_chunks(lengths: Sequence[int], size: int) -> list[list[int]]:
+    """Indices of ``lengths`` in micro-batches of ``size``, longest first, so rows in a micro-batch have
+    similar lengths and padding is small (the longest first also makes a too-large micro-batch fail at once).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def _right_padded(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [B, W]
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # [B, W]
+    for b, r in enumerate(rows):
+        ids[b, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[b, :len(r)] = 1
+    return ids.to(device), mask.to(device)
+
+
+class PromptCache:
+    """Score completions of ``prompts`` with ``model``; see the module docstring.
+
+    Args:
+        model: an HF causal LM (its mode, train or eval, is the caller's).
+        prompts: token ids of each prompt, every one at least one token long.
+        pad_id: the id written in padding (never attended to).
+        share_prompt: forward each prompt once and reuse its keys and values (default), or forward
+            every ``prompt + completion`` whole.
+        autocast_dtype: run the forward under autocast to this dtype (None: no autocast).
+
+    The prompt forward runs at construction, with gradients when they are enabled, so build one per
+    optimisation pass (the weights change between passes).
+    """
+
+    def __init__(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]], pad_id: int,
+                 share_prompt: bool = True, autocast_dtype: torch.dtype | None = None) -> None:
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("PromptCache: every prompt needs at least one token")
+        self.model, self.prompts, self.pad_id = model, [list(p) for p in prompts], pad_id
+        self.device = model.get_input_embeddings().weight.device
+        self.autocast_dtype = autocast_dtype
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, [P, K, L, D], graph attached
+        self.leaves: list[tuple[torch.Tensor, torch.Tensor]] = []  # detached copies the completions read
+        self.share = share_prompt and max(len(p) for p in self.prompts) > 1
+        if self.share:
+            self._forward_prompts()
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _forward_prompts(self) -> None:
+        heads = [p[:-1] for p in self.prompts]
+        self.width = max(len(h) for h in heads)  # L
+        ids = torch.full((len(heads), self.width), self.pad_id, dtype=torch.long)  # [P, L]
+        self.head_mask = torch.zeros((len(heads), self.width), dtype=torch.long)  # [P, L]
+        for i, h in enumerate(heads):  # left padded: every prompt ends at column L-1
+            ids[i, self.width - len(h):] = torch.tensor(h, dtype=torch.long)
+            self.head_mask[i, self.width - len(h):] = 1
+        self.head_mask = self.head_mask.to(self.device)
+        positions = (self.head_mask.cumsum(-1) - 1).clamp(min=0)  # [P, L], what HF derives from the mask
+        with self._autocast():
+            out = self.model(input_ids=ids.to(self.device), attention_mask=self.head_mask, position_ids=positions,
+                             use_cache=True, logits_to_keep=1)
+        self.kv = [(layer.keys, layer.values) for layer in out.cache.layers]
+        grad = torch.is_grad_enabled()
+        self.leaves = [(k.detach().requires_grad_(grad), v.detach().requires_grad_(grad)) for k, v in self.kv]
+
+    def logps(self, prompt_index: Sequence[int], completions: Sequence[Sequence[int]], temperature: float = 1.0,
+              need_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Per-token log-probs of ``completions[b]`` after prompt ``prompt_index[b]``, at ``temperature``.
+
+        Returns:
+            (logps [B, T], entropy [B, T] of the policy at each predicting position or None, mask [B, T]).
+        """
+        if any(len(c) == 0 for c in completions):
+            raise ValueError("PromptCache.logps: empty completion")
+        width = max(len(c) for c in completions)  # T
+        lasts = [self.prompts[p][-1:] for p in prompt_index]
+        if self.share:
+            rows = [last + list(c) for last, c in zip(lasts, completions, strict=True)]  # [B] last prompt token + completion
+            ids, mask = _right_padded(rows, self.pad_id, self.device)  # [B, 1+T]
+            index = torch.tensor(list(prompt_index), device=self.device)
+            heads = [len(self.prompts[p]) - 1 for p in prompt_index]
+            positions = torch.tensor(heads, device=self.device)[:, None] + torch.arange(ids.shape[1], device=self.device)
+            cache = DynamicCache(ddp_cache_data=[(k[index], v[index]) for k, v in self.leaves])
+            attention = torch.cat([self.head_mask[index], mask], dim=1)  # [B, L+1+T]
+            with self._autocast():
+                logits = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
+                                    cache=cache).logits  # [B, 1+T, V]
+            picked = logits[:, :-1]  # [B, T, V]: column k predicts completion token k
+        else:
+            rows = [self.prompts[p] + list(c) for p, c in zip(prompt_index, completions, strict=True)]
+            ids, _ = _right_padded(rows, self.pad_id, self.device)  # right padding needs no attention mask
+            with self._autocast():
+                logits = self.model(input_ids=ids).logits  # [B, W, V]
+            start = torch.tensor([len(self.prompts[p]) - 1 for p in prompt_index], device=self.device)
+            cols = (start[:, None] + torch.arange(width, device=self.device)).clamp(max=ids.shape[1] - 1)  # [B, T]
+            picked = logits.gather(1, cols[..., None].expand(-1, -1, logits.shape[-1]))  # [B, T, V]
+        targets, out_mask = _right_padded([list(c) for c in completions], self.pad_id, self.device)  # [B, T]
+        picked = picked.float() / temperature
+        logps = torch.log_softmax(picked, dim=-1).gather(-1, targets[..., None]).squeeze(-1)  # [B, T]
+        out_mask = out_mask.float()
+        entropy = entropy_from_logits(picked) if need_entropy else None
+        return logps * out_mask, entropy, out_mask
+
+    def backward_prompts(self) -> None:
+        """Send the gradients accumulated on the cached keys and values through the prompt forward."""
+        pairs = [(t, leaf.grad) for kv, leaves in zip(self.kv, self.leaves, strict=True)
+                 for t, leaf in zip(kv, leaves, strict=True) if leaf.grad is not None]
+        if pairs:
+            torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
+        self.kv, self.leaves = [], []

@@ -1,0 +1,113 @@
+"""PromptCache: completion log-probs and their gradients equal those of forwarding each sequence alone."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from thinktune.logprobs import PromptCache, length_sorted_chunks
+from thinktune.losses import entropy_from_logits, token_logps
+from thinktune.models import build_tiny_model
+
+SHAPE = dict(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64,
+             max_position_embeddings=128)
+
+
+def _case(vocab: int, seed: int = 0):
+    """Prompts of very different lengths (1 and 2 tokens among them) and 3 completions of each."""
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(3, vocab) for _ in range(n)] for n in (1, 2, 9, 17)]
+    index = [p for p in range(len(prompts)) for _ in range(3)]
+    completions = [[rng.randrange(3, vocab) for _ in range(rng.randint(1, 12))] for _ in index]
+    return prompts, index, completions
+
+
+def _alone(model, prompts, index, completions, temperature):
+    """The reference: each prompt + completion forwarded as its own unpadded row."""
+    logps, entropies = [], []
+    for p, c in zip(index, completions, strict=True):
+        ids = torch.tensor([prompts[p] + c])  # [1, S]
+        logits = model(input_ids=ids).logits.float() / temperature  # [1, S, V]
+        start = len(prompts[p]) - 1  # the position whose logits predict completion token 0
+        logps.append(token_logps(logits, ids)[0, start:])
+        entropies.append(entropy_from_logits(logits[:, start:-1])[0])
+    return logps, entropies
+
+
+@pytest.mark.parametrize("arch", ["phi3", "qwen2", "llama"])
+@pytest.mark.parametrize("share_prompt", [True, False])
+def test_logps_entropy_and_gradients_match_forwarding_each_sequence_alone(char_tokenizer, arch, share_prompt):
+    model = build_tiny_model(arch, char_tokenizer, **SHAPE).float()
+    prompts, index, completions = _case(len(char_tokenizer))
+    temperature = 0.7
+
+    ref_logps, ref_entropy = _alone(model, prompts, index, completions, temperature)
+    torch.stack([lp.sum() for lp in ref_logps]).sum().backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    cache = PromptCache(model, prompts, char_tokenizer.pad_token_id, share_prompt=share_prompt)
+    got_logps, got_entropy = {}, {}
+    for chunk in length_sorted_chunks([len(c) for c in completions], 5):  # 12 completions: 5 + 5 + 2
+        logps, entropy, mask = cache.logps([index[i] for i in chunk], [completions[i] for i in chunk],
+                                           temperature, need_entropy=True)
+        assert mask.sum(-1).tolist() == [len(completions[i]) for i in chunk]
+        assert (logps[mask == 0] == 0).all()
+        (logps * mask).sum().backward()
+        for b, i in enumerate(chunk):
+            got_logps[i], got_entropy[i] = logps[b, :len(completions[i])], entropy[b, :len(completions[i])]
+    cache.backward_prompts()
+
+    for i in range(len(completions)):
+        torch.testing.assert_close(got_logps[i], ref_logps[i], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got_entropy[i], ref_entropy[i], atol=1e-5, rtol=1e-5)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_without_backward_prompts_the_prompt_part_of_the_gradient_is_missing(char_tokenizer):
+    """The prompt forward's share of the gradient arrives only through backward_prompts: a check that the
+    test above cannot pass with the prompt gradient silently dropped."""
+    model = build_tiny_model("qwen2", char_tokenizer, **SHAPE).float()
+    prompts, index, completions = _case(len(char_tokenizer))
+    ref_logps, _ = _alone(model, prompts, index, completions, 1.0)
+    torch.stack([lp.sum() for lp in ref_logps]).sum().backward()
+    ref = model.model.layers[0].self_attn.k_proj.weight.grad.clone()
+    model.zero_grad()
+    cache = PromptCache(model, prompts, char_tokenizer.pad_token_id)
+    logps, _, mask = cache.logps(index, completions)
+    (logps * mask).sum().backward()
+    partial = model.model.layers[0].self_attn.k_proj.weight.grad.clone()
+    assert not torch.allclose(partial, ref, atol=1e-4)
+    cache.backward_prompts()
+    torch.testing.assert_close(model.model.layers[0].self_attn.k_proj.weight.grad, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_no_grad_cache_scores_without_building_a_graph(char_tokenizer):
+    model = build_tiny_model("phi3", char_tokenizer, **SHAPE).float()
+    prompts, index, completions = _case(len(char_tokenizer), seed=1)
+    with torch.no_grad():
+        logps, entropy, _ = PromptCache(model, prompts, char_tokenizer.pad_token_id).logps(index, completions)
+    assert entropy is None and not logps.requires_grad
+    ref, _ = _alone(model, prompts, index, completions, 1.0)
+    for b, lp in enumerate(ref):
+        torch.testing.assert_close(logps[b, :len(lp)], lp.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_length_sorted_chunks_cover_every_index_once_longest_first():
+    lengths = [3, 9, 1, 7, 7, 2, 5]
+    chunks = length_sorted_chunks(lengths, 3)
+    assert [len(c) for c in chunks] == [3, 3, 1]
+    assert sorted(i for c in chunks for i in c) == list(range(7))
+    flat = [lengths[i] for c in chunks for i in c]
+    assert flat == sorted(lengths, reverse=True)
+
+
+def test_empty_prompt_or_completion_is_an_error(char_tokenizer):
+    model = build_tiny_model("phi3", char_tokenizer, **SHAPE).float()
+    with pytest.raises(ValueError, match="at least one token"):
+        PromptCache(model, [[5], []], 0)
+    with pytest.raises(ValueError, match="empty completion"):
+        PromptCache(model, [[5, 6]], 0).logps([0], [[]])
