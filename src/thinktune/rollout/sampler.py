@@ -209,8 +209,16 @@ class RolloutEngine:
     def _run_batch(self, decoder: Decoder, prompts: list[list[int]], params: SamplingParams, stops: _Stops,
                    pad_id: int, generator: torch.Generator) -> list[_Row]:
         """Decode one batch of prompts to the end; returns one row per prompt, in order."""
-        ids, pad = _left_pad(prompts, pad_id, self.device)
-        logits = decoder.prefill(ids, pad)  # [n, V]
+        # The n samples of a prompt share its prefill: each distinct prompt is prefilled once and its cache
+        # rows are then copied to every row that samples from it.
+        distinct: dict[tuple[int, ...], int] = {}
+        where = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]  # row -> distinct prompt
+        ids, pad = _left_pad([list(p) for p in distinct], pad_id, self.device)
+        logits = decoder.prefill(ids, pad)  # [u, V]
+        if len(distinct) < len(prompts):
+            index = torch.tensor(where, device=self.device)  # [n]
+            decoder.reorder(index)
+            logits = logits[index]  # [n, V]
         rows = [_Row([], [], [], "length") for _ in prompts]
         slots = list(range(len(prompts)))  # live slot -> batch row
         segment: tuple[list, list, list] = ([], [], [])  # per step since the last flush: tokens, logps, s-logps
