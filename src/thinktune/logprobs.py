@@ -102,8 +102,11 @@ class PromptCache:
         self.leaves = [(k.detach().requires_grad_(grad), v.detach().requires_grad_(grad)) for k, v in self.kv]
 
     def logps(self, prompt_index: Sequence[int], completions: Sequence[Sequence[int]], temperature: float = 1.0,
-              need_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+              need_entropy: bool | str = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Per-token log-probs of ``completions[b]`` after prompt ``prompt_index[b]``, at ``temperature``.
+
+        ``need_entropy``: False, True (the entropy as a number to log, no graph) or "grad" (differentiable,
+        for an entropy bonus in the loss).
 
         Returns:
             (logps [B, T], entropy [B, T] of the policy at each predicting position or None, mask [B, T]).
@@ -118,7 +121,8 @@ class PromptCache:
             index = torch.tensor(list(prompt_index), device=self.device)
             heads = [len(self.prompts[p]) - 1 for p in prompt_index]
             positions = torch.tensor(heads, device=self.device)[:, None] + torch.arange(ids.shape[1], device=self.device)
-            cache = DynamicCache(ddp_cache_data=[(k[index], v[index]) for k, v in self.leaves])
+            cache = DynamicCache(ddp_cache_data=[(k.index_select(0, index), v.index_select(0, index))
+                                                 for k, v in self.leaves])
             attention = torch.cat([self.head_mask[index], mask], dim=1)  # [B, L+1+T]
             with self._autocast():
                 logits = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
@@ -133,10 +137,13 @@ class PromptCache:
             cols = (start[:, None] + torch.arange(width, device=self.device)).clamp(max=ids.shape[1] - 1)  # [B, T]
             picked = logits.gather(1, cols[..., None].expand(-1, -1, logits.shape[-1]))  # [B, T, V]
         targets, out_mask = _right_padded([list(c) for c in completions], self.pad_id, self.device)  # [B, T]
-        picked = picked.float() / temperature
+        picked = picked.float() if temperature == 1.0 else picked.float() / temperature
         logps = torch.log_softmax(picked, dim=-1).gather(-1, targets[..., None]).squeeze(-1)  # [B, T]
         out_mask = out_mask.float()
-        entropy = entropy_from_logits(picked) if need_entropy else None
+        entropy = None
+        if need_entropy:  # a [B, T, V] graph kept for backward only when the loss uses the entropy
+            with torch.set_grad_enabled(torch.is_grad_enabled() and need_entropy == "grad"):
+                entropy = entropy_from_logits(picked)  # [B, T]
         return logps * out_mask, entropy, out_mask
 
     def backward_prompts(self) -> None:

@@ -52,7 +52,7 @@ def test_logps_entropy_and_gradients_match_forwarding_each_sequence_alone(char_t
     got_logps, got_entropy = {}, {}
     for chunk in length_sorted_chunks([len(c) for c in completions], 5):  # 12 completions: 5 + 5 + 2
         logps, entropy, mask = cache.logps([index[i] for i in chunk], [completions[i] for i in chunk],
-                                           temperature, need_entropy=True)
+                                           temperature, need_entropy="grad")
         assert mask.sum(-1).tolist() == [len(completions[i]) for i in chunk]
         assert (logps[mask == 0] == 0).all()
         (logps * mask).sum().backward()
@@ -63,6 +63,7 @@ def test_logps_entropy_and_gradients_match_forwarding_each_sequence_alone(char_t
     for i in range(len(completions)):
         torch.testing.assert_close(got_logps[i], ref_logps[i], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got_entropy[i], ref_entropy[i], atol=1e-5, rtol=1e-5)
+    assert got_entropy[0].requires_grad
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
@@ -91,6 +92,9 @@ def test_no_grad_cache_scores_without_building_a_graph(char_tokenizer):
     with torch.no_grad():
         logps, entropy, _ = PromptCache(model, prompts, char_tokenizer.pad_token_id).logps(index, completions)
     assert entropy is None and not logps.requires_grad
+    logps_grad, entropy, _ = PromptCache(model, prompts, char_tokenizer.pad_token_id).logps(
+        index, completions, need_entropy=True)
+    assert logps_grad.requires_grad and not entropy.requires_grad  # logged, not differentiated
     ref, _ = _alone(model, prompts, index, completions, 1.0)
     for b, lp in enumerate(ref):
         torch.testing.assert_close(logps[b, :len(lp)], lp.detach(), atol=1e-5, rtol=1e-5)

@@ -188,7 +188,7 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
     for _ in range(cfg.updates_per_batch):
         cache = PromptCache(model, ro.prompts, pad_id, cfg.share_prompt, autocast)
         for k, idx in enumerate(micro):
-            logps, entropy, mask = forward(cache, idx, need_entropy=True)  # [B, T] each
+            logps, entropy, mask = forward(cache, idx, need_entropy="grad" if cfg.gamma else True)  # [B, T] each
             old = _padded([ro.old_logps[i] for i in idx], logps.shape[1], rt.device)
             loss_t, stats = grpo_token_loss(logps, old, ro.advantages[idx].to(rt.device), cfg.clip_low,
                                             cfg.clip_high, ref_logps[k] if ref_logps else None,
