@@ -43,6 +43,10 @@ VERBS = {
     "dpo": ("thinktune.recipes.dpo", "DPOConfig"),
     "grpo": ("thinktune.recipes.grpo", "GRPOConfig"),
     "select-prompts": ("thinktune.recipes.select_prompts", "SelectPromptsConfig"),
+    "serve": ("thinktune.recipes.serve", "ServeConfig"),
+    "distill": ("thinktune.recipes.distill", "DistillConfig"),
+    "select": ("thinktune.recipes.select", "SelectConfig"),
+    "decontaminate": ("thinktune.recipes.decontaminate", "DecontaminateConfig"),
 }
 
 DONE = ".done.json"
