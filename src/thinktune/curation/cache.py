@@ -1,6 +1,8 @@
-"""An append-only on-disk cache of teacher replies, so a rerun or a crash never asks twice.
+"""An append-only on-disk cache of results (teacher replies, pass-rate estimates), so a rerun or a crash
+never asks twice.
 
-One JSON line per reply, keyed by SHA-256 of (endpoint, model, prompt messages, sample index). Each line is
+One JSON line per result; ``distill`` keys a reply by SHA-256 of (endpoint, model, prompt messages, sample
+index). Each line is
 flushed and fsynced before the request counts as done. A crash can tear only the last line; opening the
 cache drops such a tail (that one sample is asked again), while a bad line anywhere else is an error.
 """
@@ -16,10 +18,15 @@ from pathlib import Path
 from thinktune.errors import DataError
 
 
+def cache_key(*parts: object) -> str:
+    """SHA-256 of the JSON of ``parts`` (anything JSON can write): equal parts, equal keys."""
+    text = json.dumps(parts, ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def sample_key(endpoint: str, model: str, messages: list[dict], index: int) -> str:
     """The cache key of sample ``index`` of a prompt (``messages`` as sent) from ``model`` at ``endpoint``."""
-    text = json.dumps([endpoint.rstrip("/"), model, messages, index], ensure_ascii=False, sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return cache_key(endpoint.rstrip("/"), model, messages, index)
 
 
 class ReplyCache:
