@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import openai
 import pytest
@@ -132,3 +138,39 @@ def test_requests_queued_during_a_batch_share_the_next_one():
     worker.close()
     assert engine.calls == [[[0]], [[1], [2], [3]], [[4]]]
     assert worker.largest_batch == 3
+
+
+def test_serve_command_listens_on_loopback_and_requires_its_key(tiny_model_dir, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SERVE_KEY": "sk-cli-key"}
+    proc = subprocess.Popen([sys.executable, "-m", "thinktune.cli", "serve", f"model.path={tiny_model_dir}",
+                             "model.system_prompt=", "port=0", "api_key_env=SERVE_KEY", "max_new_tokens=8"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"on (http://\S+/v1)", line).group(1)
+        assert url.startswith("http://127.0.0.1:")
+        name = Path(tiny_model_dir).name
+        reply = openai.OpenAI(base_url=url, api_key="sk-cli-key", max_retries=0).chat.completions.create(
+            model=name, messages=QUESTION, max_tokens=4)
+        assert 1 <= reply.usage.completion_tokens <= 4
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url, api_key="sk-other", max_retries=0).models.list()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    assert "sk-cli-key" not in proc.stdout.read()
+
+
+def test_print_config_and_help_know_the_curation_verbs(capsys):
+    from thinktune.cli import main
+
+    for verb, args in (("serve", ["model.path=m"]), ("distill", ["prompts=p", "base_url=u", "model=o3-mini"]),
+                       ("select", ["prompts=p", "model.path=m"]), ("decontaminate", ["data=d", "eval_sets=[e]"])):
+        assert main(["print-config", verb, *args]) == 0
+    out = capsys.readouterr().out
+    assert "api_key_env: OPENAI_API_KEY" in out and "pass_rate_at_most: 0.5" in out and "ngram: 13" in out
+    assert "host: 127.0.0.1" in out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = capsys.readouterr().out
+    assert all(v in help_text for v in ("serve", "distill", "select", "decontaminate")), help_text

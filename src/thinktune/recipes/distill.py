@@ -131,7 +131,8 @@ def ask_all(client: openai.OpenAI, cfg: DistillConfig, jobs: list[Job], cache: R
             except (EmptyReply, openai.APIError) as e:
                 failures[futures[future].key] = describe(e)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        # On an error, requests in flight finish in the background (their replies are still cached).
+        pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
     return failures
 

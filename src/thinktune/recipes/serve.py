@@ -64,9 +64,11 @@ def run(cfg: ServeConfig) -> None:
     settings = settings_for(cfg, context_len=model.config.max_position_embeddings)
     engine = RolloutEngine(model, tokenizer, decoder=cfg.decoder)
     server = start(settings, tokenizer, engine, cfg.host, cfg.port, log=tqdm.write if cfg.verbose else None)
-    tqdm.write(f"[serve] {settings.model_name!r} on {server.url} (reasoning {cfg.reasoning}, "
-               f"{'key required' if settings.api_key else 'no key'}); Ctrl-C stops it")
+    print(f"[serve] {settings.model_name!r} on {server.url} (reasoning {cfg.reasoning}, "
+          f"{'key required' if settings.api_key else 'no key'}); Ctrl-C stops it", flush=True)
     try:
         server.serve_forever()
+    except KeyboardInterrupt:
+        tqdm.write("[serve] stopped")
     finally:
         server.server_close()
