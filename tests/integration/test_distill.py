@@ -178,3 +178,13 @@ def test_a_killed_run_resumes_without_asking_twice(tmp_path, char_tokenizer):
     assert asked == {pid: k - cached[pid] for pid in ids.values() if cached[pid] < k}
     assert summary["asked_this_run"] == len(questions) * k - sum(cached.values())
     assert summary["kept"] == len(questions) * k and summary["failed"] == 0
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
+    from thinktune.cli import main
+
+    prompts = write_prompts(tmp_path / "p.jsonl", {"What is 1+2?": "3"})
+    code = main(["distill", f"prompts={prompts}", "base_url=http://127.0.0.1:9/v1", "model=teacher", "api_key_env=",
+                 "max_retries=0", f"output_dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("thinktune: error: cannot reach http://127.0.0.1:9/v1")

@@ -39,6 +39,7 @@ from thinktune.data.io import write_json, write_jsonl  # noqa: E402
 from thinktune.errors import ConfigError  # noqa: E402
 from thinktune.rollout.sampler import SamplingParams  # noqa: E402
 from thinktune.tasks.benchmarks import load_prompts  # noqa: E402
+from thinktune.tracking import save_figure  # noqa: E402
 
 
 @dataclass
@@ -95,10 +96,7 @@ def plot_pass_rates(histogram: dict[str, int], kept: list[bool], out: Path) -> N
     ax.bar(list(histogram), list(histogram.values()), color=["#4477aa" if k else "#bbbbbb" for k in kept])
     ax.set_xlabel("pass rate (correct of k samples); blue: kept")
     ax.set_ylabel("prompts")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def run(cfg: SelectConfig) -> dict:

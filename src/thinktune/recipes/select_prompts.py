@@ -27,6 +27,7 @@ from thinktune.data.io import write_json, write_jsonl  # noqa: E402
 from thinktune.errors import ConfigError  # noqa: E402
 from thinktune.rollout.sampler import SamplingParams  # noqa: E402
 from thinktune.tasks.benchmarks import load_prompts  # noqa: E402
+from thinktune.tracking import save_figure  # noqa: E402
 
 
 @dataclass
@@ -61,10 +62,7 @@ def plot_cv(cvs: list[float], kept: list[int], out: Path) -> None:
     ax.set_xlabel("coefficient of variation of response length")
     ax.set_ylabel("prompts")
     ax.legend()
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def run(cfg: SelectPromptsConfig) -> dict:
