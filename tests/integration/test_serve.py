@@ -174,3 +174,13 @@ def test_print_config_and_help_know_the_curation_verbs(capsys):
         main(["--help"])
     help_text = capsys.readouterr().out
     assert all(v in help_text for v in ("serve", "distill", "select", "decontaminate")), help_text
+
+
+def test_serve_cannot_be_a_pipeline_stage(tmp_path):
+    from thinktune.errors import ConfigError
+    from thinktune.recipes.pipeline import load_pipeline
+
+    path = tmp_path / "p.yaml"
+    path.write_text("stages:\n  teacher:\n    verb: serve\n    set: {model.path: m}\n")
+    with pytest.raises(ConfigError, match="serve runs until stopped"):
+        load_pipeline(path)

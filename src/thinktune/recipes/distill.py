@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import openai
@@ -164,7 +164,7 @@ def sort_samples(jobs: list[Job], cache: ReplyCache, failures: dict[str, str],
         if record is None:
             failed.append({**where, "error": failures.get(job.key, "not requested")})
             continue
-        reply = Reply(**{f: record[f] for f in Reply.__dataclass_fields__})
+        reply = Reply(**{f.name: record[f.name] for f in fields(Reply)})
         tokens["prompt"] += reply.prompt_tokens
         tokens["completion"] += reply.completion_tokens
         messages = [*prompt_messages(row["prompt"]), {"role": "assistant", "content": reply.trace()}]
