@@ -190,3 +190,21 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
                  "max_retries=0", f"output_dir={tmp_path / 'out'}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("thinktune: error: cannot reach http://127.0.0.1:9/v1")
+
+
+def test_a_thinktune_model_as_the_teacher(tmp_path, char_tokenizer, tiny_phi3):
+    """The whole path with a real model behind the server: every sample is a reply (kept or rejected) or a
+    failure with its reason (the random tiny model rarely writes an answer at all)."""
+    from thinktune.rollout.sampler import RolloutEngine
+
+    prompts = write_prompts(tmp_path / "p.jsonl", {"What is 1+2?": "3", "What is 2+3?": "5"})
+    with running_server(char_tokenizer, RolloutEngine(tiny_phi3, char_tokenizer), reasoning="inline",
+                        max_new_tokens=8) as server:
+        summary = distill.run(distill_cfg(prompts, server.url, tmp_path / "out", api_key_env="", k=3, max_tokens=8,
+                                          require_reasoning="false"))
+    assert summary["kept"] + summary["rejected"] + summary["failed"] == 6
+    cached = ReplyCache(tmp_path / "out" / "cache.jsonl").records.values()
+    assert len(cached) == summary["kept"] + summary["rejected"]
+    assert all(1 <= r["completion_tokens"] <= 8 for r in cached)
+    failed = read(tmp_path / "out" / "failed.jsonl") if summary["failed"] else []
+    assert all("reply without content" in f["error"] for f in failed)
