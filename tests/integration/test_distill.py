@@ -208,3 +208,10 @@ def test_a_thinktune_model_as_the_teacher(tmp_path, char_tokenizer, tiny_phi3):
     assert all(1 <= r["completion_tokens"] <= 8 for r in cached)
     failed = read(tmp_path / "out" / "failed.jsonl") if summary["failed"] else []
     assert all("reply without content" in f["error"] for f in failed)
+
+
+def test_unknown_model_stops_with_a_clear_error(tmp_path, char_tokenizer):
+    prompts = write_prompts(tmp_path / "p.jsonl", {"What is 1+2?": "3"})
+    with running_server(char_tokenizer, ScriptedEngine(char_tokenizer, REPLIES)) as server:
+        with pytest.raises(UserError, match=r"answered 404 for model 'o3-mini' .*model 'o3-mini' not found"):
+            distill.run(distill_cfg(prompts, server.url, tmp_path / "out", api_key_env="", model="o3-mini"))
