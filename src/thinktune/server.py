@@ -22,6 +22,7 @@ a ``seed`` is decoded alone, because a row's draws depend on the rows that share
 
 from __future__ import annotations
 
+import hmac
 import itertools
 import json
 import queue
@@ -30,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
@@ -55,7 +56,7 @@ class Engine(Protocol):
 @dataclass(frozen=True)
 class ServerSettings:
     model_name: str  # the name clients send as ``model``
-    api_key: str | None  # None: no authentication
+    api_key: str | None = field(repr=False)  # None: no authentication; never printed
     reasoning: str = "separate"  # "separate": reasoning_content; "inline": <think> kept in content
     system_prompt: str = ""  # added when a request has no system message
     max_new_tokens: int = 2048  # default and upper limit of max_tokens
@@ -304,7 +305,8 @@ class ChatHandler(BaseHTTPRequestHandler):
 
     def _authorize(self) -> None:
         key = self.server.settings.api_key
-        if key is not None and self.headers.get("Authorization", "") != f"Bearer {key}":
+        sent = self.headers.get("Authorization", "").encode()
+        if key is not None and not hmac.compare_digest(sent, f"Bearer {key}".encode()):  # constant time
             raise RequestError(401, "invalid or missing API key; send Authorization: Bearer <key>")
 
     def _read_json(self) -> dict:

@@ -184,3 +184,9 @@ def test_serve_cannot_be_a_pipeline_stage(tmp_path):
     path.write_text("stages:\n  teacher:\n    verb: serve\n    set: {model.path: m}\n")
     with pytest.raises(ConfigError, match="serve runs until stopped"):
         load_pipeline(path)
+
+
+def test_settings_never_print_the_key():
+    from thinktune.server import ServerSettings
+
+    assert "sk-secret-1" not in repr(ServerSettings(model_name="m", api_key="sk-secret-1"))

@@ -66,6 +66,9 @@ def run(cfg: ServeConfig) -> None:
     server = start(settings, tokenizer, engine, cfg.host, cfg.port, log=tqdm.write if cfg.verbose else None)
     print(f"[serve] {settings.model_name!r} on {server.url} (reasoning {cfg.reasoning}, "
           f"{'key required' if settings.api_key else 'no key'}); Ctrl-C stops it", flush=True)
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        print(f"[serve] WARNING: listening on {cfg.host} with no API key: anyone who can reach this machine "
+              "can use the model; set api_key_env", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
