@@ -86,6 +86,7 @@ def test_concurrent_requests_all_answered_correctly(served):
     ({"n": 2, "temperature": 0}, openai.BadRequestError, "temperature 0 is greedy"),
     ({"max_tokens": 1000}, openai.BadRequestError, "'max_tokens'=1000 must be in [1, 12]"),
     ({"messages": [{"role": "robot", "content": "hi"}]}, openai.BadRequestError, "messages[0] needs a role"),
+    ({"messages": [{"role": "user", "content": "a" * 200}]}, openai.BadRequestError, "the model's context is 140"),
 ])
 def test_bad_requests_get_clear_errors(served, kwargs, error, words):
     _, client = served
