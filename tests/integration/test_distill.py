@@ -42,7 +42,7 @@ def write_prompts(path: Path, questions: dict[str, str]) -> Path:
 
 def distill_cfg(prompts: Path, url: str, out: Path, **extra) -> distill.DistillConfig:
     args = {"prompts": prompts, "base_url": url, "model": "teacher", "api_key_env": "TEACHER_KEY", "k": 2,
-            "temperature": 0.7, "max_tokens": 32, "concurrency": 4, "max_retries": 2, "timeout_s": 1.0,
+            "temperature": 0.7, "max_tokens": 32, "concurrency": 4, "max_retries": 2, "timeout_s": 2.5,
             "output_dir": out} | extra
     return load_config(distill.DistillConfig, None, [f"{k}={v}" for k, v in args.items()])
 
@@ -62,7 +62,7 @@ def test_faults_are_retried_and_every_sample_ends_somewhere(tmp_path, char_token
     prompts = write_prompts(tmp_path / "prompts.jsonl", questions)
     sums = list(questions)[:5]
     plan = {sums[0]: ["429"], sums[1]: ["500", "500"], sums[2]: ["slow"], sums[3]: ["drop"], sums[4]: ["500"] * 6}
-    handler = faulty_handler(plan, slow_s=1.3)
+    handler = faulty_handler(plan, slow_s=3.0)
     engine = ScriptedEngine(char_tokenizer, REPLIES)
     out = tmp_path / "run"
     with running_server(char_tokenizer, engine, api_key=KEY, reasoning=reasoning, handler=handler) as server:
