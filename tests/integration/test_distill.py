@@ -156,7 +156,7 @@ def test_a_killed_run_resumes_without_asking_twice(tmp_path, char_tokenizer):
     prompts = write_prompts(tmp_path / "p.jsonl", questions)
     out, k = tmp_path / "run", 3
     handler = faulty_handler({}, slow_s=0)
-    engine = ScriptedEngine(char_tokenizer, replies, delay_s=0.1)  # 36 samples, 2 at a time: ~2 s in all
+    engine = ScriptedEngine(char_tokenizer, replies, delay_s=0.25)  # 36 samples, 2 at a time: ~4.5 s in all
     with running_server(char_tokenizer, engine, handler=handler) as server:
         args = [f"prompts={prompts}", f"base_url={server.url}", "model=teacher", "api_key_env=", f"k={k}",
                 "concurrency=2", f"output_dir={out}"]
@@ -171,6 +171,7 @@ def test_a_killed_run_resumes_without_asking_twice(tmp_path, char_tokenizer):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         time.sleep(0.5)  # a request sent just before the kill may still be read (and logged) by the server
+        engine.delay_s = 0.0
         cached = Counter(r["prompt_id"] for r in ReplyCache(cache_file).records.values())
         assert 8 <= sum(cached.values()) < len(questions) * k
         first = len(handler.log)
