@@ -27,6 +27,10 @@ STAGE_HELP = {
     "dpo": "rollout DPO against a frozen reference (beta, label smoothing, optional RPO NLL term)",
     "grpo": "GRPO on verifiable rewards: Phi-4 length-aware reward, KL, entropy, Phi-4-mini stabilisers",
     "select-prompts": "keep RL prompts whose sampled response lengths vary least (Phi-4-mini)",
+    "serve": "serve a checkpoint behind an OpenAI-compatible chat-completions API (loopback by default)",
+    "distill": "k teacher samples per prompt from any OpenAI-compatible endpoint; verified ones to SFT JSONL",
+    "select": "keep teachable prompts: the student's pass rate over k samples inside a band (0, 0.5]",
+    "decontaminate": "drop training rows sharing a word n-gram (13) with an evaluation set; report matches",
 }
 
 EPILOG = f"""Configs are YAML files holding only what differs from the defaults; see {REPO_CONFIGS}/

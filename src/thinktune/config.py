@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -300,3 +301,21 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 def format_config(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, width=110)
+
+
+def env_secret(name: str) -> str | None:
+    """The value of environment variable ``name`` (an API key); None when ``name`` is empty.
+
+    Secrets are read from the environment only, never from config files, so that no config, log or
+    output file written by thinktune holds one.
+
+    Raises:
+        ConfigError: ``name`` is given but the variable is unset or empty.
+    """
+    if not name:
+        return None
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"environment variable {name} is not set; export it with the API key, or set "
+                          "api_key_env= (empty) for a server that needs no key")
+    return value

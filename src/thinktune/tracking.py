@@ -75,6 +75,11 @@ def plot_curves(metrics_path: Path, keys: list[str], out: Path, title: str = "")
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
+    return save_figure(fig, out)
+
+
+def save_figure(fig: plt.Figure, out: Path) -> Path:
+    """Lay out, write ``out`` (PNG, its directory made if missing) and close the figure."""
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,14 +24,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from thinktune import models, runtime
 from thinktune.config import ModelConfig, save_config
 from thinktune.curation.pairs import Scored, mine
-from thinktune.data.chat import prompt_messages, render_prompt
+from thinktune.curation.passrate import load_student, sample_rows
 from thinktune.data.io import read_jsonl, write_json, write_jsonl
 from thinktune.errors import ConfigError, DataError
 from thinktune.rewards.verify import is_correct
-from thinktune.rollout.sampler import SamplingParams, sample
+from thinktune.rollout.sampler import SamplingParams
 from thinktune.tasks.benchmarks import load_prompts
 
 
@@ -70,13 +69,10 @@ def select_prompts(cfg: DPOPairsConfig) -> list[dict]:
 
 def sample_policy(cfg: DPOPairsConfig, rows: list[dict]) -> list[list[tuple[str, int]]]:
     """k completions per prompt from the policy: [(text, num_tokens)] per prompt."""
-    rt = runtime.init(cfg.model.dtype, cfg.seed)
-    tokenizer = models.load_tokenizer(cfg.model)
-    model = models.load_model(cfg.model, tokenizer, rt.device, rt.dtype)
-    prompts = [render_prompt(tokenizer, prompt_messages(r["prompt"]), cfg.model.system_prompt) for r in rows]
+    model, tokenizer = load_student(cfg.model, cfg.seed)
     params = SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
                             max_new_tokens=cfg.max_new_tokens)
-    outs = sample(model, tokenizer, prompts, params, seed=cfg.seed, batch_size=cfg.batch_size)
+    outs = sample_rows(model, tokenizer, rows, params, cfg.model.system_prompt, cfg.seed, cfg.batch_size)
     # An unfinished completion was cut mid-thought: never use it as either side of a pair.
     return [[(c.text, len(c.token_ids)) for c in group if c.finished] for group in outs]
 

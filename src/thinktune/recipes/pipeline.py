@@ -43,6 +43,10 @@ VERBS = {
     "dpo": ("thinktune.recipes.dpo", "DPOConfig"),
     "grpo": ("thinktune.recipes.grpo", "GRPOConfig"),
     "select-prompts": ("thinktune.recipes.select_prompts", "SelectPromptsConfig"),
+    "serve": ("thinktune.recipes.serve", "ServeConfig"),
+    "distill": ("thinktune.recipes.distill", "DistillConfig"),
+    "select": ("thinktune.recipes.select", "SelectConfig"),
+    "decontaminate": ("thinktune.recipes.decontaminate", "DecontaminateConfig"),
 }
 
 DONE = ".done.json"
@@ -115,6 +119,9 @@ def _stage(path: Path, run_dir: Path, name: str, body: Any, extra: dict, all_sta
     if unknown := set(body) - {"verb", "config", "set"}:
         raise ConfigError(f"{path}: stage {name!r} has unknown keys {sorted(unknown)}; use verb, config, set")
     recipe(body["verb"])  # fail early on an unknown verb
+    if body["verb"] == "serve":
+        raise ConfigError(f"{path}: stage {name!r}: serve runs until stopped, so it cannot be a pipeline stage; "
+                          "start it on its own and point a distill stage's base_url at it")
     values = {**_flatten(body.get("set") or {}), **_flatten(extra)}
     depends: set[str] = set()
     overrides = []

@@ -20,15 +20,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from thinktune import models, runtime  # noqa: E402
 from thinktune.config import ModelConfig, save_config  # noqa: E402
 from thinktune.curation.lengths import length_cv, most_uniform, spread  # noqa: E402
-from thinktune.data.chat import prompt_messages, render_prompt  # noqa: E402
+from thinktune.curation.passrate import load_student, pass_rate, sample_rows, verify_groups  # noqa: E402
 from thinktune.data.io import write_json, write_jsonl  # noqa: E402
 from thinktune.errors import ConfigError  # noqa: E402
-from thinktune.rewards.verify import is_correct  # noqa: E402
-from thinktune.rollout.sampler import SamplingParams, sample  # noqa: E402
+from thinktune.rollout.sampler import SamplingParams  # noqa: E402
 from thinktune.tasks.benchmarks import load_prompts  # noqa: E402
+from thinktune.tracking import save_figure  # noqa: E402
 
 
 @dataclass
@@ -63,29 +62,22 @@ def plot_cv(cvs: list[float], kept: list[int], out: Path) -> None:
     ax.set_xlabel("coefficient of variation of response length")
     ax.set_ylabel("prompts")
     ax.legend()
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def run(cfg: SelectPromptsConfig) -> dict:
-    rt = runtime.init(cfg.model.dtype, cfg.seed)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     rows = load_prompts(cfg.prompts, limit=cfg.limit or None, difficulties=cfg.difficulties)
-    tokenizer = models.load_tokenizer(cfg.model)
-    model = models.load_model(cfg.model, tokenizer, rt.device, rt.dtype)
-    prompts = [render_prompt(tokenizer, prompt_messages(r["prompt"]), cfg.model.system_prompt) for r in rows]
+    model, tokenizer = load_student(cfg.model, cfg.seed)
     params = SamplingParams(n=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
-    groups = sample(model, tokenizer, prompts, params, seed=cfg.seed, batch_size=cfg.batch_size)
+    groups = sample_rows(model, tokenizer, rows, params, cfg.model.system_prompt, cfg.seed, cfg.batch_size)
 
     lengths = [[len(c.token_ids) for c in g] for g in groups]
     cvs = [length_cv(g) for g in lengths]
     kept = most_uniform(cvs, cfg.keep_fraction)
-    pass_rates = [sum(is_correct(c.text, str(r["answer"]), r.get("mode", "math")) for c in g) / cfg.k
-                  for r, g in zip(rows, groups, strict=True)]
+    pass_rates = [pass_rate(c) for c in verify_groups(rows, [[c.text for c in g] for g in groups])]
     write_jsonl(out / "selected.jsonl", (
         {**rows[i], "length_mean": sum(lengths[i]) / cfg.k, "length_cv": cvs[i], "pass_rate": pass_rates[i]}
         for i in kept))

@@ -1,0 +1,50 @@
+"""Sample a model on prompt rows and measure how often it is right: the pieces that pair mining
+(``dpo-pairs``), length-uniformity selection (``select-prompts``) and teachable-prompt selection
+(``select``) share.
+
+Phi-4-reasoning kept seeds "at the edge of the student's ability" (RECIPE.md §1.1): prompts the student
+sometimes but not usually solves. ``in_band`` is that test on a pass rate estimated from k samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from thinktune import models, runtime
+from thinktune.config import ModelConfig
+from thinktune.data.chat import prompt_messages, render_prompt
+from thinktune.rewards.verify import is_correct
+from thinktune.rollout.sampler import Completion, SamplingParams, sample
+
+
+def load_student(cfg: ModelConfig, seed: int) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """The model and tokenizer of ``cfg`` on the best device, with seeds set."""
+    rt = runtime.init(cfg.dtype, seed)
+    tokenizer = models.load_tokenizer(cfg)
+    return models.load_model(cfg, tokenizer, rt.device, rt.dtype), tokenizer
+
+
+def sample_rows(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict],
+                params: SamplingParams, system_prompt: str, seed: int, batch_size: int) -> list[list[Completion]]:
+    """``params.n`` completions for each prompt row, rendered with the chat template and ``system_prompt``."""
+    prompts = [render_prompt(tokenizer, prompt_messages(r["prompt"]), system_prompt) for r in rows]
+    return sample(model, tokenizer, prompts, params, seed=seed, batch_size=batch_size)
+
+
+def verify_groups(rows: Sequence[dict], texts: Sequence[Sequence[str]]) -> list[list[bool]]:
+    """Whether each completion of each row is correct (``rewards.verify.is_correct`` in the row's mode)."""
+    return [[is_correct(t, str(r["answer"]), r.get("mode", "math")) for t in group]
+            for r, group in zip(rows, texts, strict=True)]
+
+
+def pass_rate(correct: Sequence[bool]) -> float:
+    """The share of correct samples; a truncated or unanswered sample counts as wrong."""
+    return sum(correct) / len(correct) if correct else 0.0
+
+
+def in_band(rate: float, above: float, at_most: float) -> bool:
+    """``above < rate <= at_most``: the default (0, 0.5] keeps prompts solved sometimes, at most half the time."""
+    return above < rate <= at_most
