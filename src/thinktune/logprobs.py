@@ -30,6 +30,7 @@ from contextlib import nullcontext
 import torch
 from transformers import DynamicCache
 
+from thinktune import unpadded
 from thinktune.losses import entropy_from_logits
 
 
@@ -61,13 +62,17 @@ class PromptCache:
         share_prompt: forward each prompt once and reuse its keys and values (default), or forward
             every ``prompt + completion`` whole.
         autocast_dtype: run the forward under autocast to this dtype (None: no autocast).
+        unpadded_forward: with ``share_prompt``, run completions through ``thinktune.unpadded`` (every real
+            token in one matrix, padding only inside attention) where the model allows it, else through
+            the HF forward on the cache.
 
     The prompt forward runs at construction, with gradients when they are enabled, so build one per
     optimisation pass (the weights change between passes).
     """
 
     def __init__(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]], pad_id: int,
-                 share_prompt: bool = True, autocast_dtype: torch.dtype | None = None) -> None:
+                 share_prompt: bool = True, autocast_dtype: torch.dtype | None = None,
+                 unpadded_forward: bool = True) -> None:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("PromptCache: every prompt needs at least one token")
         self.model, self.prompts, self.pad_id = model, [list(p) for p in prompts], pad_id
@@ -76,6 +81,7 @@ class PromptCache:
         self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, [P, K, L, D], graph attached
         self.leaves: list[tuple[torch.Tensor, torch.Tensor]] = []  # detached copies the completions read
         self.share = share_prompt and max(len(p) for p in self.prompts) > 1
+        self.unpadded = unpadded_forward
         if self.share:
             self._forward_prompts()
 
@@ -115,6 +121,9 @@ class PromptCache:
             raise ValueError("PromptCache.logps: empty completion")
         width = max(len(c) for c in completions)  # T
         lasts = [self.prompts[p][-1:] for p in prompt_index]
+        longest = max(len(self.prompts[p]) + len(c) for p, c in zip(prompt_index, completions, strict=True))
+        if self.share and self.unpadded and not unpadded.unsupported_reason(self.model, longest):
+            return self._logps_unpadded(prompt_index, completions, temperature, need_entropy)
         if self.share:
             rows = [last + list(c) for last, c in zip(lasts, completions, strict=True)]  # [B] last prompt token + completion
             ids, mask = _right_padded(rows, self.pad_id, self.device)  # [B, 1+T]
@@ -145,6 +154,35 @@ class PromptCache:
             with torch.set_grad_enabled(torch.is_grad_enabled() and need_entropy == "grad"):
                 entropy = entropy_from_logits(picked)  # [B, T]
         return logps * out_mask, entropy, out_mask
+
+    def _logps_unpadded(self, prompt_index: Sequence[int], completions: Sequence[Sequence[int]], temperature: float,
+                        need_entropy: bool | str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        rows = [self.prompts[p][-1:] + list(c) for p, c in zip(prompt_index, completions, strict=True)]
+        lengths = torch.tensor([len(r) for r in rows], device=self.device)  # [B]
+        row = torch.repeat_interleave(torch.arange(len(rows), device=self.device), lengths)  # [N]
+        starts = torch.cumsum(lengths, 0) - lengths  # [B]
+        col = torch.arange(row.shape[0], device=self.device) - starts[row]  # [N]
+        heads = torch.tensor([len(self.prompts[p]) - 1 for p in prompt_index], device=self.device)  # [B]
+        tokens = torch.tensor([t for r in rows for t in r], device=self.device)  # [N]
+        index = torch.tensor(list(prompt_index), device=self.device)
+        prefix = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.leaves]
+        with self._autocast():
+            logits = unpadded.forward(self.model, tokens, heads[row] + col, row, col, int(lengths.max()), prefix,
+                                      self.head_mask.index_select(0, index).bool())  # [N, V]
+        predicting = (col < lengths[row] - 1).nonzero().squeeze(1)  # [M]: every token but a row's last
+        picked = logits.index_select(0, predicting).float()  # [M, V]
+        if temperature != 1.0:
+            picked = picked / temperature
+        logps_flat = torch.log_softmax(picked, -1).gather(-1, tokens[predicting + 1, None]).squeeze(-1)  # [M]
+        where = (row[predicting], col[predicting])  # column k predicts completion token k
+        width = max(len(c) for c in completions)
+        logps = logits.new_zeros(len(rows), width, dtype=torch.float32).index_put(where, logps_flat)  # [B, T]
+        mask = torch.zeros(len(rows), width, device=self.device).index_put(where, torch.ones_like(logps_flat))
+        entropy = None
+        if need_entropy:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and need_entropy == "grad"):
+                entropy = torch.zeros_like(logps).index_put(where, entropy_from_logits(picked))
+        return logps, entropy, mask
 
     def backward_prompts(self) -> None:
         """Send the gradients accumulated on the cached keys and values through the prompt forward."""

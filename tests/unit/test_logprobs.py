@@ -37,8 +37,8 @@ def _alone(model, prompts, index, completions, temperature):
 
 
 @pytest.mark.parametrize("arch", ["phi3", "qwen2", "llama"])
-@pytest.mark.parametrize("share_prompt", [True, False])
-def test_logps_entropy_and_gradients_match_forwarding_each_sequence_alone(char_tokenizer, arch, share_prompt):
+@pytest.mark.parametrize("layout", ["unpadded", "hf_cache", "full"])
+def test_logps_entropy_and_gradients_match_forwarding_each_sequence_alone(char_tokenizer, arch, layout):
     model = build_tiny_model(arch, char_tokenizer, **SHAPE).float()
     prompts, index, completions = _case(len(char_tokenizer))
     temperature = 0.7
@@ -48,7 +48,8 @@ def test_logps_entropy_and_gradients_match_forwarding_each_sequence_alone(char_t
     ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
 
-    cache = PromptCache(model, prompts, char_tokenizer.pad_token_id, share_prompt=share_prompt)
+    cache = PromptCache(model, prompts, char_tokenizer.pad_token_id, share_prompt=layout != "full",
+                        unpadded_forward=layout == "unpadded")
     got_logps, got_entropy = {}, {}
     for chunk in length_sorted_chunks([len(c) for c in completions], 5):  # 12 completions: 5 + 5 + 2
         logps, entropy, mask = cache.logps([index[i] for i in chunk], [completions[i] for i in chunk],

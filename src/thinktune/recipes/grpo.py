@@ -82,8 +82,6 @@ class GRPOConfig:
     max_group_accuracy: float = 0.5  # with balance: prompts above this accuracy are dropped
     micro_batch_size: int = 8  # completions per forward pass in the update (sorted by length)
     share_prompt: bool = True  # forward each prompt once per pass, not once per sample (same result)
-    compile: bool = False  # torch.compile the update's forward (dynamic shapes): a one-off compile of tens of
-    #                        seconds, then fused kernels; worth it for runs longer than a few minutes
     rollout_batch_size: int = 256  # sequences decoded together
     max_steps: int = 90
     dump_every: int = 10  # steps between rollout dumps to samples/ (0: never)
@@ -253,10 +251,6 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
     reference = models.load_model(cfg.model, tokenizer, rt.device, rt.dtype).eval() if cfg.beta else None
     if reference is not None:
         reference.requires_grad_(False)
-    if cfg.compile:  # in place, so checkpoints keep plain parameter names; the rollout decoder reads weights
-        for m in (model, reference):
-            if m is not None:
-                m.compile(dynamic=True)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
     start = checkpoint.resume(resume_from, optimizer, scheduler, "grpo")
