@@ -107,7 +107,12 @@ def dispatch(args: argparse.Namespace) -> int:
     _quiet_transformers()
     if args.verb in STAGE_HELP or args.verb == "data":
         module, cls = pipeline.recipe("synth" if args.verb == "data" else args.verb)
-        module.run(load_config(cls, args.config, args.overrides))
+        from thinktune import runtime
+
+        try:
+            module.run(load_config(cls, args.config, args.overrides))
+        finally:
+            runtime.cleanup()  # under torchrun: leave the process group cleanly
     elif args.verb == "print-config":
         _, cls = pipeline.recipe(args.target_verb)
         print(format_config(load_config(cls, args.config, args.overrides)), end="")

@@ -27,13 +27,12 @@ import random
 import re
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from thinktune import checkpoint, models, runtime
+from thinktune import checkpoint, distributed, lora, models, runtime
 from thinktune.advantages import ADVANTAGE_MODES, annealed_temperature, balance_group, group_advantages
 from thinktune.config import LogConfig, ModelConfig, OptimConfig, save_config
 from thinktune.data.chat import prompt_messages, render_prompt
@@ -157,7 +156,16 @@ def build_rollouts(prompts: list[list[int]], groups: list[list[Completion]], rew
 
 
 def _batch(ro: Rollouts, idx: list[int], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-padded tensors for sequences ``idx``: input_ids, attention_mask, completion mask, old logps."""
+    """Right-padded tensors for sequences ``idx``: input_ids, attention_mask, completion mask, old logps.
+
+    An empty ``idx`` (a filler pass under FSDP, see ``distributed.pad_passes``) gives one two-token pad
+    sequence with an empty completion mask: it runs the forward and backward and adds nothing.
+    """
+    if not idx:
+        return {"input_ids": torch.full((1, 2), pad_id, device=device),
+                "attention_mask": torch.ones((1, 2), dtype=torch.long, device=device),
+                "mask": torch.zeros((1, 1), device=device), "old_logps": torch.zeros((1, 1), device=device),
+                "advantages": torch.zeros(1, device=device)}
     width = max(len(ro.input_ids[i]) for i in idx)
     input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)  # [B, T]
     attn = torch.zeros((len(idx), width), dtype=torch.long)  # [B, T]
@@ -188,7 +196,10 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
     """``updates_per_batch`` passes of the GRPO objective over the step's rollouts; returns update stats."""
     n = len(ro.input_ids)
     micro = [list(range(i, min(i + cfg.micro_batch_size, n))) for i in range(0, n, cfg.micro_batch_size)]
+    micro = distributed.pad_passes(micro)  # FSDP: every rank runs as many passes as the busiest one
     num_tokens = sum(len(x) - s for x, s in zip(ro.input_ids, ro.prompt_lens, strict=True))
+    # The loss is normalised by the counts over all ranks, so N ranks make the one-process loss.
+    num_tokens, n = (int(v) for v in distributed.all_sum(num_tokens, n))
     ref_logps = []
     if cfg.beta and reference is not None:
         with torch.no_grad():
@@ -203,16 +214,35 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
             loss_t, stats = grpo_token_loss(logps, b["old_logps"], b["advantages"], cfg.clip_low, cfg.clip_high,
                                             ref_logps[k] if ref_logps else None, cfg.beta if ref_logps else 0.0,
                                             entropy, cfg.gamma)
-            aggregate(loss_t, b["mask"], cfg.loss_agg, num_tokens, n).backward()
+            (aggregate(loss_t, b["mask"], cfg.loss_agg, num_tokens, n) * distributed.loss_scale(rt)).backward()
             for key, name in (("kl", "kl"), ("entropy", "entropy"), ("clip_fraction", "clipped"), ("ratio", "ratio")):
                 if name in stats:
                     sums[key] += float((stats[name] * b["mask"]).sum())
-        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                               cfg.optim.grad_clip or float("inf"))))
+        grad_norms.append(float(distributed.clip_grad_norm(model, cfg.optim.grad_clip)))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    sums = dict(zip(sums, distributed.all_sum(*sums.values()), strict=True))
     denom = max(num_tokens * cfg.updates_per_batch, 1)
     return {f"update/{k}": v / denom for k, v in sums.items()} | {"update/grad_norm": sum(grad_norms) / len(grad_norms)}
+
+
+def reference_model(cfg: GRPOConfig, model, tokenizer, rt: runtime.Runtime):
+    """The frozen reference for the KL term: None without one (beta = 0); with LoRA, the policy with its
+    adapters disabled (no second copy of the weights); else the starting model, sharded like the policy."""
+    if not cfg.beta:
+        return None
+    if lora.enabled(model):
+        return lora.ReferenceView(model)
+    reference = models.load_model(cfg.model, tokenizer, rt.device, rt.dtype).eval().requires_grad_(False)
+    return distributed.prepare(reference, cfg.model, rt, trainable=False)
+
+
+def gather_step(rows: list[dict], groups: list[list[Completion]], results: list[list], correct: list[list[bool]]
+                ) -> tuple[list, list, list, list]:
+    """Every rank's prompts, completions (without their log-probs) and scores, in rank order, for metrics
+    and dumps; the same lists on one rank."""
+    light = [[replace(c, logprobs=[], sampling_logprobs=None) for c in g] for g in groups]
+    return tuple(distributed.gather_lists(x) for x in (rows, light, results, correct))
 
 
 def rollout_metrics(groups: list[list[Completion]], results: list[list],
@@ -243,9 +273,11 @@ def dump(out: Path, step: int, rows: list[dict], groups: list[list[Completion]],
 
 def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; its stages are calls
     rt = runtime.init(cfg.model.dtype, cfg.seed)
+    distributed.check_divisible("prompts_per_step", cfg.prompts_per_step, 1, rt)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    if rt.is_main:
+        save_config(cfg, out / "config.yaml")
     reward_cfg = cfg.reward
     if cfg.scale_reward_to_context:
         from thinktune.rewards import scale_to_context
@@ -257,31 +289,33 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
     prompt_ids = [render_prompt(tokenizer, prompt_messages(r["prompt"]), cfg.model.system_prompt) for r in rows]
 
     resume_from = checkpoint.latest(out)
-    model_cfg = ModelConfig(**{**vars(cfg.model), "path": str(resume_from or cfg.model.path)})
-    model = models.load_model(model_cfg, tokenizer, rt.device, torch.float32).train()
-    reference = models.load_model(cfg.model, tokenizer, rt.device, rt.dtype).eval() if cfg.beta else None
-    if reference is not None:
-        reference.requires_grad_(False)
+    model = lora.load_policy(cfg.model, resume_from, tokenizer, rt.device)
+    rollout_model = distributed.rollout_copy(model, rt)  # before sharding: the engine needs whole weights
+    model = distributed.prepare(model, cfg.model, rt)
+    reference = reference_model(cfg, model, tokenizer, rt)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
-    start = checkpoint.resume(resume_from, optimizer, scheduler, "grpo")
-    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start)
-    engine = RolloutEngine(model, tokenizer)
-    tqdm.write(f"[grpo] {len(rows)} prompts; {cfg.max_steps} steps of {cfg.prompts_per_step} x "
-               f"{cfg.samples_per_prompt}; reward {reward_cfg.name}; lr {cfg.optim.lr}, beta {cfg.beta}, "
-               f"gamma {cfg.gamma}; balance {cfg.balance}")
+    start = checkpoint.resume(resume_from, model, optimizer, scheduler, "grpo")
+    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start, enabled=rt.is_main)
+    engine = RolloutEngine(rollout_model, tokenizer)
+    runtime.print0(f"[grpo] {len(rows)} prompts; {cfg.max_steps} steps of {cfg.prompts_per_step} x "
+                   f"{cfg.samples_per_prompt} on {rt.world_size} rank(s); reward {reward_cfg.name}; lr "
+                   f"{cfg.optim.lr}, beta {cfg.beta}, gamma {cfg.gamma}; balance {cfg.balance}")
 
-    bar = progress(cfg.max_steps, start, "grpo", cfg.log.progress)
+    bar = progress(cfg.max_steps, start, "grpo", cfg.log.progress and rt.is_main)
     for step in range(start, cfg.max_steps):
         timer = {"time/generate": 0.0, "time/score": 0.0, "time/update": 0.0}
         temperature = cfg.temperature_at(step)
         idx = step_units(step * cfg.prompts_per_step, cfg.prompts_per_step, len(rows), cfg.seed)
+        idx = distributed.shard(idx, rt)  # data-parallel rollouts: each rank samples its share of prompts
         step_rows, step_prompts = [rows[i] for i in idx], [prompt_ids[i] for i in idx]
+        rank_seed = (cfg.seed * 1_000_003 + step) * rt.world_size + rt.rank  # = the one-process seed on 1 rank
 
         t = time.perf_counter()
+        distributed.sync_rollout_copy(rollout_model, model)
         params = SamplingParams(n=cfg.samples_per_prompt, temperature=temperature, max_new_tokens=cfg.max_new_tokens)
-        groups = engine.sample(step_prompts, params, seed=cfg.seed * 1_000_003 + step,
-                               batch_size=cfg.rollout_batch_size, show_progress=False)
+        groups = engine.sample(step_prompts, params, seed=rank_seed, batch_size=cfg.rollout_batch_size,
+                               show_progress=False)
         timer["time/generate"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -296,10 +330,12 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
         timer["time/score"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        keep, counts = select(groups, correct, cfg, random.Random(cfg.seed * 7919 + step))
-        metrics = {**rollout_metrics(groups, results, correct),
+        keep, counts = select(groups, correct, cfg, random.Random((cfg.seed * 7919 + step) * rt.world_size + rt.rank))
+        counts = dict(zip(counts, distributed.all_sum(*counts.values()), strict=True))
+        all_rows, all_groups, all_results, all_correct = gather_step(step_rows, groups, results, correct)
+        metrics = {**rollout_metrics(all_groups, all_results, all_correct),
                    **{f"select/{k}": float(v) for k, v in counts.items()}, "rollout/temperature": temperature}
-        if keep:
+        if distributed.any_rank(bool(keep)):  # a rank with nothing kept still joins FSDP's collectives
             ro = build_rollouts(step_prompts, groups, rewards, keep, cfg)
             metrics.update(update(model, reference, optimizer, ro, cfg, temperature, pad_id, rt))
         with warnings.catch_warnings():
@@ -316,19 +352,20 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
                         T=f"{temperature:.2f}")
         if done % cfg.log.log_every == 0 or done == cfg.max_steps:
             logger.log(done, metrics)
-        if cfg.dump_every and (done % cfg.dump_every == 0 or done == 1):
-            dump(out, done, step_rows, groups, results, correct)
+        if cfg.dump_every and (done % cfg.dump_every == 0 or done == 1) and rt.is_main:
+            dump(out, done, all_rows, all_groups, all_results, all_correct)
         if cfg.log.save_every and done % cfg.log.save_every == 0 and done < cfg.max_steps:
             checkpoint.save(out, done, model, tokenizer, optimizer, scheduler,
                             {"position": done * cfg.prompts_per_step}, cfg.log.keep_checkpoints)
     bar.close()
 
-    checkpoint.save_pretrained_atomic(model, tokenizer, out / "final")
-    plot_curves(out / "metrics.jsonl", ["rollout/reward_mean", "rollout/accuracy", "rollout/length_mean"],
-                out / "plots" / "reward_length.png", title=f"GRPO: {out}")
-    plot_curves(out / "metrics.jsonl", ["update/kl", "update/entropy", "update/clip_fraction", "rollout/temperature"],
-                out / "plots" / "update.png", title=f"GRPO: {out}")
+    checkpoint.export(model, tokenizer, out / "final")
     summary = {"steps": cfg.max_steps, "prompts": len(rows)}
-    write_json(out / "summary.json", summary)
-    tqdm.write(f"[grpo] done; model in {out / 'final'}")
+    if rt.is_main:
+        plot_curves(out / "metrics.jsonl", ["rollout/reward_mean", "rollout/accuracy", "rollout/length_mean"],
+                    out / "plots" / "reward_length.png", title=f"GRPO: {out}")
+        plot_curves(out / "metrics.jsonl", ["update/kl", "update/entropy", "update/clip_fraction",
+                                            "rollout/temperature"], out / "plots" / "update.png", title=f"GRPO: {out}")
+        write_json(out / "summary.json", summary)
+    runtime.print0(f"[grpo] done; model in {out / 'final'}")
     return summary
