@@ -62,18 +62,26 @@ def merged(model: PeftModel, state: dict[str, torch.Tensor]) -> torch.nn.Module:
     """A plain HF model with the adapter merged in, built on the CPU from a full (gathered) ``state``.
 
     The skeleton is made on the meta device and takes ``state``'s tensors as they are (``assign``), so
-    merging costs no second initialisation of a large model.
+    merging costs no second initialisation of a large model. The weights the merge adds into are cloned
+    first: on one process ``state`` holds the live training tensors, and merging into them in place would
+    change the base that training goes on from.
     """
     with torch.device("meta"):
         skeleton = get_peft_model(AutoModelForCausalLM.from_config(model.get_base_model().config),
                                   model.peft_config["default"])
-    skeleton.load_state_dict(state, assign=True, strict=False)
+    state = {k: v.clone() if ".base_layer." in k else v for k, v in state.items()}
+    skeleton.load_state_dict(state, assign=True)
     plain = skeleton.merge_and_unload()
     missing = [n for n, p in plain.named_parameters() if p.is_meta]
     if missing:
         raise RuntimeError(f"merging the adapter left parameters without values: {missing[:3]}")
     plain.generation_config = model.get_base_model().generation_config
     return plain
+
+
+def decodable(model: torch.nn.Module) -> torch.nn.Module:
+    """What the rollout engine samples from: the HF model inside a peft wrapper (adapters active)."""
+    return model.get_base_model() if enabled(model) else model
 
 
 def save_adapter(model: PeftModel, state: dict[str, torch.Tensor], path: Path) -> None:

@@ -297,7 +297,7 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
     start = checkpoint.resume(resume_from, model, optimizer, scheduler, "grpo")
     logger = MetricsLogger(out / "metrics.jsonl", resume_step=start, enabled=rt.is_main)
-    engine = RolloutEngine(rollout_model, tokenizer)
+    engine = RolloutEngine(lora.decodable(rollout_model), tokenizer)
     runtime.print0(f"[grpo] {len(rows)} prompts; {cfg.max_steps} steps of {cfg.prompts_per_step} x "
                    f"{cfg.samples_per_prompt} on {rt.world_size} rank(s); reward {reward_cfg.name}; lr "
                    f"{cfg.optim.lr}, beta {cfg.beta}, gamma {cfg.gamma}; balance {cfg.balance}")
