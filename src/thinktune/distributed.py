@@ -88,7 +88,7 @@ def prepare(model: torch.nn.Module, cfg: ModelConfig, rt: Runtime, trainable: bo
 
 def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The repeated transformer blocks, found by the class names HF lists in ``_no_split_modules``."""
-    names = set(model._no_split_modules or [])
+    names = set(getattr(model, "_no_split_modules", None) or [])  # an HF attribute; other modules lack it
     blocks = [m for m in model.modules() if type(m).__name__ in names]
     if not blocks:
         raise ConfigError(f"{type(model).__name__} names no decoder-block class (_no_split_modules), so FSDP "

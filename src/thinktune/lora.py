@@ -26,6 +26,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from thinktune import models
 from thinktune.config import LoRAConfig, ModelConfig
+from thinktune.errors import ConfigError
 
 ADAPTER_DIR = "adapter"
 
@@ -54,7 +55,10 @@ def load_policy(cfg: ModelConfig, resume_from: Path | None, tokenizer: PreTraine
     if resume_from is not None:
         model = PeftModel.from_pretrained(base, Path(resume_from) / ADAPTER_DIR, is_trainable=True)
     else:
-        model = get_peft_model(base, peft_config(cfg.lora))
+        try:
+            model = get_peft_model(base, peft_config(cfg.lora))
+        except ValueError as e:  # peft's message names the modules it could not find
+            raise ConfigError(f"model.lora.target_modules={cfg.lora.target_modules}: {e}") from None
     return model.train()
 
 
@@ -75,6 +79,13 @@ def merged(model: PeftModel, state: dict[str, torch.Tensor]) -> torch.nn.Module:
     missing = [n for n, p in plain.named_parameters() if p.is_meta]
     if missing:
         raise RuntimeError(f"merging the adapter left parameters without values: {missing[:3]}")
+    # Non-persistent buffers (rotary frequencies) are in no state dict: take them from the live model, so
+    # the merged model runs as well as saves.
+    live = dict(model.get_base_model().named_buffers())
+    for name, buf in plain.named_buffers():
+        if buf.is_meta:
+            owner, _, attr = name.rpartition(".")
+            plain.get_submodule(owner).register_buffer(attr, live[name].detach().cpu(), persistent=False)
     plain.generation_config = model.get_base_model().generation_config
     return plain
 

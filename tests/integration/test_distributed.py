@@ -22,23 +22,11 @@ from transformers import AutoModelForCausalLM
 
 import thinktune
 from thinktune.config import load_config
-from thinktune.recipes import build_model, dpo, grpo, sft
-from thinktune.recipes.synth import SynthConfig
-from thinktune.recipes.synth import run as run_synth
+from thinktune.recipes import dpo, grpo, sft
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
 REL = 1e-6
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("dist")
-    run_synth(SynthConfig(n_train=64, n_heldout_per_level=2, rollout_prompts=0, output_dir=str(root / "data")))
-    build_model.run(build_model.BuildModelConfig(
-        corpus=str(root / "data" / "sft_cot.jsonl"), hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-        intermediate_size=64, max_position_embeddings=160, output_dir=str(root / "model")))
-    return root
 
 
 def torchrun(nproc: int, *args: str) -> str:
@@ -56,18 +44,18 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def sft_args(world: Path, out: Path) -> list[str]:
-    args = {"model.path": world / "model", "model.system_prompt": "", "data.train": world / "data" / "sft_cot.jsonl",
+def sft_args(root: Path, out: Path) -> list[str]:
+    args = {"model.path": root / "model", "model.system_prompt": "", "data.train": root / "data" / "sft_cot.jsonl",
             "data.max_seq_len": 160, "optim.lr": 3e-3, "optim.warmup_steps": 2, "batch_size": 8,
             "micro_batch_size": 2, "max_steps": 4, "log.log_every": 1, "log.save_every": 2,
             "log.progress": "false", "output_dir": out}
     return [f"{k}={v}" for k, v in args.items()]
 
 
-def test_sft_on_two_ranks_matches_one_and_resumes_on_one(world, tmp_path, capsys):
+def test_sft_on_two_ranks_matches_one_and_resumes_on_one(small_world, tmp_path, capsys):
     one, two = tmp_path / "one", tmp_path / "two"
-    sft.run(load_config(sft.SFTConfig, None, sft_args(world, one)))
-    torchrun(2, "-m", "thinktune.cli", "sft", *sft_args(world, two))
+    sft.run(load_config(sft.SFTConfig, None, sft_args(small_world, one)))
+    torchrun(2, "-m", "thinktune.cli", "sft", *sft_args(small_world, two))
     want = [(r["step"], r["train/loss"]) for r in metrics(one)]
     got = [(r["step"], r["train/loss"]) for r in metrics(two)]
     assert [s for s, _ in got] == [s for s, _ in want] == [1, 2, 3, 4]  # rank 0 alone wrote the metrics
@@ -85,25 +73,25 @@ def test_sft_on_two_ranks_matches_one_and_resumes_on_one(world, tmp_path, capsys
     shutil.copytree(two, resumed)
     shutil.rmtree(resumed / "final")
     capsys.readouterr()
-    sft.run(load_config(sft.SFTConfig, None, sft_args(world, resumed)))
+    sft.run(load_config(sft.SFTConfig, None, sft_args(small_world, resumed)))
     assert f"resuming from {resumed / 'checkpoints' / 'step-2'} (step 2)" in capsys.readouterr().out
     again = {r["step"]: r["train/loss"] for r in metrics(resumed)}
     for step, loss in got:
         assert again[step] == pytest.approx(loss, rel=REL), step
 
 
-def grpo_args(world: Path, out: Path) -> list[str]:
-    args = {"model.path": world / "model", "model.system_prompt": "",
-            "data.prompts": world / "data" / "train_prompts.jsonl", "prompts_per_step": 4, "samples_per_prompt": 4,
+def grpo_args(root: Path, out: Path) -> list[str]:
+    args = {"model.path": root / "model", "model.system_prompt": "",
+            "data.prompts": root / "data" / "train_prompts.jsonl", "prompts_per_step": 4, "samples_per_prompt": 4,
             "max_new_tokens": 12, "scale_reward_to_context": "true", "optim.lr": 1e-3, "optim.warmup_steps": 1,
             "beta": 0.05, "gamma": 0.01, "max_steps": 3, "micro_batch_size": 3, "log.log_every": 1,
             "log.save_every": 1, "log.progress": "false", "dump_every": 1, "output_dir": out}
     return [f"{k}={v}" for k, v in args.items()]
 
 
-def test_grpo_on_two_ranks_samples_every_prompt_and_resumes_on_one(world, tmp_path, capsys):
+def test_grpo_on_two_ranks_samples_every_prompt_and_resumes_on_one(small_world, tmp_path, capsys):
     two = tmp_path / "two"
-    torchrun(2, "-m", "thinktune.cli", "grpo", *grpo_args(world, two))
+    torchrun(2, "-m", "thinktune.cli", "grpo", *grpo_args(small_world, two))
     rows = metrics(two)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:
@@ -121,38 +109,33 @@ def test_grpo_on_two_ranks_samples_every_prompt_and_resumes_on_one(world, tmp_pa
     shutil.rmtree(resumed / "final")
     shutil.rmtree(resumed / "checkpoints" / "step-2")
     capsys.readouterr()
-    grpo.run(load_config(grpo.GRPOConfig, None, grpo_args(world, resumed)))
+    grpo.run(load_config(grpo.GRPOConfig, None, grpo_args(small_world, resumed)))
     assert f"resuming from {resumed / 'checkpoints' / 'step-1'} (step 1)" in capsys.readouterr().out
     assert [r["step"] for r in metrics(resumed)] == [1, 2, 3]
     assert metrics(resumed)[0] == rows[0]
 
 
-def test_grpo_update_on_two_ranks_matches_one(world, tmp_path, monkeypatch):
+def test_grpo_update_on_two_ranks_matches_one(small_world, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(HERE))
     import grpo_update_worker
 
-    torchrun(2, str(HERE / "grpo_update_worker.py"), str(world / "model"), str(tmp_path / "two.pt"))
-    grpo_update_worker.main(str(world / "model"), str(tmp_path / "one.pt"))
+    torchrun(2, str(HERE / "grpo_update_worker.py"), str(small_world / "model"), str(tmp_path / "two.pt"))
+    grpo_update_worker.main(str(small_world / "model"), str(tmp_path / "one.pt"))
     two, one = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
     assert one["metrics"]["update/kl"] > 0 and one["metrics"]["update/clip_fraction"] > 0  # terms are live
     for key, value in one["metrics"].items():
         assert two["metrics"][key] == pytest.approx(value, rel=REL, abs=1e-9), key
-    start = AutoModelForCausalLM.from_pretrained(world / "model").state_dict()
+    start = AutoModelForCausalLM.from_pretrained(small_world / "model").state_dict()
     for name, weight in one["state"].items():
         assert not torch.equal(weight, start[name]), f"{name} did not move; the test would prove nothing"
         torch.testing.assert_close(two["state"][name], weight, rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_dpo_on_two_ranks_matches_one(world, tmp_path):
-    prompts = [json.loads(line) for line in (world / "data" / "train_prompts.jsonl").read_text().splitlines()]
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"id": p["id"], "prompt": p["prompt"], "chosen": f"\\boxed{{{p['answer']}}}",
-                                         "rejected": f"\\boxed{{{p['answer']}1}}"}) + "\n" for p in prompts[:16]))
-
+def test_dpo_on_two_ranks_matches_one(small_world, tmp_path):
     def dpo_args(out: Path) -> list[str]:
-        args = {"model.path": world / "model", "model.system_prompt": "", "data.train": pairs, "optim.lr": 3e-3,
-                "beta": 0.5, "batch_size": 8, "micro_batch_size": 2, "max_steps": 3, "log.log_every": 1,
-                "log.save_every": 0, "log.progress": "false", "output_dir": out}
+        args = {"model.path": small_world / "model", "model.system_prompt": "", "data.train": small_world / "pairs.jsonl",
+                "optim.lr": 3e-3, "beta": 0.5, "batch_size": 8, "micro_batch_size": 2, "max_steps": 3,
+                "log.log_every": 1, "log.save_every": 0, "log.progress": "false", "output_dir": out}
         return [f"{k}={v}" for k, v in args.items()]
 
     dpo.run(load_config(dpo.DPOConfig, None, dpo_args(tmp_path / "one")))

@@ -17,26 +17,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from thinktune.config import load_config
-from thinktune.recipes import build_model, dpo, grpo, sft
-from thinktune.recipes.synth import SynthConfig
-from thinktune.recipes.synth import run as run_synth
+from thinktune.recipes import dpo, grpo, sft
 
 pytestmark = pytest.mark.integration
 LORA = {"model.lora.r": 4, "model.lora.alpha": 8}
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("lora")
-    run_synth(SynthConfig(n_train=64, n_heldout_per_level=2, rollout_prompts=0, output_dir=str(root / "data")))
-    build_model.run(build_model.BuildModelConfig(
-        corpus=str(root / "data" / "sft_cot.jsonl"), hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-        intermediate_size=64, max_position_embeddings=160, output_dir=str(root / "model")))
-    prompts = [json.loads(line) for line in (root / "data" / "train_prompts.jsonl").read_text().splitlines()]
-    pairs = [{"id": p["id"], "prompt": p["prompt"], "chosen": f"<think>so</think>\\boxed{{{p['answer']}}}",
-              "rejected": f"\\boxed{{{p['answer']}1}}"} for p in prompts[:16]]
-    (root / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    return root
 
 
 def args(**values) -> list[str]:
@@ -63,13 +47,13 @@ def assert_only_adapters_changed(base_dir: Path, out: Path) -> None:
     assert adapted == 8  # qkv, o, gate_up and down in both layers: all-linear minus the head
 
 
-def test_lora_sft_trains_only_adapters_and_resumes_exactly(world, tmp_path, capsys):
+def test_lora_sft_trains_only_adapters_and_resumes_exactly(small_world, tmp_path, capsys):
     out = tmp_path / "sft"
-    run_args = args(**{"model.path": world / "model", "data.train": world / "data" / "sft_cot.jsonl",
+    run_args = args(**{"model.path": small_world / "model", "data.train": small_world / "data" / "sft_cot.jsonl",
                        "data.max_seq_len": 160, "optim.lr": 3e-2, "optim.warmup_steps": 1, "batch_size": 8,
                        "micro_batch_size": 4, "max_steps": 4, "log.save_every": 2, "output_dir": out})
     sft.run(load_config(sft.SFTConfig, None, run_args))
-    assert_only_adapters_changed(world / "model", out / "final")
+    assert_only_adapters_changed(small_world / "model", out / "final")
     AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "step-2")  # intermediate ones are plain HF too
 
     resumed = tmp_path / "resumed"
@@ -84,25 +68,25 @@ def test_lora_sft_trains_only_adapters_and_resumes_exactly(world, tmp_path, caps
     assert losses[0][-1] != losses[0][1]  # steps 3-4 trained on, so the comparison covers updates
 
 
-def test_lora_dpo_trains_only_adapters_against_the_disabled_adapter_reference(world, tmp_path):
+def test_lora_dpo_trains_only_adapters_against_the_disabled_adapter_reference(small_world, tmp_path):
     out = tmp_path / "dpo"
     summary = dpo.run(load_config(dpo.DPOConfig, None, args(**{
-        "model.path": world / "model", "data.train": world / "pairs.jsonl", "optim.lr": 3e-2, "beta": 0.5,
+        "model.path": small_world / "model", "data.train": small_world / "pairs.jsonl", "optim.lr": 3e-2, "beta": 0.5,
         "batch_size": 8, "micro_batch_size": 4, "max_steps": 3, "log.save_every": 0, "output_dir": out})))
     assert summary["steps"] == 3
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     # The reference is the base: before any update the policy equals it, so step 1's margin is exactly 0.
     assert rows[0]["train/reward_margin"] == 0 and rows[-1]["train/reward_margin"] > 0
-    assert_only_adapters_changed(world / "model", out / "final")
+    assert_only_adapters_changed(small_world / "model", out / "final")
 
 
-def test_lora_grpo_trains_only_adapters(world, tmp_path):
+def test_lora_grpo_trains_only_adapters(small_world, tmp_path):
     out = tmp_path / "grpo"
     grpo.run(load_config(grpo.GRPOConfig, None, args(**{
-        "model.path": world / "model", "data.prompts": world / "data" / "train_prompts.jsonl",
+        "model.path": small_world / "model", "data.prompts": small_world / "data" / "train_prompts.jsonl",
         "prompts_per_step": 4, "samples_per_prompt": 4, "max_new_tokens": 8, "optim.lr": 3e-2,
         "optim.warmup_steps": 1, "beta": 0.05, "gamma": 0.01, "max_steps": 2, "log.save_every": 0,
         "dump_every": 0, "output_dir": out})))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["update/kl"] == pytest.approx(0, abs=1e-9) and rows[1]["update/kl"] > 0  # ref = base
-    assert_only_adapters_changed(world / "model", out / "final")
+    assert_only_adapters_changed(small_world / "model", out / "final")

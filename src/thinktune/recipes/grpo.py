@@ -345,7 +345,7 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
         timer["time/update"] = time.perf_counter() - t
 
         done = step + 1
-        metrics.update(timer)
+        metrics.update(timer | runtime.memory_metrics(rt.device))
         metrics["train/lr"] = scheduler.get_last_lr()[0]
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}", acc=f"{metrics['rollout/accuracy']:.2f}",
