@@ -74,6 +74,7 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% slower
+    compile: bool = False  # torch.compile each decoder block for training (GPU; the first steps compile)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 

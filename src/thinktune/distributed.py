@@ -66,15 +66,21 @@ def barrier() -> None:
 
 
 def prepare(model: torch.nn.Module, cfg: ModelConfig, rt: Runtime, trainable: bool = True) -> torch.nn.Module:
-    """Gradient checkpointing (if asked, for a trained model) and, with several ranks, FSDP2 sharding.
+    """Gradient checkpointing and compilation (if asked, for a trained model), then FSDP2 sharding on N ranks.
+
+    Blocks are compiled one by one (as torchtune does) rather than the whole model: each block compiles
+    once and is reused by every layer, and FSDP's per-block hooks stay outside the compiled graphs.
 
     Raises:
-        ConfigError: the model has no decoder blocks FSDP can shard one by one.
+        ConfigError: the model has no decoder blocks to shard or compile one by one.
     """
     if trainable and cfg.gradient_checkpointing:
         # Non-reentrant checkpointing works with frozen inputs (LoRA) and with FSDP's hooks.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    if trainable and cfg.compile:
+        for block in decoder_blocks(model):
+            block.compile()
     if rt.world_size == 1:
         return model
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
@@ -91,8 +97,9 @@ def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     names = set(getattr(model, "_no_split_modules", None) or [])  # an HF attribute; other modules lack it
     blocks = [m for m in model.modules() if type(m).__name__ in names]
     if not blocks:
-        raise ConfigError(f"{type(model).__name__} names no decoder-block class (_no_split_modules), so FSDP "
-                          "cannot shard it block by block; run it on one process (no torchrun)")
+        raise ConfigError(f"{type(model).__name__} names no decoder-block class (_no_split_modules), so it "
+                          "cannot be sharded or compiled block by block; run it on one process (no torchrun) "
+                          "with model.compile=false")
     return blocks
 
 

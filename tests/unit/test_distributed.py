@@ -29,7 +29,7 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_a_config_error():
 
 def test_fsdp_refuses_a_model_without_decoder_blocks():
     two = Runtime(CPU, torch.float32, rank=0, world_size=2)
-    with pytest.raises(ConfigError, match="cannot shard it block by block"):
+    with pytest.raises(ConfigError, match="cannot be sharded or compiled block by block"):
         distributed.prepare(torch.nn.Linear(4, 4), ModelConfig(path="x"), two)
 
 
