@@ -95,7 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+DISTRIBUTED_VERBS = ("sft", "dpo", "grpo")  # the training stages; the rest run on one process
+
+
 def dispatch(args: argparse.Namespace) -> int:
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and args.verb not in DISTRIBUTED_VERBS:
+        raise UserError(f"thinktune {args.verb} runs on one process; under torchrun only "
+                        f"{', '.join(DISTRIBUTED_VERBS)} run (launch {args.verb} without torchrun)")
     if args.verb == "reward-curve":  # before the imports below: the plot needs neither torch nor transformers
         from thinktune.rewards.curve import main as reward_curve
 

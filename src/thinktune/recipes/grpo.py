@@ -15,6 +15,12 @@ The old policy's log-probs are the ones the rollout engine returns under the dis
 the importance ratio compares like with like. That is why top_p must stay 1.0 here: a nucleus-truncated
 sampling distribution is not the policy's.
 
+Scale: under ``torchrun`` each rank samples its contiguous share of the step's prompts (whole groups, so
+advantages stay local) from an unsharded copy of the policy, and the FSDP2-sharded policy and reference
+update with the loss normalised by the token and sequence counts of all ranks (``thinktune.distributed``).
+Metrics and dumps cover every rank's samples; rank 0 writes them. ``model.lora.r > 0`` trains LoRA
+adapters, with the adapters-off base as the reference.
+
 Departures from the paper: the Phi-4-reasoning report prints its KL against pi_old (RECIPE.md section
 2.1); we take it against the frozen starting model, as GRPO (DeepSeekMath) and verl do, since against
 pi_old it is zero on the first of the ``updates_per_batch`` passes. The clip ratio, rollout temperature
