@@ -110,9 +110,12 @@ def restore(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.opti
     On the same number of ranks each rank takes its own RNG state back; on a different number, rank 0
     takes rank 0's and the others keep their fresh rank-offset seeds (their streams cannot continue).
     """
-    distributed.load_optimizer_state(model, optimizer, state["optimizer"])
+    if all(isinstance(k, int) for k in state["optimizer"]["state"]):
+        optimizer.load_state_dict(state["optimizer"])  # written before checkpoints keyed state by name
+    else:
+        distributed.load_optimizer_state(model, optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    ranks = state["rng_ranks"]
+    ranks = state.get("rng_ranks", [state["rng"]])
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed.active() else (0, 1)
     if len(ranks) == world or rank == 0:
         runtime.set_rng_state(ranks[rank] if len(ranks) == world else state["rng"])
