@@ -17,8 +17,10 @@ one. How the pieces fit:
   number of passes; ``pad_passes`` pads a rank with fewer micro-batches with empty ones.
 - Rollouts: the rollout engine reads weights directly (and on CUDA replays graphs that captured their
   addresses), so it samples from a plain, unsharded copy of the policy, refreshed from the shards before
-  every step (``sync_rollout_copy``). This costs one full copy of the weights per rank (as a colocated
-  vLLM engine would), and keeps FSDP's resharding from ever moving memory the engine holds.
+  every step (``sync_rollout_copy``). This costs one full copy of the weights per rank in the compute
+  dtype (as a colocated vLLM engine would), and keeps FSDP's resharding from ever moving memory the
+  engine holds. (The alternative, ``unshard()`` around sampling, would hold the same full weights while
+  sampling, and the engine would cache addresses that FSDP frees on ``reshard()``.)
 - Checkpoints gather full weights and optimizer state onto rank 0 (``get_model_state_dict`` /
   ``get_optimizer_state_dict`` with ``full_state_dict=True, cpu_offload=True``), keyed by parameter name,
   so a checkpoint saved by N ranks is a plain HF model and resumes on any other N.
@@ -104,10 +106,14 @@ def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def rollout_copy(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
-    """What the rollout engine reads: the policy itself on one rank, a plain copy (made before sharding) on N."""
+    """What the rollout engine reads: the policy itself on one rank, a plain copy (made before sharding) on N.
+
+    The copy is in the run's compute dtype: with bf16 it costs half an fp32 copy, and it samples in the
+    precision the update computes in (the master weights stay fp32 in the sharded policy).
+    """
     if rt.world_size == 1:
         return model
-    return copy.deepcopy(model).eval().requires_grad_(False)
+    return copy.deepcopy(model).to(rt.dtype).eval().requires_grad_(False)
 
 
 @torch.no_grad()
