@@ -85,6 +85,7 @@ def prepare(model: torch.nn.Module, cfg: ModelConfig, rt: Runtime, trainable: bo
             block.compile()
     if rt.world_size == 1:
         return model
+    broadcast_from_rank0(model)
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if rt.dtype == torch.bfloat16 else MixedPrecisionPolicy()
     blocks = decoder_blocks(model)
@@ -92,6 +93,18 @@ def prepare(model: torch.nn.Module, cfg: ModelConfig, rt: Runtime, trainable: bo
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
     return model
+
+
+@torch.no_grad()
+def broadcast_from_rank0(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's weights before sharding.
+
+    Whatever a rank draws at load time comes from its rank-offset RNG: a fresh LoRA adapter's A matrix,
+    the rows a grown embedding gains. Unsynchronised, each rank would keep its shard of a different
+    model; with rank 0's, the run starts where the one-process run (seeded like rank 0) starts.
+    """
+    for tensor in [*model.parameters(), *model.buffers()]:
+        dist.broadcast(tensor, src=0)
 
 
 def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -131,11 +131,13 @@ def test_grpo_update_on_two_ranks_matches_one(small_world, tmp_path, monkeypatch
         torch.testing.assert_close(two["state"][name], weight, rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_dpo_on_two_ranks_matches_one(small_world, tmp_path):
+def test_dpo_with_lora_on_two_ranks_matches_one(small_world, tmp_path):
+    """LoRA under FSDP: the adapters' random init must be rank 0's on every rank, and the reference is the
+    sharded policy with its adapters disabled."""
     def dpo_args(out: Path) -> list[str]:
         args = {"model.path": small_world / "model", "model.system_prompt": "", "data.train": small_world / "pairs.jsonl",
-                "optim.lr": 3e-3, "beta": 0.5, "batch_size": 8, "micro_batch_size": 2, "max_steps": 3,
-                "log.log_every": 1, "log.save_every": 0, "log.progress": "false", "output_dir": out}
+                "model.lora.r": 4, "optim.lr": 3e-2, "beta": 0.5, "batch_size": 8, "micro_batch_size": 2,
+                "max_steps": 3, "log.log_every": 1, "log.save_every": 0, "log.progress": "false", "output_dir": out}
         return [f"{k}={v}" for k, v in args.items()]
 
     dpo.run(load_config(dpo.DPOConfig, None, dpo_args(tmp_path / "one")))
