@@ -5,6 +5,11 @@ are in-process calls of the same recipe. Tolerances: the two runs add the same f
 order (per-rank partial sums, FSDP's gradient reduce-scatter), which measured about 1e-8 relative on these
 models; 1e-6 leaves room for that while any normalisation error (a per-rank mean instead of the global
 one, a missing world-size factor) moves the loss by 1e-2 or more.
+
+GRPO's whole-recipe losses cannot be compared this way: the sampler's random draws depend on which rows
+share a decode batch, so two ranks sample different completions than one. The two-rank GRPO run is checked
+for what it must do (every rank's samples counted, the rollout copy in step with the policy, a portable
+checkpoint), and the update itself is compared on fixed rollouts (``grpo_update_worker.py``).
 """
 
 from __future__ import annotations
