@@ -70,8 +70,8 @@ def barrier() -> None:
 def prepare(model: torch.nn.Module, cfg: ModelConfig, rt: Runtime, trainable: bool = True) -> torch.nn.Module:
     """Gradient checkpointing and compilation (if asked, for a trained model), then FSDP2 sharding on N ranks.
 
-    Blocks are compiled one by one (as torchtune does) rather than the whole model: each block compiles
-    once and is reused by every layer, and FSDP's per-block hooks stay outside the compiled graphs.
+    Blocks are compiled one by one (as torchtune does) rather than the whole model: the graphs stay small,
+    identical blocks share compiled code, and FSDP's per-block hooks stay outside the graphs.
 
     Raises:
         ConfigError: the model has no decoder blocks to shard or compile one by one.
@@ -85,10 +85,10 @@ def prepare(model: torch.nn.Module, cfg: ModelConfig, rt: Runtime, trainable: bo
             block.compile()
     if rt.world_size == 1:
         return model
+    blocks = decoder_blocks(model)
     broadcast_from_rank0(model)
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if rt.dtype == torch.bfloat16 else MixedPrecisionPolicy()
-    blocks = decoder_blocks(model)
     for block in blocks:
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
