@@ -99,7 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+DISTRIBUTED_VERBS = ("sft", "dpo", "grpo")  # the training stages; the rest run on one process
+
+
 def dispatch(args: argparse.Namespace) -> int:
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and args.verb not in DISTRIBUTED_VERBS:
+        raise UserError(f"thinktune {args.verb} runs on one process; under torchrun only "
+                        f"{', '.join(DISTRIBUTED_VERBS)} run (launch {args.verb} without torchrun)")
     if args.verb == "reward-curve":  # before the imports below: the plot needs neither torch nor transformers
         from thinktune.rewards.curve import main as reward_curve
 
@@ -111,7 +117,12 @@ def dispatch(args: argparse.Namespace) -> int:
     _quiet_transformers()
     if args.verb in STAGE_HELP or args.verb == "data":
         module, cls = pipeline.recipe("synth" if args.verb == "data" else args.verb)
-        module.run(load_config(cls, args.config, args.overrides))
+        from thinktune import runtime
+
+        try:
+            module.run(load_config(cls, args.config, args.overrides))
+        finally:
+            runtime.cleanup()  # under torchrun: leave the process group cleanly
     elif args.verb == "print-config":
         _, cls = pipeline.recipe(args.target_verb)
         print(format_config(load_config(cls, args.config, args.overrides)), end="")

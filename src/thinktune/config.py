@@ -47,6 +47,24 @@ PHI4_REASONING_SYSTEM_PROMPT = (
 
 
 @dataclass
+class LoRAConfig:
+    """LoRA adapters through peft (``thinktune.lora``); r = 0 trains every weight (full fine-tuning)."""
+
+    r: int = 0  # adapter rank; 0: no LoRA
+    alpha: float = 16.0  # the adapter's output is scaled by alpha / r
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # all-linear: every linear but lm_head
+
+    def __post_init__(self) -> None:
+        if self.r < 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.lora: r={self.r} must be >= 0, alpha={self.alpha} > 0 and "
+                              f"dropout={self.dropout} in [0, 1)")
+        if not self.target_modules:
+            raise ConfigError("model.lora.target_modules is empty; name modules (e.g. [q_proj, v_proj]) or "
+                              "give [all-linear]")
+
+
+@dataclass
 class ModelConfig:
     """Which model to load and how."""
 
@@ -56,6 +74,9 @@ class ModelConfig:
     system_prompt: str = PHI4_REASONING_SYSTEM_PROMPT  # "" for none (the embedded demo uses none)
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% slower
+    compile: bool = False  # torch.compile each decoder block for training (GPU; the first steps compile)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 @dataclass

@@ -15,8 +15,8 @@ does the same math with less work:
 
 Log-probs and gradients equal those of a full forward of every ``prompt + completion`` (tested to float
 rounding). ``share_prompt=False`` does exactly that full forward instead, for models whose attention
-cannot take a ready-made cache (or with gradient checkpointing, which HF runs without one); the output
-layout is the same.
+cannot take a ready-made cache; it is also what runs with gradient checkpointing (HF then runs without a
+cache) and under FSDP2 (see ``_cache_unusable``). The output layout is the same.
 
 Output layout: ``[B, T]`` with T the longest completion of the micro-batch; column k is
 ``log p(completion[k] | prompt, completion[:k])`` and ``mask`` is 1 on real tokens.
@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from transformers import DynamicCache
 
 from thinktune import unpadded
@@ -50,6 +51,12 @@ def _right_padded(rows: list[list[int]], pad_id: int, device: torch.device) -> t
         ids[b, :len(r)] = torch.tensor(r, dtype=torch.long)
         mask[b, :len(r)] = 1
     return ids.to(device), mask.to(device)
+
+
+def _cache_unusable(model: torch.nn.Module) -> bool:
+    """Gradient checkpointing runs HF models without a cache; under FSDP2 the cached keys' backward would
+    enter decoder blocks without passing their outputs, where FSDP's hooks unshard the weights."""
+    return isinstance(model, FSDPModule) or any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
 
 
 class PromptCache:
@@ -80,7 +87,7 @@ class PromptCache:
         self.autocast_dtype = autocast_dtype
         self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, [P, K, L, D], graph attached
         self.leaves: list[tuple[torch.Tensor, torch.Tensor]] = []  # detached copies the completions read
-        self.share = share_prompt and max(len(p) for p in self.prompts) > 1
+        self.share = share_prompt and max(len(p) for p in self.prompts) > 1 and not _cache_unusable(model)
         self.unpadded = unpadded_forward
         if self.share:
             self._forward_prompts()

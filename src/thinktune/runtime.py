@@ -1,7 +1,9 @@
-"""Device, dtype and seeding: decided in one place, with the reason printed.
+"""Device, dtype, process group and seeding: decided in one place, with the reason printed.
 
 Device order is cuda > mps > cpu. ``dtype`` strings map to torch dtypes here and nowhere else; bf16 is
-checked against the hardware, and fp16 is refused until a GradScaler exists.
+checked against the hardware, and fp16 is refused until a GradScaler exists. Under ``torchrun``
+(``WORLD_SIZE`` > 1 in the environment) ``init`` joins the process group: NCCL on CUDA, gloo on CPU; the
+rank and world size come from torchrun's variables only, and every seed is offset by the rank.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from thinktune.errors import ConfigError
 
@@ -50,9 +53,45 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def init(dtype: str = "fp32", seed: int = 0) -> Runtime:
     device = pick_device()
-    rt = Runtime(device=device, dtype=resolve_dtype(dtype, device))
+    rank, world_size = init_process_group(device)
+    rt = Runtime(device=device, dtype=resolve_dtype(dtype, device), rank=rank, world_size=world_size)
     seed_everything(seed + rt.rank)  # offset by rank so data-parallel ranks draw different samples
     return rt
+
+
+def init_process_group(device: torch.device) -> tuple[int, int]:
+    """Join torchrun's process group when there is one; returns (rank, world_size), (0, 1) without."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size == 1:
+        return 0, 1
+    if device.type == "mps":
+        raise ConfigError("torchrun with more than one process needs CUDA GPUs or the CPU (gloo); MPS has no "
+                          "collective backend. Run a single process on a Mac.")
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device
+                                if device.type == "cuda" else None)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def cleanup() -> None:
+    """Leave the process group (a no-op without one)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def print0(*args, **kwargs) -> None:
+    """Print on the main rank only, so N processes do not print every line N times."""
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def memory_metrics(device: torch.device) -> dict[str, float]:
+    """Peak accelerator memory since the start, in GiB (``perf/max_memory_gib``); empty off CUDA."""
+    if device.type != "cuda":
+        return {}
+    return {"perf/max_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30}
 
 
 def seed_everything(seed: int) -> None:

@@ -23,10 +23,17 @@ from thinktune.data.io import atomic_write  # noqa: E402
 
 
 class MetricsLogger:
-    """Append-only metrics JSONL, truncated to ``resume_step`` when a run resumes."""
+    """Append-only metrics JSONL, truncated to ``resume_step`` when a run resumes.
 
-    def __init__(self, path: Path, resume_step: int = 0) -> None:
+    ``enabled=False`` (every rank but the main one under torchrun) makes it a null logger, so the
+    recipes log without asking which rank they are on.
+    """
+
+    def __init__(self, path: Path, resume_step: int = 0, enabled: bool = True) -> None:
         self.path = Path(path)
+        self.enabled = enabled
+        if not enabled:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
@@ -34,6 +41,8 @@ class MetricsLogger:
                 f.writelines(json.dumps(r) + "\n" for r in keep)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")

@@ -12,9 +12,9 @@ keys and values (``prefix``) and causally to its own tokens. Rotary, scaling and
 modules' own (``apply_rotary_pos_emb`` from the model's modeling file, ``rotary_emb``, ``q_proj`` ...),
 so the result equals the HF forward to float rounding (``tests/unit/test_logprobs.py``).
 
-``unsupported_reason`` says when this path cannot run (another architecture, a sliding window shorter
-than the sequence, attention dropout in training, weights sharded by FSDP, whose hooks fire only on a
-full module call); the caller then uses the HF forward.
+``unsupported_reason`` says when this path cannot run (a wrapped model such as peft's LoRA, another
+architecture, a sliding window shorter than the sequence, attention dropout in training, weights sharded
+by FSDP, whose hooks fire only on a full module call); the caller then uses the HF forward.
 """
 
 from __future__ import annotations
@@ -23,12 +23,15 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from transformers import PreTrainedModel
 
 from thinktune.rollout import lean
 
 
 def unsupported_reason(model: torch.nn.Module, max_len: int) -> str | None:
     """Why ``forward`` cannot run ``model`` on sequences of up to ``max_len`` tokens (None: it can)."""
+    if not isinstance(model, PreTrainedModel):  # e.g. a peft wrapper: its adapters live in its own forward
+        return f"{type(model).__name__} is not a plain Hugging Face model"
     reason = lean.unsupported_reason(model, max_len)
     if reason:
         return reason

@@ -102,3 +102,10 @@ def test_verb_help_mentions_the_configs_directory_and_overrides(tmp_path: Path) 
     out = result.stdout.replace("\n", "")
     assert str(REPO / "configs") in out
     assert "--config" in out and "key.sub=value" in out
+
+
+def test_verbs_that_are_not_training_stages_refuse_torchrun(tmp_path):
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    result = subprocess.run([sys.executable, "-m", "thinktune.cli", "evaluate", "model.path=x"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert_user_error(result, "thinktune evaluate runs on one process", "sft, dpo, grpo")

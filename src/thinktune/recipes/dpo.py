@@ -13,6 +13,10 @@ Rows missing ``chosen`` or ``rejected`` are errors naming the file and line. A r
 rejected texts are identical carries no preference: it is skipped and counted (``identical`` in the
 summary), never trained on.
 
+Scale: under ``torchrun`` the policy and reference are sharded with FSDP2 and each rank takes its share
+of every step's pairs; the loss is divided by the global ``batch_size``, so N ranks give the one-process
+loss. With ``model.lora.r > 0`` the reference is the policy with its adapters disabled.
+
 Departures from the paper: the report gives lr 5e-7 and one epoch but not beta (RECIPE.md section 3.3,
 unconfirmed); we default to beta 0.1, the value of the DPO paper. Reward accuracy counts a tie (chosen and
 rejected rewards equal, as before the first update) as half right, so it starts at 50%, the chance level.
@@ -26,9 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from thinktune import checkpoint, models, runtime
+from thinktune import checkpoint, distributed, lora, models, runtime
 from thinktune.config import LogConfig, ModelConfig, OptimConfig, save_config
 from thinktune.data.chat import Example, pad_batch, prompt_messages, render_sft
 from thinktune.data.io import read_jsonl, write_json
@@ -142,53 +145,64 @@ def evaluate_pairs(model, pairs: list[Pair], ref: torch.Tensor, cfg: DPOConfig, 
 
 
 def reference_logps(cfg: DPOConfig, out: Path, tokenizer, sets: dict[str, list[Pair]], pad_id: int,
-                    rt: runtime.Runtime) -> dict[str, torch.Tensor]:
-    """Reference log-probs of every pair, computed once from the starting model and cached for resumes."""
+                    rt: runtime.Runtime, policy) -> dict[str, torch.Tensor]:
+    """Reference log-probs of every pair, computed once from the starting model and cached for resumes.
+
+    With LoRA the reference is ``policy`` with its adapters disabled; otherwise the starting model is
+    loaded (and sharded like the policy) for this pass only. Every rank computes every pair: FSDP's
+    passes are collective anyway, and it happens once per run.
+    """
     cache = out / "ref_logps.pt"
     if cache.is_file():
         return torch.load(cache)
-    reference = models.load_model(cfg.model, tokenizer, rt.device, torch.float32)
+    if lora.enabled(policy):
+        reference = lora.ReferenceView(policy)
+    else:
+        start = models.load_model(cfg.model, tokenizer, rt.device, torch.float32).requires_grad_(False)
+        reference = distributed.prepare(start, cfg.model, rt, trainable=False)
     ref = {name: all_pair_logps(reference, pairs, cfg.micro_batch_size, pad_id, rt) for name, pairs in sets.items()}
     del reference
-    tmp = cache.with_suffix(".tmp")
-    torch.save(ref, tmp)
-    tmp.replace(cache)
+    if rt.is_main:
+        tmp = cache.with_suffix(".tmp")
+        torch.save(ref, tmp)
+        tmp.replace(cache)
+    distributed.barrier()
     return ref
 
 
 def run(cfg: DPOConfig) -> dict:
     rt = runtime.init(cfg.model.dtype, cfg.seed)
+    distributed.check_divisible("batch_size", cfg.batch_size, cfg.micro_batch_size, rt)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    if rt.is_main:
+        save_config(cfg, out / "config.yaml")
     tokenizer = models.load_tokenizer(cfg.model)
     pad_id = tokenizer.pad_token_id
     train, stats = load_pairs(cfg.data.train, tokenizer, cfg)
     heldout = load_pairs(cfg.data.eval, tokenizer, cfg)[0] if cfg.data.eval else []
-    ref = reference_logps(cfg, out, tokenizer, {"train": train, "eval": heldout}, pad_id, rt)
 
     resume_from = checkpoint.latest(out)
-    model_cfg = ModelConfig(**{**vars(cfg.model), "path": str(resume_from or cfg.model.path)})
-    model = models.load_model(model_cfg, tokenizer, rt.device, torch.float32)
-    model.train()
+    model = distributed.prepare(lora.load_policy(cfg.model, resume_from, tokenizer, rt.device), cfg.model, rt)
+    ref = reference_logps(cfg, out, tokenizer, {"train": train, "eval": heldout}, pad_id, rt, model)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train) / cfg.batch_size))
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
-    start = checkpoint.resume(resume_from, optimizer, scheduler, "dpo")
-    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start)
-    tqdm.write(f"[dpo] {stats['rows']} rows: {stats['identical']} identical skipped, {stats['too_long']} too "
-               f"long; {len(train)} train pairs, {len(heldout)} held-out; {total_steps} steps of {cfg.batch_size}, "
-               f"beta {cfg.beta}")
+    start = checkpoint.resume(resume_from, model, optimizer, scheduler, "dpo")
+    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start, enabled=rt.is_main)
+    runtime.print0(f"[dpo] {stats['rows']} rows: {stats['identical']} identical skipped, {stats['too_long']} "
+                   f"too long; {len(train)} train pairs, {len(heldout)} held-out; {total_steps} steps of "
+                   f"{cfg.batch_size} on {rt.world_size} rank(s), beta {cfg.beta}")
     summary: dict = {"data": stats, "train_pairs": len(train), "heldout_pairs": len(heldout), "steps": total_steps}
     if heldout and start == 0:
         summary["eval_before"] = evaluate_pairs(model, heldout, ref["eval"], cfg, pad_id, rt)
         logger.log(0, summary["eval_before"])
 
     chosen_tokens = torch.tensor([sum(x != -100 for x in c.labels[1:]) for c, _ in train])  # [N]
-    bar = progress(total_steps, start, "dpo", cfg.log.progress)
+    bar = progress(total_steps, start, "dpo", cfg.log.progress and rt.is_main)
     t0 = time.perf_counter()
     for step in range(start, total_steps):
-        idx = step_units(step * cfg.batch_size, cfg.batch_size, len(train), cfg.seed)
+        idx = distributed.shard(step_units(step * cfg.batch_size, cfg.batch_size, len(train), cfg.seed), rt)
         parts = []
         for i in range(0, len(idx), cfg.micro_batch_size):
             mb = idx[i:i + cfg.micro_batch_size]
@@ -197,9 +211,10 @@ def run(cfg: DPOConfig) -> dict:
             losses, rc, rr = dpo_loss(chosen, rejected, r[:, 0], r[:, 1], cfg.beta, cfg.label_smoothing)
             if cfg.nll_weight:
                 losses = losses + cfg.nll_weight * chosen_nll(chosen, chosen_tokens[mb].to(rt.device))
-            (losses.sum() / cfg.batch_size).backward()
+            (losses.sum() * distributed.loss_scale(rt) / cfg.batch_size).backward()  # global batch_size
             parts.append((losses.detach().cpu(), rc.cpu(), rr.cpu()))
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
+        parts = distributed.gather_lists(parts)  # every rank's pairs, for the metrics
+        grad_norm = distributed.clip_grad_norm(model, cfg.optim.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -209,7 +224,8 @@ def run(cfg: DPOConfig) -> dict:
         bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", acc=f"{metrics['train/reward_accuracy']:.2f}")
         if done % cfg.log.log_every == 0 or done == total_steps:
             logger.log(done, {**metrics, "train/grad_norm": float(grad_norm), "train/lr": scheduler.get_last_lr()[0],
-                              "train/pairs_per_s": (done - start) * cfg.batch_size / (time.perf_counter() - t0)})
+                              "train/pairs_per_s": (done - start) * cfg.batch_size / (time.perf_counter() - t0),
+                              **runtime.memory_metrics(rt.device)})
         if heldout and cfg.eval_every and done % cfg.eval_every == 0 and done < total_steps:
             logger.log(done, evaluate_pairs(model, heldout, ref["eval"], cfg, pad_id, rt))
         if cfg.log.save_every and done % cfg.log.save_every == 0 and done < total_steps:
@@ -220,13 +236,14 @@ def run(cfg: DPOConfig) -> dict:
     if heldout:
         summary["eval_after"] = evaluate_pairs(model, heldout, ref["eval"], cfg, pad_id, rt)
         logger.log(total_steps, summary["eval_after"])
-    checkpoint.save_pretrained_atomic(model, tokenizer, out / "final")
-    plot_curves(out / "metrics.jsonl", ["train/loss", "train/reward_accuracy", "train/reward_margin",
-                                        "eval/reward_accuracy"], out / "plots" / "dpo.png", title=f"DPO: {out}")
-    write_json(out / "summary.json", summary)
+    checkpoint.export(model, tokenizer, out / "final")
+    if rt.is_main:
+        plot_curves(out / "metrics.jsonl", ["train/loss", "train/reward_accuracy", "train/reward_margin",
+                                            "eval/reward_accuracy"], out / "plots" / "dpo.png", title=f"DPO: {out}")
+        write_json(out / "summary.json", summary)
     if heldout:
         before, after = summary.get("eval_before", {}), summary["eval_after"]
-        tqdm.write(f"[dpo] held-out reward accuracy {before.get('eval/reward_accuracy', float('nan')):.3f} -> "
-                   f"{after['eval/reward_accuracy']:.3f}, margin {after['eval/reward_margin']:+.3f}")
-    tqdm.write(f"[dpo] done; model in {out / 'final'}")
+        runtime.print0(f"[dpo] held-out reward accuracy {before.get('eval/reward_accuracy', float('nan')):.3f} "
+                       f"-> {after['eval/reward_accuracy']:.3f}, margin {after['eval/reward_margin']:+.3f}")
+    runtime.print0(f"[dpo] done; model in {out / 'final'}")
     return summary

@@ -15,6 +15,12 @@ The old policy's log-probs are the ones the rollout engine returns under the dis
 the importance ratio compares like with like. That is why top_p must stay 1.0 here: a nucleus-truncated
 sampling distribution is not the policy's.
 
+Scale: under ``torchrun`` each rank samples its contiguous share of the step's prompts (whole groups, so
+advantages stay local) from an unsharded copy of the policy, and the FSDP2-sharded policy and reference
+update with the loss normalised by the token and sequence counts of all ranks (``thinktune.distributed``).
+Metrics and dumps cover every rank's samples; rank 0 writes them. ``model.lora.r > 0`` trains LoRA
+adapters, with the adapters-off base as the reference.
+
 Departures from the paper: the Phi-4-reasoning report prints its KL against pi_old (RECIPE.md section
 2.1); we take it against the frozen starting model, as GRPO (DeepSeekMath) and verl do, since against
 pi_old it is zero on the first of the ``updates_per_batch`` passes. The clip ratio, rollout temperature
@@ -27,13 +33,12 @@ import random
 import re
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from thinktune import checkpoint, models, runtime
+from thinktune import checkpoint, distributed, lora, models, runtime
 from thinktune.advantages import ADVANTAGE_MODES, annealed_temperature, balance_group, group_advantages
 from thinktune.config import LogConfig, ModelConfig, OptimConfig, save_config
 from thinktune.data.chat import prompt_messages, render_prompt
@@ -169,10 +174,16 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
     """
     n = len(ro.completions)
     micro = length_sorted_chunks([len(c) for c in ro.completions], cfg.micro_batch_size)
+    micro = distributed.pad_passes(micro)  # FSDP: every rank runs as many passes as the busiest one
     num_tokens = sum(len(c) for c in ro.completions)
+    # The loss is normalised by the counts over all ranks, so N ranks make the one-process loss.
+    num_tokens, n = (int(v) for v in distributed.all_sum(num_tokens, n))
     autocast = rt.dtype if rt.dtype != torch.float32 else None
 
-    def forward(cache: PromptCache, idx: list[int], need_entropy: bool):
+    def forward(cache: PromptCache, idx: list[int], need_entropy: bool | str):
+        if not idx:  # a filler pass (distributed.pad_passes): run the model so FSDP's collectives match
+            logps, entropy, mask = cache.logps([0], [[pad_id]], temperature, need_entropy)
+            return logps, entropy, mask * 0
         return cache.logps([ro.prompt_index[i] for i in idx], [ro.completions[i] for i in idx], temperature,
                            need_entropy)
 
@@ -187,21 +198,41 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
         cache = PromptCache(model, ro.prompts, pad_id, cfg.share_prompt, autocast)
         for k, idx in enumerate(micro):
             logps, entropy, mask = forward(cache, idx, need_entropy="grad" if cfg.gamma else True)  # [B, T] each
-            old = _padded([ro.old_logps[i] for i in idx], logps.shape[1], rt.device)
-            loss_t, stats = grpo_token_loss(logps, old, ro.advantages[idx].to(rt.device), cfg.clip_low,
-                                            cfg.clip_high, ref_logps[k] if ref_logps else None,
-                                            cfg.beta if ref_logps else 0.0, entropy, cfg.gamma)
-            aggregate(loss_t, mask, cfg.loss_agg, num_tokens, n).backward()
+            old = _padded([ro.old_logps[i] for i in idx] or [[]], logps.shape[1], rt.device)
+            advantages = ro.advantages[idx] if idx else torch.zeros(1)
+            loss_t, stats = grpo_token_loss(logps, old, advantages.to(rt.device), cfg.clip_low, cfg.clip_high,
+                                            ref_logps[k] if ref_logps else None, cfg.beta if ref_logps else 0.0,
+                                            entropy, cfg.gamma)
+            (aggregate(loss_t, mask, cfg.loss_agg, num_tokens, n) * distributed.loss_scale(rt)).backward()
             for key, name in (("kl", "kl"), ("entropy", "entropy"), ("clip_fraction", "clipped"), ("ratio", "ratio")):
                 if name in stats:
                     sums[key] += float((stats[name] * mask).sum())
         cache.backward_prompts()
-        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                               cfg.optim.grad_clip or float("inf"))))
+        grad_norms.append(float(distributed.clip_grad_norm(model, cfg.optim.grad_clip)))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    sums = dict(zip(sums, distributed.all_sum(*sums.values()), strict=True))
     denom = max(num_tokens * cfg.updates_per_batch, 1)
     return {f"update/{k}": v / denom for k, v in sums.items()} | {"update/grad_norm": sum(grad_norms) / len(grad_norms)}
+
+
+def reference_model(cfg: GRPOConfig, model, tokenizer, rt: runtime.Runtime):
+    """The frozen reference for the KL term: None without one (beta = 0); with LoRA, the policy with its
+    adapters disabled (no second copy of the weights); else the starting model, sharded like the policy."""
+    if not cfg.beta:
+        return None
+    if lora.enabled(model):
+        return lora.ReferenceView(model)
+    reference = models.load_model(cfg.model, tokenizer, rt.device, rt.dtype).eval().requires_grad_(False)
+    return distributed.prepare(reference, cfg.model, rt, trainable=False)
+
+
+def gather_step(rows: list[dict], groups: list[list[Completion]], results: list[list], correct: list[list[bool]]
+                ) -> tuple[list, list, list, list]:
+    """Every rank's prompts, completions (without their log-probs) and scores, in rank order, for metrics
+    and dumps; the same lists on one rank."""
+    light = [[replace(c, logprobs=[], sampling_logprobs=None) for c in g] for g in groups]
+    return tuple(distributed.gather_lists(x) for x in (rows, light, results, correct))
 
 
 def rollout_metrics(groups: list[list[Completion]], results: list[list],
@@ -232,9 +263,11 @@ def dump(out: Path, step: int, rows: list[dict], groups: list[list[Completion]],
 
 def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; its stages are calls
     rt = runtime.init(cfg.model.dtype, cfg.seed)
+    distributed.check_divisible("prompts_per_step", cfg.prompts_per_step, 1, rt)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    if rt.is_main:
+        save_config(cfg, out / "config.yaml")
     reward_cfg = cfg.reward
     if cfg.scale_reward_to_context:
         from thinktune.rewards import scale_to_context
@@ -246,31 +279,33 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
     prompt_ids = [render_prompt(tokenizer, prompt_messages(r["prompt"]), cfg.model.system_prompt) for r in rows]
 
     resume_from = checkpoint.latest(out)
-    model_cfg = ModelConfig(**{**vars(cfg.model), "path": str(resume_from or cfg.model.path)})
-    model = models.load_model(model_cfg, tokenizer, rt.device, torch.float32).train()
-    reference = models.load_model(cfg.model, tokenizer, rt.device, rt.dtype).eval() if cfg.beta else None
-    if reference is not None:
-        reference.requires_grad_(False)
+    model = lora.load_policy(cfg.model, resume_from, tokenizer, rt.device)
+    rollout_model = distributed.rollout_copy(model, rt)  # before sharding: the engine needs whole weights
+    model = distributed.prepare(model, cfg.model, rt)
+    reference = reference_model(cfg, model, tokenizer, rt)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
-    start = checkpoint.resume(resume_from, optimizer, scheduler, "grpo")
-    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start)
-    engine = RolloutEngine(model, tokenizer)
-    tqdm.write(f"[grpo] {len(rows)} prompts; {cfg.max_steps} steps of {cfg.prompts_per_step} x "
-               f"{cfg.samples_per_prompt}; reward {reward_cfg.name}; lr {cfg.optim.lr}, beta {cfg.beta}, "
-               f"gamma {cfg.gamma}; balance {cfg.balance}")
+    start = checkpoint.resume(resume_from, model, optimizer, scheduler, "grpo")
+    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start, enabled=rt.is_main)
+    engine = RolloutEngine(lora.decodable(rollout_model), tokenizer)
+    runtime.print0(f"[grpo] {len(rows)} prompts; {cfg.max_steps} steps of {cfg.prompts_per_step} x "
+                   f"{cfg.samples_per_prompt} on {rt.world_size} rank(s); reward {reward_cfg.name}; lr "
+                   f"{cfg.optim.lr}, beta {cfg.beta}, gamma {cfg.gamma}; balance {cfg.balance}")
 
-    bar = progress(cfg.max_steps, start, "grpo", cfg.log.progress)
+    bar = progress(cfg.max_steps, start, "grpo", cfg.log.progress and rt.is_main)
     for step in range(start, cfg.max_steps):
         timer = {"time/generate": 0.0, "time/score": 0.0, "time/update": 0.0}
         temperature = cfg.temperature_at(step)
         idx = step_units(step * cfg.prompts_per_step, cfg.prompts_per_step, len(rows), cfg.seed)
+        idx = distributed.shard(idx, rt)  # data-parallel rollouts: each rank samples its share of prompts
         step_rows, step_prompts = [rows[i] for i in idx], [prompt_ids[i] for i in idx]
+        rank_seed = (cfg.seed * 1_000_003 + step) * rt.world_size + rt.rank  # = the one-process seed on 1 rank
 
         t = time.perf_counter()
+        distributed.sync_rollout_copy(rollout_model, model)
         params = SamplingParams(n=cfg.samples_per_prompt, temperature=temperature, max_new_tokens=cfg.max_new_tokens)
-        groups = engine.sample(step_prompts, params, seed=cfg.seed * 1_000_003 + step,
-                               batch_size=cfg.rollout_batch_size, show_progress=False)
+        groups = engine.sample(step_prompts, params, seed=rank_seed, batch_size=cfg.rollout_batch_size,
+                               show_progress=False)
         timer["time/generate"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -285,10 +320,12 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
         timer["time/score"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        keep, counts = select(groups, correct, cfg, random.Random(cfg.seed * 7919 + step))
-        metrics = {**rollout_metrics(groups, results, correct),
+        keep, counts = select(groups, correct, cfg, random.Random((cfg.seed * 7919 + step) * rt.world_size + rt.rank))
+        counts = dict(zip(counts, distributed.all_sum(*counts.values()), strict=True))
+        all_rows, all_groups, all_results, all_correct = gather_step(step_rows, groups, results, correct)
+        metrics = {**rollout_metrics(all_groups, all_results, all_correct),
                    **{f"select/{k}": float(v) for k, v in counts.items()}, "rollout/temperature": temperature}
-        if keep:
+        if distributed.any_rank(bool(keep)):  # a rank with nothing kept still joins FSDP's collectives
             ro = build_rollouts(step_prompts, groups, rewards, keep, cfg)
             metrics.update(update(model, reference, optimizer, ro, cfg, temperature, pad_id, rt))
         with warnings.catch_warnings():
@@ -298,26 +335,27 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
         timer["time/update"] = time.perf_counter() - t
 
         done = step + 1
-        metrics.update(timer)
+        metrics.update(timer | runtime.memory_metrics(rt.device))
         metrics["train/lr"] = scheduler.get_last_lr()[0]
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}", acc=f"{metrics['rollout/accuracy']:.2f}",
                         T=f"{temperature:.2f}")
         if done % cfg.log.log_every == 0 or done == cfg.max_steps:
             logger.log(done, metrics)
-        if cfg.dump_every and (done % cfg.dump_every == 0 or done == 1):
-            dump(out, done, step_rows, groups, results, correct)
+        if cfg.dump_every and (done % cfg.dump_every == 0 or done == 1) and rt.is_main:
+            dump(out, done, all_rows, all_groups, all_results, all_correct)
         if cfg.log.save_every and done % cfg.log.save_every == 0 and done < cfg.max_steps:
             checkpoint.save(out, done, model, tokenizer, optimizer, scheduler,
                             {"position": done * cfg.prompts_per_step}, cfg.log.keep_checkpoints)
     bar.close()
 
-    checkpoint.save_pretrained_atomic(model, tokenizer, out / "final")
-    plot_curves(out / "metrics.jsonl", ["rollout/reward_mean", "rollout/accuracy", "rollout/length_mean"],
-                out / "plots" / "reward_length.png", title=f"GRPO: {out}")
-    plot_curves(out / "metrics.jsonl", ["update/kl", "update/entropy", "update/clip_fraction", "rollout/temperature"],
-                out / "plots" / "update.png", title=f"GRPO: {out}")
+    checkpoint.export(model, tokenizer, out / "final")
     summary = {"steps": cfg.max_steps, "prompts": len(rows)}
-    write_json(out / "summary.json", summary)
-    tqdm.write(f"[grpo] done; model in {out / 'final'}")
+    if rt.is_main:
+        plot_curves(out / "metrics.jsonl", ["rollout/reward_mean", "rollout/accuracy", "rollout/length_mean"],
+                    out / "plots" / "reward_length.png", title=f"GRPO: {out}")
+        plot_curves(out / "metrics.jsonl", ["update/kl", "update/entropy", "update/clip_fraction",
+                                            "rollout/temperature"], out / "plots" / "update.png", title=f"GRPO: {out}")
+        write_json(out / "summary.json", summary)
+    runtime.print0(f"[grpo] done; model in {out / 'final'}")
     return summary

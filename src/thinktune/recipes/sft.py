@@ -10,6 +10,10 @@ decay, gradient accumulation and clipping -> checkpoint every ``log.save_every``
 A run that finds a checkpoint in its output directory resumes from it (weights, optimizer, scheduler, RNG
 and data position) and produces the same losses as an uninterrupted run.
 
+Scale: ``torchrun --nproc_per_node=N -m thinktune.cli sft ...`` shards the model with FSDP2 and gives each
+rank a contiguous share of every step's batch (``thinktune.distributed``); the loss is normalised by the
+whole step's token count, so N ranks give the one-process loss. ``model.lora.r > 0`` trains LoRA adapters.
+
 Departures from the paper: the Phi-4-reasoning report does not say whether it packed SFT data or how it
 masked the loss (RECIPE.md section 1.3, unconfirmed); we take the loss on the final assistant turn only and
 leave packing off by default, as Phi-4-mini-reasoning did for SFT so that the model learns when to stop.
@@ -26,9 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from thinktune import checkpoint, models, runtime
+from thinktune import checkpoint, distributed, lora, models, runtime
 from thinktune.config import LogConfig, ModelConfig, OptimConfig, save_config
 from thinktune.data.chat import Example, pack_examples, packed_batch, pad_batch, render_sft
 from thinktune.data.io import read_jsonl, write_json
@@ -136,53 +139,56 @@ def validation_loss(model, units: list[list[Example]], cfg: SFTConfig, pad_id: i
 
 def run(cfg: SFTConfig) -> dict:
     rt = runtime.init(cfg.model.dtype, cfg.seed)
+    distributed.check_divisible("batch_size", cfg.batch_size, cfg.micro_batch_size, rt)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    if rt.is_main:
+        save_config(cfg, out / "config.yaml")
     resume_from = checkpoint.latest(out)
 
     # Weights come from the last checkpoint when resuming; master weights stay fp32, bf16 is autocast.
     tokenizer = models.load_tokenizer(cfg.model)
-    model_cfg = ModelConfig(**{**vars(cfg.model), "path": str(resume_from or cfg.model.path)})
-    model = models.load_model(model_cfg, tokenizer, rt.device, torch.float32)
-    model.train()
+    model = distributed.prepare(lora.load_policy(cfg.model, resume_from, tokenizer, rt.device), cfg.model, rt)
 
     examples, data_stats = load_examples(cfg.data.train, tokenizer, cfg)
     units = make_units(examples, cfg)
     eval_units = make_units(load_examples(cfg.data.eval, tokenizer, cfg)[0], cfg) if cfg.data.eval else []
     steps_per_epoch = max(1, len(units) // cfg.batch_size)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    tqdm.write(f"[sft] {data_stats['rows']} rows: {data_stats['rejected']} rejected by the verifier, "
-               f"{data_stats['too_long']} too long, {len(examples)} kept -> {len(units)} units; "
-               f"{total_steps} steps of {cfg.batch_size} ({cfg.grad_accum} x {cfg.micro_batch_size}); "
-               f"{models.num_parameters(model) / 1e6:.2f}M params on {rt.device}")
+    runtime.print0(f"[sft] {data_stats['rows']} rows: {data_stats['rejected']} rejected by the verifier, "
+                   f"{data_stats['too_long']} too long, {len(examples)} kept -> {len(units)} units; "
+                   f"{total_steps} steps of {cfg.batch_size} ({rt.world_size} ranks x "
+                   f"{cfg.grad_accum // rt.world_size} x {cfg.micro_batch_size}) on {rt.device}")
 
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
-    start = checkpoint.resume(resume_from, optimizer, scheduler, "sft")
-    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start)
+    start = checkpoint.resume(resume_from, model, optimizer, scheduler, "sft")
+    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start, enabled=rt.is_main)
     pad_id = tokenizer.pad_token_id
 
     # Labelled next-token targets per unit, counted once rather than every step (rows can be 32K tokens).
     unit_tokens = [sum(sum(1 for x in e.labels[1:] if x != -100) for e in u) for u in units]
-    bar = progress(total_steps, start, "sft", cfg.log.progress)
+    bar = progress(total_steps, start, "sft", cfg.log.progress and rt.is_main)
     t0, tokens = time.perf_counter(), 0
     for step in range(start, total_steps):
         idx = step_units(step * cfg.batch_size, cfg.batch_size, len(units), cfg.seed)
-        micro = [idx[i:i + cfg.micro_batch_size] for i in range(0, len(idx), cfg.micro_batch_size)]
-        # Normalise by the whole step's token count so accumulation matches one large batch exactly.
+        mine = distributed.shard(idx, rt)
+        micro = [mine[i:i + cfg.micro_batch_size] for i in range(0, len(mine), cfg.micro_batch_size)]
+        # Normalise by the whole step's token count (all ranks) so accumulation and data parallelism both
+        # match one large batch exactly.
         step_tokens = sum(unit_tokens[i] for i in idx)
         loss_sum = 0.0
         for mb in micro:
             batch = collate([units[i] for i in mb], pad_id, cfg.data.packing)
             nll, _ = forward_loss(model, {k: v.to(rt.device) for k, v in batch.items()}, rt)
-            (nll / step_tokens).backward()
+            (nll * distributed.loss_scale(rt) / step_tokens).backward()
             loss_sum += nll.item()
             tokens += int(batch["input_ids"].numel())
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
+        grad_norm = distributed.clip_grad_norm(model, cfg.optim.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        loss_sum, all_tokens = distributed.all_sum(loss_sum, tokens)
         loss = loss_sum / step_tokens
         done = step + 1
         bar.update(1)
@@ -190,8 +196,8 @@ def run(cfg: SFTConfig) -> dict:
         if done % cfg.log.log_every == 0 or done == total_steps:
             elapsed = time.perf_counter() - t0
             logger.log(done, {"train/loss": loss, "train/grad_norm": float(grad_norm),
-                              "train/lr": scheduler.get_last_lr()[0], "train/tokens_per_s": tokens / elapsed,
-                              "train/epoch": done * cfg.batch_size / len(units)})
+                              "train/lr": scheduler.get_last_lr()[0], "train/tokens_per_s": all_tokens / elapsed,
+                              "train/epoch": done * cfg.batch_size / len(units), **runtime.memory_metrics(rt.device)})
         if eval_units and cfg.eval_every and done % cfg.eval_every == 0:
             logger.log(done, {"eval/loss": validation_loss(model, eval_units, cfg, pad_id, rt)})
         if cfg.log.save_every and done % cfg.log.save_every == 0 and done < total_steps:
@@ -199,16 +205,17 @@ def run(cfg: SFTConfig) -> dict:
                             {"position": done * cfg.batch_size}, cfg.log.keep_checkpoints)
     bar.close()
 
-    summary = {"steps": total_steps, "data": data_stats, "units": len(units),
-               "final_loss": _last(out / "metrics.jsonl", "train/loss")}
+    summary = {"steps": total_steps, "data": data_stats, "units": len(units)}
     if eval_units:
         summary["eval_loss"] = validation_loss(model, eval_units, cfg, pad_id, rt)
         logger.log(total_steps, {"eval/loss": summary["eval_loss"]})
-    checkpoint.save_pretrained_atomic(model, tokenizer, out / "final")
-    plot_curves(out / "metrics.jsonl", ["train/loss", "train/lr", "eval/loss"], out / "plots" / "loss.png",
-                title=f"SFT: {out}")
-    write_json(out / "summary.json", summary)
-    tqdm.write(f"[sft] done: final loss {summary['final_loss']:.4f}; model in {out / 'final'}")
+    checkpoint.export(model, tokenizer, out / "final")  # its barrier also means metrics.jsonl is complete
+    summary["final_loss"] = _last(out / "metrics.jsonl", "train/loss")
+    if rt.is_main:
+        plot_curves(out / "metrics.jsonl", ["train/loss", "train/lr", "eval/loss"], out / "plots" / "loss.png",
+                    title=f"SFT: {out}")
+        write_json(out / "summary.json", summary)
+    runtime.print0(f"[sft] done: final loss {summary['final_loss']:.4f}; model in {out / 'final'}")
     return summary
 
 
