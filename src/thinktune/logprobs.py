@@ -72,6 +72,8 @@ class PromptCache:
         unpadded_forward: with ``share_prompt``, run completions through ``thinktune.unpadded`` (every real
             token in one matrix, padding only inside attention) where the model allows it, else through
             the HF forward on the cache.
+        compile: run the unpadded forward under ``torch.compile`` (``model.compile``; the first call
+            compiles, tens of seconds on a CPU).
 
     The prompt forward runs at construction, with gradients when they are enabled, so build one per
     optimisation pass (the weights change between passes).
@@ -79,7 +81,7 @@ class PromptCache:
 
     def __init__(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]], pad_id: int,
                  share_prompt: bool = True, autocast_dtype: torch.dtype | None = None,
-                 unpadded_forward: bool = True) -> None:
+                 unpadded_forward: bool = True, compile: bool = False) -> None:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("PromptCache: every prompt needs at least one token")
         self.model, self.prompts, self.pad_id = model, [list(p) for p in prompts], pad_id
@@ -89,6 +91,7 @@ class PromptCache:
         self.leaves: list[tuple[torch.Tensor, torch.Tensor]] = []  # detached copies the completions read
         self.share = share_prompt and max(len(p) for p in self.prompts) > 1 and not _cache_unusable(model)
         self.unpadded = unpadded_forward
+        self.unpadded_fn = unpadded.compiled_forward() if compile else unpadded.forward
         if self.share:
             self._forward_prompts()
 
@@ -174,7 +177,7 @@ class PromptCache:
         index = torch.tensor(list(prompt_index), device=self.device)
         prefix = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.leaves]
         with self._autocast():
-            logits = unpadded.forward(self.model, tokens, heads[row] + col, row, col, int(lengths.max()), prefix,
+            logits = self.unpadded_fn(self.model, tokens, heads[row] + col, row, col, int(lengths.max()), prefix,
                                       self.head_mask.index_select(0, index).bool())  # [N, V]
         predicting = (col < lengths[row] - 1).nonzero().squeeze(1)  # [M]: every token but a row's last
         picked = logits.index_select(0, predicting).float()  # [M, V]

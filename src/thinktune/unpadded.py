@@ -19,6 +19,7 @@ by FSDP, whose hooks fire only on a full module call); the caller then uses the 
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import torch
@@ -100,3 +101,10 @@ def forward(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tenso
         h = h + attn.o_proj(out.transpose(1, 2)[row, col].reshape(-1, heads * dim))
         h = h + layer.mlp(layer.post_attention_layernorm(h))
     return model.lm_head(inner.norm(h))  # [N, V]
+
+
+@functools.cache
+def compiled_forward():
+    """``forward`` under ``torch.compile`` (dynamic shapes: batches differ in size every step), compiled on
+    first call and shared by every caller in the process."""
+    return torch.compile(forward, dynamic=True)

@@ -116,3 +116,16 @@ def test_empty_prompt_or_completion_is_an_error(char_tokenizer):
         PromptCache(model, [[5], []], 0)
     with pytest.raises(ValueError, match="empty completion"):
         PromptCache(model, [[5, 6]], 0).logps([0], [[]])
+
+
+@pytest.mark.slow
+def test_compiled_unpadded_forward_matches_eager(char_tokenizer):
+    """model.compile runs the unpadded forward under torch.compile (dynamic shapes): the same log-probs as
+    eager, for a second batch of another shape too."""
+    model = build_tiny_model("qwen2", char_tokenizer, **SHAPE).float()
+    prompts, index, completions = _case(len(char_tokenizer), seed=2)
+    for chunk in (list(range(12)), list(range(5))):  # two shapes: the second reuses the dynamic graph
+        args = ([index[i] for i in chunk], [completions[i] for i in chunk], 0.7)
+        eager = PromptCache(model, prompts, char_tokenizer.pad_token_id).logps(*args)[0]
+        compiled = PromptCache(model, prompts, char_tokenizer.pad_token_id, compile=True).logps(*args)[0]
+        torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)

@@ -190,12 +190,13 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
     ref_logps = []
     if cfg.beta and reference is not None:
         with torch.no_grad():
-            ref_cache = PromptCache(reference, ro.prompts, pad_id, cfg.share_prompt, autocast)
+            ref_cache = PromptCache(reference, ro.prompts, pad_id, cfg.share_prompt, autocast,
+                                    compile=cfg.model.compile)
             ref_logps = [forward(ref_cache, idx, False)[0] for idx in micro]
     sums = {"kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "ratio": 0.0}
     grad_norms = []
     for _ in range(cfg.updates_per_batch):
-        cache = PromptCache(model, ro.prompts, pad_id, cfg.share_prompt, autocast)
+        cache = PromptCache(model, ro.prompts, pad_id, cfg.share_prompt, autocast, compile=cfg.model.compile)
         for k, idx in enumerate(micro):
             logps, entropy, mask = forward(cache, idx, need_entropy="grad" if cfg.gamma else True)  # [B, T] each
             old = _padded([ro.old_logps[i] for i in idx] or [[]], logps.shape[1], rt.device)
