@@ -271,7 +271,7 @@ def test_adversarial_predictions_finish_from_a_worker_thread() -> None:
     thread = threading.Thread(target=run)
     thread.start()
     thread.join(timeout=10)
-    assert len(elapsed) == len(ADVERSARIAL) and max(elapsed) < 0.5
+    assert len(elapsed) == len(ADVERSARIAL) and max(elapsed) < 2.0  # seconds; unguarded, these run for minutes
     assert not any(v.correct for v in verdicts)
     failures = [v.failure for v in verdicts if v.failure]
     assert len(failures) >= 10 and verify_stats()["guarded"] == failures.count("guarded")
