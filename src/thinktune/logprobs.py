@@ -53,6 +53,22 @@ def _right_padded(rows: list[list[int]], pad_id: int, device: torch.device) -> t
     return ids.to(device), mask.to(device)
 
 
+def _score(logits: torch.Tensor, targets: torch.Tensor, temperature: float, need_entropy: bool | str
+           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of ``targets`` under ``logits / temperature`` ([..., V] -> [...]), and the entropy if asked.
+
+    The entropy keeps its graph only for ``need_entropy="grad"``: with a real vocabulary its [..., V]
+    intermediates are large, and logging needs the number alone.
+    """
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
+    logps = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    entropy = None
+    if need_entropy:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and need_entropy == "grad"):
+            entropy = entropy_from_logits(logits)
+    return logps, entropy
+
+
 def _cache_unusable(model: torch.nn.Module) -> bool:
     """Gradient checkpointing runs HF models without a cache; under FSDP2 the cached keys' backward would
     enter decoder blocks without passing their outputs, where FSDP's hooks unshard the weights."""
@@ -129,13 +145,11 @@ class PromptCache:
         """
         if any(len(c) == 0 for c in completions):
             raise ValueError("PromptCache.logps: empty completion")
-        width = max(len(c) for c in completions)  # T
-        lasts = [self.prompts[p][-1:] for p in prompt_index]
         longest = max(len(self.prompts[p]) + len(c) for p, c in zip(prompt_index, completions, strict=True))
         if self.share and self.unpadded and not unpadded.unsupported_reason(self.model, longest):
             return self._logps_unpadded(prompt_index, completions, temperature, need_entropy)
         if self.share:
-            rows = [last + list(c) for last, c in zip(lasts, completions, strict=True)]  # [B] last prompt token + completion
+            rows = [self.prompts[p][-1:] + list(c) for p, c in zip(prompt_index, completions, strict=True)]
             ids, mask = _right_padded(rows, self.pad_id, self.device)  # [B, 1+T]
             index = torch.tensor(list(prompt_index), device=self.device)
             heads = [len(self.prompts[p]) - 1 for p in prompt_index]
@@ -153,17 +167,13 @@ class PromptCache:
             with self._autocast():
                 logits = self.model(input_ids=ids).logits  # [B, W, V]
             start = torch.tensor([len(self.prompts[p]) - 1 for p in prompt_index], device=self.device)
+            width = max(len(c) for c in completions)  # T
             cols = (start[:, None] + torch.arange(width, device=self.device)).clamp(max=ids.shape[1] - 1)  # [B, T]
             picked = logits.gather(1, cols[..., None].expand(-1, -1, logits.shape[-1]))  # [B, T, V]
-        targets, out_mask = _right_padded([list(c) for c in completions], self.pad_id, self.device)  # [B, T]
-        picked = picked.float() if temperature == 1.0 else picked.float() / temperature
-        logps = torch.log_softmax(picked, dim=-1).gather(-1, targets[..., None]).squeeze(-1)  # [B, T]
-        out_mask = out_mask.float()
-        entropy = None
-        if need_entropy:  # a [B, T, V] graph kept for backward only when the loss uses the entropy
-            with torch.set_grad_enabled(torch.is_grad_enabled() and need_entropy == "grad"):
-                entropy = entropy_from_logits(picked)  # [B, T]
-        return logps * out_mask, entropy, out_mask
+        targets, mask = _right_padded([list(c) for c in completions], self.pad_id, self.device)  # [B, T]
+        logps, entropy = _score(picked, targets, temperature, need_entropy)  # [B, T] each
+        mask = mask.float()
+        return logps * mask, entropy, mask
 
     def _logps_unpadded(self, prompt_index: Sequence[int], completions: Sequence[Sequence[int]], temperature: float,
                         need_entropy: bool | str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -180,19 +190,15 @@ class PromptCache:
             logits = self.unpadded_fn(self.model, tokens, heads[row] + col, row, col, int(lengths.max()), prefix,
                                       self.head_mask.index_select(0, index).bool())  # [N, V]
         predicting = (col < lengths[row] - 1).nonzero().squeeze(1)  # [M]: every token but a row's last
-        picked = logits.index_select(0, predicting).float()  # [M, V]
-        if temperature != 1.0:
-            picked = picked / temperature
-        logps_flat = torch.log_softmax(picked, -1).gather(-1, tokens[predicting + 1, None]).squeeze(-1)  # [M]
+        flat_logps, flat_entropy = _score(logits.index_select(0, predicting), tokens[predicting + 1], temperature,
+                                          need_entropy)  # [M] each
         where = (row[predicting], col[predicting])  # column k predicts completion token k
-        width = max(len(c) for c in completions)
-        logps = logits.new_zeros(len(rows), width, dtype=torch.float32).index_put(where, logps_flat)  # [B, T]
-        mask = torch.zeros(len(rows), width, device=self.device).index_put(where, torch.ones_like(logps_flat))
-        entropy = None
-        if need_entropy:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and need_entropy == "grad"):
-                entropy = torch.zeros_like(logps).index_put(where, entropy_from_logits(picked))
-        return logps, entropy, mask
+
+        def padded(x: torch.Tensor) -> torch.Tensor:  # [M] -> [B, T]
+            return x.new_zeros(len(rows), max(len(c) for c in completions)).index_put(where, x)
+
+        entropy = None if flat_entropy is None else padded(flat_entropy)
+        return padded(flat_logps), entropy, padded(torch.ones_like(flat_logps))
 
     def backward_prompts(self) -> None:
         """Send the gradients accumulated on the cached keys and values through the prompt forward."""
