@@ -130,18 +130,21 @@ def rollout_copy(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def sync_rollout_copy(rollout_model: torch.nn.Module, model: torch.nn.Module) -> None:
+def sync_rollout_copy(rollout_model: torch.nn.Module, model: torch.nn.Module, trainable_only: bool) -> None:
     """Copy the sharded policy's current weights into the rollout copy, one parameter at a time.
 
     All ranks call it together (each parameter is all-gathered); gathering one parameter at a time keeps
     the extra memory to the largest parameter. ``copy_`` writes in place, so the engine's weight pointers
-    stay valid and its version check sees the change.
+    stay valid and its version check sees the change. The first sync copies everything (rank 0's broadcast
+    weights may differ from this rank's copy); later ones, ``trainable_only``, skip frozen weights (a LoRA
+    base), which no step changes.
     """
     if rollout_model is model:
         return
     for (name, p), (copy_name, q) in zip(model.named_parameters(), rollout_model.named_parameters(), strict=True):
         assert name == copy_name, (name, copy_name)
-        q.copy_(p.full_tensor() if isinstance(p, DTensor) else p)
+        if p.requires_grad or not trainable_only:
+            q.copy_(p.full_tensor() if isinstance(p, DTensor) else p)
 
 
 def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:

@@ -32,7 +32,7 @@ from torch.distributed.fsdp import FSDPModule
 from transformers import DynamicCache
 
 from thinktune import unpadded
-from thinktune.losses import entropy_from_logits
+from thinktune.losses import entropy_from_logprobs
 
 
 def length_sorted_chunks(lengths: Sequence[int], size: int) -> list[list[int]]:
@@ -61,12 +61,12 @@ def _score(logits: torch.Tensor, targets: torch.Tensor, temperature: float, need
     intermediates are large, and logging needs the number alone.
     """
     logits = logits.float() if temperature == 1.0 else logits.float() / temperature
-    logps = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    all_logps = torch.log_softmax(logits, dim=-1)  # [..., V], once for both
     entropy = None
     if need_entropy:
         with torch.set_grad_enabled(torch.is_grad_enabled() and need_entropy == "grad"):
-            entropy = entropy_from_logits(logits)
-    return logps, entropy
+            entropy = entropy_from_logprobs(all_logps)
+    return all_logps.gather(-1, targets[..., None]).squeeze(-1), entropy
 
 
 def _cache_unusable(model: torch.nn.Module) -> bool:

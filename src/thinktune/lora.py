@@ -113,8 +113,14 @@ class ReferenceView(torch.nn.Module):
         self.policy = [policy]  # a list, so the policy's parameters are not registered twice
 
     def forward(self, **kwargs):
-        with torch.no_grad(), self.policy[0].disable_adapter():
-            return self.policy[0](**kwargs)
+        policy = self.policy[0]
+        was_training = policy.training
+        policy.eval()  # a frozen reference has no dropout, whatever mode the policy is trained in
+        try:
+            with torch.no_grad(), policy.disable_adapter():
+                return policy(**kwargs)
+        finally:
+            policy.train(was_training)
 
     def get_input_embeddings(self) -> torch.nn.Module:
         return self.policy[0].get_input_embeddings()

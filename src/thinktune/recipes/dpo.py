@@ -145,7 +145,7 @@ def evaluate_pairs(model, pairs: list[Pair], ref: torch.Tensor, cfg: DPOConfig, 
 
 
 def reference_logps(cfg: DPOConfig, out: Path, tokenizer, sets: dict[str, list[Pair]], pad_id: int,
-                    rt: runtime.Runtime, policy) -> dict[str, torch.Tensor]:
+                    rt: runtime.Runtime, policy: torch.nn.Module | None) -> dict[str, torch.Tensor]:
     """Reference log-probs of every pair, computed once from the starting model and cached for resumes.
 
     With LoRA the reference is ``policy`` with its adapters disabled; otherwise the starting model is
@@ -170,6 +170,21 @@ def reference_logps(cfg: DPOConfig, out: Path, tokenizer, sets: dict[str, list[P
     return ref
 
 
+def policy_and_reference(cfg: DPOConfig, out: Path, tokenizer, sets: dict[str, list[Pair]], pad_id: int,
+                         rt: runtime.Runtime, resume_from: Path | None) -> tuple[torch.nn.Module, dict]:
+    """The policy to train and the reference log-probs. With LoRA the reference is the policy with its
+    adapters off, so the policy loads first; without, the starting model is loaded, used and freed before
+    the policy loads: one full model in memory at a time."""
+    def load_policy() -> torch.nn.Module:
+        return distributed.prepare(lora.load_policy(cfg.model, resume_from, tokenizer, rt.device), cfg.model, rt)
+
+    if cfg.model.lora.r:
+        model = load_policy()
+        return model, reference_logps(cfg, out, tokenizer, sets, pad_id, rt, model)
+    ref = reference_logps(cfg, out, tokenizer, sets, pad_id, rt, None)
+    return load_policy(), ref
+
+
 def run(cfg: DPOConfig) -> dict:
     rt = runtime.init(cfg.model.dtype, cfg.seed)
     distributed.check_divisible("batch_size", cfg.batch_size, cfg.micro_batch_size, rt)
@@ -183,8 +198,8 @@ def run(cfg: DPOConfig) -> dict:
     heldout = load_pairs(cfg.data.eval, tokenizer, cfg)[0] if cfg.data.eval else []
 
     resume_from = checkpoint.latest(out)
-    model = distributed.prepare(lora.load_policy(cfg.model, resume_from, tokenizer, rt.device), cfg.model, rt)
-    ref = reference_logps(cfg, out, tokenizer, {"train": train, "eval": heldout}, pad_id, rt, model)
+    model, ref = policy_and_reference(cfg, out, tokenizer, {"train": train, "eval": heldout}, pad_id, rt,
+                                      resume_from)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train) / cfg.batch_size))
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)

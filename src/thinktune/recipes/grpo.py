@@ -303,7 +303,7 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
         rank_seed = (cfg.seed * 1_000_003 + step) * rt.world_size + rt.rank  # = the one-process seed on 1 rank
 
         t = time.perf_counter()
-        distributed.sync_rollout_copy(rollout_model, model)
+        distributed.sync_rollout_copy(rollout_model, model, trainable_only=step > start)
         params = SamplingParams(n=cfg.samples_per_prompt, temperature=temperature, max_new_tokens=cfg.max_new_tokens)
         groups = engine.sample(step_prompts, params, seed=rank_seed, batch_size=cfg.rollout_batch_size,
                                show_progress=False)
