@@ -130,8 +130,12 @@ def ask_all(client: openai.OpenAI, cfg: DistillConfig, jobs: list[Job], cache: R
                                 "check model and base_url") from None
             except (EmptyReply, openai.APIError) as e:
                 failures[futures[future].key] = describe(e)
+    except BaseException:
+        # A stop (Ctrl-C, a bad key): closing the client's connections ends the requests in flight, whose
+        # threads the interpreter would otherwise wait for at exit, through every retry and timeout.
+        client.close()
+        raise
     finally:
-        # On an error, requests in flight finish in the background (their replies are still cached).
         pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
     return failures
