@@ -282,6 +282,12 @@ class ChatHandler(BaseHTTPRequestHandler):
         except RequestError as e:
             self._send_error(e)
             return
+        except (ValueError, TypeError, OverflowError) as e:  # a field of the wrong shape, a template error
+            self._send_error(RequestError(400, f"bad request: {type(e).__name__}: {e}"))
+            return
+        except Exception as e:  # a reply, never a dropped connection, which the client would retry
+            self._send_error(RequestError(500, f"server error: {type(e).__name__}: {e}"))
+            return
         if body.get("stream"):
             self._send_stream(stream_events(reply))
         else:
@@ -321,12 +327,15 @@ class ChatHandler(BaseHTTPRequestHandler):
 
     def _send_error(self, e: RequestError) -> None:
         kind = {401: "authentication_error", 404: "not_found_error", 500: "server_error"}
+        # "Connection: close": the request body may be unread (a 401 comes before it is read), and the next
+        # request must not be parsed from its leftover bytes.
         self._send_json(e.status, {"error": {"message": str(e), "type": kind.get(e.status, "invalid_request_error"),
-                                             "param": e.param, "code": None}})
+                                             "param": e.param, "code": None}}, {"Connection": "close"})
 
-    def _send_json(self, status: int, obj: dict) -> None:
+    def _send_json(self, status: int, obj: dict, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(obj).encode()
-        self._write(status, {"Content-Type": "application/json", "Content-Length": str(len(data))}, data)
+        self._write(status, {"Content-Type": "application/json", "Content-Length": str(len(data)), **(headers or {})},
+                    data)
 
     def _send_stream(self, events: list[dict]) -> None:
         data = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 import signal
@@ -93,6 +95,27 @@ def test_bad_requests_get_clear_errors(served, kwargs, error, words):
     with pytest.raises(error) as e:
         client.chat.completions.create(**({"model": "tiny", "messages": QUESTION} | kwargs))
     assert words in str(e.value)
+
+
+@pytest.mark.parametrize("body, headers, status", [
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": Infinity}', {}, 400),
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}', {"Content-Length": "many"}, 400),
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}', {"Authorization": "Bearer no"}, 401),
+])
+def test_malformed_requests_get_a_reply_and_a_closed_connection(served, body, headers, status):
+    """Input that breaks parsing (int(inf), a non-numeric length) is a 400 reply, never a dropped
+    connection (which clients retry); after any error the connection closes, since the body may be unread."""
+    server, _ = served
+    host, port = server.url.split("//")[1].split("/")[0].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.putrequest("POST", "/v1/chat/completions")
+    for key, value in ({"Content-Type": "application/json", "Content-Length": str(len(body)),
+                        "Authorization": "Bearer sk-serve-test"} | headers).items():
+        conn.putheader(key, value)
+    conn.endheaders(body)
+    response = conn.getresponse()
+    assert response.status == status and response.getheader("Connection") == "close"
+    assert "error" in json.loads(response.read())
 
 
 def test_wrong_or_missing_key_is_refused(served):
