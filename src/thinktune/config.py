@@ -78,6 +78,14 @@ class ModelConfig:
     compile: bool = False  # torch.compile each decoder block for training (GPU; the first steps compile)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 
+    def check_sampling_only(self, verb: str) -> None:
+        """Refuse the training-only options in a verb that only samples (they would be silently ignored)."""
+        used = [name for name, on in (("model.lora.r", self.lora.r), ("model.compile", self.compile),
+                                      ("model.gradient_checkpointing", self.gradient_checkpointing)) if on]
+        if used:
+            raise ConfigError(f"{', '.join(used)} apply to training (sft, dpo, grpo); `thinktune {verb}` only "
+                              "samples from a checkpoint: drop them (a LoRA run's final/ is already merged)")
+
 
 @dataclass
 class OptimConfig:

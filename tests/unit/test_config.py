@@ -447,3 +447,16 @@ def test_setting_one_key_of_a_section_keeps_the_parents_defaults_for_the_rest():
     cfg = load_config(DPOConfig, None, ["data.train=x.jsonl", "optim.lr=1e-6"])
     assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.weight_decay) == (1e-6, 0, 0.0)
     assert load_config(DPOConfig, None, ["data.train=x.jsonl"]).optim.lr == 5e-7
+
+
+@pytest.mark.parametrize("verb", ["serve", "select", "select-prompts", "dpo-pairs", "evaluate"])
+@pytest.mark.parametrize("option", ["model.lora.r=8", "model.compile=true", "model.gradient_checkpointing=true"])
+def test_sampling_verbs_refuse_training_options(verb, option):
+    from thinktune.recipes.pipeline import recipe
+
+    _, cls = recipe(verb)
+    base = {"serve": ["model.path=m"], "evaluate": ["model.path=m", "data.prompts=p.jsonl"]}.get(
+        verb, ["model.path=m", "prompts=p.jsonl"])
+    load_config(cls, None, base)  # fine without the option
+    with pytest.raises(ConfigError, match=rf"{re.escape(option.split('=')[0])} apply to training"):
+        load_config(cls, None, [*base, option])

@@ -53,6 +53,7 @@ class DPOPairsConfig:
     output_dir: str = "runs/dpo-pairs"
 
     def __post_init__(self) -> None:
+        self.model.check_sampling_only("dpo-pairs")
         if not self.prompts:
             raise ConfigError("prompts is empty; give the prompt JSONL to mine pairs for (prompts=FILE)")
         if not self.samples and not self.model.path:

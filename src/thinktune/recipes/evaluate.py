@@ -60,6 +60,7 @@ class EvalConfig:
     output_dir: str = "runs/eval"
 
     def __post_init__(self) -> None:
+        self.model.check_sampling_only("evaluate")
         if bool(self.data.prompts) == bool(self.data.benchmark):
             raise ConfigError("set exactly one of data.prompts (a prompt JSONL) or data.benchmark (a name)")
         if self.samples < 1:

@@ -60,6 +60,7 @@ class SelectConfig:
     output_dir: str = "runs/select"
 
     def __post_init__(self) -> None:
+        self.model.check_sampling_only("select")
         if not self.prompts:
             raise ConfigError("prompts is empty; give the candidate prompt JSONL (prompts=FILE)")
         if not self.model.path:

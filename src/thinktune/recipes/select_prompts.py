@@ -45,6 +45,7 @@ class SelectPromptsConfig:
     output_dir: str = "runs/select-prompts"
 
     def __post_init__(self) -> None:
+        self.model.check_sampling_only("select-prompts")
         if not self.prompts:
             raise ConfigError("prompts is empty; give the candidate prompt JSONL (prompts=FILE)")
         if self.k < 2:

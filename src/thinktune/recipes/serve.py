@@ -41,6 +41,7 @@ class ServeConfig:
     verbose: bool = False  # log every request
 
     def __post_init__(self) -> None:
+        self.model.check_sampling_only("serve")
         if not self.model.path:
             raise ConfigError("model.path is empty; set the checkpoint to serve (model.path=DIR)")
         if self.max_new_tokens < 1 or self.max_n < 1 or self.batch_size < 1:
