@@ -111,13 +111,13 @@ def test_stops_and_finished_rows_cost_nothing(model, char_tokenizer, prompts):
 def test_samples_of_a_prompt_share_one_prefill(model, char_tokenizer, prompts, decoder):
     engine = RolloutEngine(model, char_tokenizer, decoder=decoder)
     params = SamplingParams(n=4, temperature=2.0, max_new_tokens=8)
-    # 12 rows in batches of 6, a prompt's 4 samples together: prompts 0,0,0,0,1,1 then 1,1,2,2,2,2
+    # 12 rows in batches of 6, sample j of every prompt before sample j+1: each batch has 3 distinct prompts
     engine.sample(prompts, params, show_progress=False, batch_size=6)  # builds the decoder
     prefilled = []
     inner = engine._decoder.prefill
     engine._decoder.prefill = lambda ids, pad: prefilled.append(ids.shape[0]) or inner(ids, pad)
     out = engine.sample(prompts, params, show_progress=False, batch_size=6)
-    assert prefilled == [2, 2] and all(len(g) == 4 for g in out)
+    assert prefilled == [3, 3] and all(len(g) == 4 for g in out)
 
 
 def test_min_new_tokens_holds_back_eos(model, char_tokenizer, prompts):

@@ -183,9 +183,7 @@ class RolloutEngine:
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
         stops = _Stops(eos=torch.tensor(eos_ids, device=self.device), strings=params.stop,
                        window=4 * max((len(s) for s in params.stop), default=0) + 1)
-        # A prompt's n samples sit next to each other, so a batch holds them together and prefills the
-        # prompt once (see _run_batch).
-        requests = [(p, j) for p in range(len(prompts)) for j in range(params.n)]
+        requests = [(p, j) for j in range(params.n) for p in range(len(prompts))]
         rows = min(batch_size, len(requests))
         generator = torch.Generator(self.device).manual_seed(seed)
         out: list[list[Completion | None]] = [[None] * params.n for _ in prompts]
