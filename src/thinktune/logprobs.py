@@ -43,14 +43,17 @@ def length_sorted_chunks(lengths: Sequence[int], size: int) -> list[list[int]]:
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
-def _right_padded(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [B, W]
+def right_padded(rows: Sequence[Sequence[float]], pad: float, device: torch.device, dtype: torch.dtype = torch.long,
+                 width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` right padded with ``pad`` to ``width`` (default: the longest), and the 0/1 mask of real
+    entries: ([B, W] of ``dtype``, [B, W] long)."""
+    width = max(len(r) for r in rows) if width is None else width
+    out = torch.full((len(rows), width), pad, dtype=dtype)  # [B, W]
     mask = torch.zeros((len(rows), width), dtype=torch.long)  # [B, W]
     for b, r in enumerate(rows):
-        ids[b, :len(r)] = torch.tensor(r, dtype=torch.long)
+        out[b, :len(r)] = torch.tensor(r, dtype=dtype)
         mask[b, :len(r)] = 1
-    return ids.to(device), mask.to(device)
+    return out.to(device), mask.to(device)
 
 
 def _score(logits: torch.Tensor, targets: torch.Tensor, temperature: float, need_entropy: bool | str
@@ -150,7 +153,7 @@ class PromptCache:
             return self._logps_unpadded(prompt_index, completions, temperature, need_entropy)
         if self.share:
             rows = [self.prompts[p][-1:] + list(c) for p, c in zip(prompt_index, completions, strict=True)]
-            ids, mask = _right_padded(rows, self.pad_id, self.device)  # [B, 1+T]
+            ids, mask = right_padded(rows, self.pad_id, self.device)  # [B, 1+T]
             index = torch.tensor(list(prompt_index), device=self.device)
             heads = [len(self.prompts[p]) - 1 for p in prompt_index]
             positions = torch.tensor(heads, device=self.device)[:, None] + torch.arange(ids.shape[1], device=self.device)
@@ -163,14 +166,14 @@ class PromptCache:
             picked = logits[:, :-1]  # [B, T, V]: column k predicts completion token k
         else:
             rows = [self.prompts[p] + list(c) for p, c in zip(prompt_index, completions, strict=True)]
-            ids, _ = _right_padded(rows, self.pad_id, self.device)  # right padding needs no attention mask
+            ids, _ = right_padded(rows, self.pad_id, self.device)  # right padding needs no attention mask
             with self._autocast():
                 logits = self.model(input_ids=ids).logits  # [B, W, V]
             start = torch.tensor([len(self.prompts[p]) - 1 for p in prompt_index], device=self.device)
             width = max(len(c) for c in completions)  # T
             cols = (start[:, None] + torch.arange(width, device=self.device)).clamp(max=ids.shape[1] - 1)  # [B, T]
             picked = logits.gather(1, cols[..., None].expand(-1, -1, logits.shape[-1]))  # [B, T, V]
-        targets, mask = _right_padded([list(c) for c in completions], self.pad_id, self.device)  # [B, T]
+        targets, mask = right_padded([list(c) for c in completions], self.pad_id, self.device)  # [B, T]
         logps, entropy = _score(picked, targets, temperature, need_entropy)  # [B, T] each
         mask = mask.float()
         return logps * mask, entropy, mask

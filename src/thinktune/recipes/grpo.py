@@ -45,7 +45,7 @@ from thinktune.data.chat import prompt_messages, render_prompt
 from thinktune.data.io import write_json, write_jsonl
 from thinktune.data.order import step_units
 from thinktune.errors import ConfigError
-from thinktune.logprobs import PromptCache, length_sorted_chunks
+from thinktune.logprobs import PromptCache, length_sorted_chunks, right_padded
 from thinktune.losses import LOSS_AGGREGATIONS, aggregate, grpo_token_loss
 from thinktune.optim import build_optimizer, build_scheduler
 from thinktune.rewards import RewardConfig, score_batch
@@ -158,13 +158,6 @@ def build_rollouts(prompts: list[list[int]], groups: list[list[Completion]], rew
                     old_logps=[groups[p][j].sampling_logprobs for p, j in keep], advantages=adv)
 
 
-def _padded(rows: list[list[float]], width: int, device: torch.device) -> torch.Tensor:
-    out = torch.zeros((len(rows), width))  # [B, T]
-    for b, r in enumerate(rows):
-        out[b, :len(r)] = torch.tensor(r)
-    return out.to(device)
-
-
 def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperature: float, pad_id: int,
            rt: runtime.Runtime) -> dict[str, float]:
     """``updates_per_batch`` passes of the GRPO objective over the step's rollouts; returns update stats.
@@ -199,7 +192,8 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
         cache = PromptCache(model, ro.prompts, pad_id, cfg.share_prompt, autocast, compile=cfg.model.compile)
         for k, idx in enumerate(micro):
             logps, entropy, mask = forward(cache, idx, need_entropy="grad" if cfg.gamma else True)  # [B, T] each
-            old = _padded([ro.old_logps[i] for i in idx] or [[]], logps.shape[1], rt.device)
+            old, _ = right_padded([ro.old_logps[i] for i in idx] or [[]], 0.0, rt.device, torch.float32,
+                                  width=logps.shape[1])
             advantages = ro.advantages[idx] if idx else torch.zeros(1)
             loss_t, stats = grpo_token_loss(logps, old, advantages.to(rt.device), cfg.clip_low, cfg.clip_high,
                                             ref_logps[k] if ref_logps else None, cfg.beta if ref_logps else 0.0,
