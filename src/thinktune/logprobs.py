@@ -7,8 +7,9 @@ does the same math with less work:
 1. every prompt except its last token goes through the model once (left padded) and its keys and values
    are kept;
 2. each completion, preceded by its prompt's last token (whose logits predict the first completion
-   token), is forwarded on top of its prompt's cached keys and values; ``length_sorted_chunks`` groups
-   completions of similar length into micro-batches, so little padding is computed;
+   token) and without its own last token (which predicts nothing), is forwarded on top of its prompt's
+   cached keys and values; ``length_sorted_chunks`` groups completions of similar length into
+   micro-batches, so little padding is computed;
 3. with gradients, a micro-batch's backward stops at detached copies of the cached keys and values,
    whose gradients accumulate across micro-batches; ``backward_prompts`` then sends them through the
    prompt forward once.
@@ -151,19 +152,18 @@ class PromptCache:
         longest = max(len(self.prompts[p]) + len(c) for p, c in zip(prompt_index, completions, strict=True))
         if self.share and self.unpadded and not unpadded.unsupported_reason(self.model, longest):
             return self._logps_unpadded(prompt_index, completions, temperature, need_entropy)
-        if self.share:
-            rows = [self.prompts[p][-1:] + list(c) for p, c in zip(prompt_index, completions, strict=True)]
-            ids, mask = right_padded(rows, self.pad_id, self.device)  # [B, 1+T]
+        if self.share:  # column k of row b: the token before completion token k
+            rows = [self.prompts[p][-1:] + list(c[:-1]) for p, c in zip(prompt_index, completions, strict=True)]
+            ids, mask = right_padded(rows, self.pad_id, self.device)  # [B, T]
             index = torch.tensor(list(prompt_index), device=self.device)
             heads = [len(self.prompts[p]) - 1 for p in prompt_index]
             positions = torch.tensor(heads, device=self.device)[:, None] + torch.arange(ids.shape[1], device=self.device)
             cache = DynamicCache(ddp_cache_data=[(k.index_select(0, index), v.index_select(0, index))
                                                  for k, v in self.leaves])
-            attention = torch.cat([self.head_mask[index], mask], dim=1)  # [B, L+1+T]
+            attention = torch.cat([self.head_mask[index], mask], dim=1)  # [B, L+T]
             with self._autocast():
-                logits = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
-                                    cache=cache).logits  # [B, 1+T, V]
-            picked = logits[:, :-1]  # [B, T, V]: column k predicts completion token k
+                picked = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
+                                    cache=cache).logits  # [B, T, V]: column k predicts completion token k
         else:
             rows = [self.prompts[p] + list(c) for p, c in zip(prompt_index, completions, strict=True)]
             ids, _ = right_padded(rows, self.pad_id, self.device)  # right padding needs no attention mask
@@ -180,25 +180,24 @@ class PromptCache:
 
     def _logps_unpadded(self, prompt_index: Sequence[int], completions: Sequence[Sequence[int]], temperature: float,
                         need_entropy: bool | str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        rows = [self.prompts[p][-1:] + list(c) for p, c in zip(prompt_index, completions, strict=True)]
+        # Row b: the prompt's last token, then completion b but its last token; token j predicts completion token j.
+        rows = [self.prompts[p][-1:] + list(c[:-1]) for p, c in zip(prompt_index, completions, strict=True)]
         lengths = torch.tensor([len(r) for r in rows], device=self.device)  # [B]
         row = torch.repeat_interleave(torch.arange(len(rows), device=self.device), lengths)  # [N]
         starts = torch.cumsum(lengths, 0) - lengths  # [B]
         col = torch.arange(row.shape[0], device=self.device) - starts[row]  # [N]
         heads = torch.tensor([len(self.prompts[p]) - 1 for p in prompt_index], device=self.device)  # [B]
         tokens = torch.tensor([t for r in rows for t in r], device=self.device)  # [N]
+        targets = torch.tensor([t for c in completions for t in c], device=self.device)  # [N]
         index = torch.tensor(list(prompt_index), device=self.device)
         prefix = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.leaves]
         with self._autocast():
             logits = self.unpadded_fn(self.model, tokens, heads[row] + col, row, col, int(lengths.max()), prefix,
                                       self.head_mask.index_select(0, index).bool())  # [N, V]
-        predicting = (col < lengths[row] - 1).nonzero().squeeze(1)  # [M]: every token but a row's last
-        flat_logps, flat_entropy = _score(logits.index_select(0, predicting), tokens[predicting + 1], temperature,
-                                          need_entropy)  # [M] each
-        where = (row[predicting], col[predicting])  # column k predicts completion token k
+        flat_logps, flat_entropy = _score(logits, targets, temperature, need_entropy)  # [N] each
 
-        def padded(x: torch.Tensor) -> torch.Tensor:  # [M] -> [B, T]
-            return x.new_zeros(len(rows), max(len(c) for c in completions)).index_put(where, x)
+        def padded(x: torch.Tensor) -> torch.Tensor:  # [N] -> [B, T]
+            return x.new_zeros(len(rows), int(lengths.max())).index_put((row, col), x)
 
         entropy = None if flat_entropy is None else padded(flat_entropy)
         return padded(flat_logps), entropy, padded(torch.ones_like(flat_logps))

@@ -90,3 +90,35 @@ def test_weight_decay_only_on_matrices() -> None:
     assert sorted(tuple(p.shape) for p in no_decay["params"]) == [(4,), (4,), (4,)]
     assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.5, 0.0)
     assert decay["betas"] == (0.8, 0.9)
+
+
+def test_optimizer_steps_like_reference_adamw() -> None:
+    """The (fused) optimizer takes the same steps as torch's single-tensor AdamW with the same groups."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.LayerNorm(4))
+    reference = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.LayerNorm(4))
+    reference.load_state_dict(model.state_dict())
+    cfg = OptimConfig(lr=0.05, weight_decay=0.3, betas=[0.8, 0.9])
+    opt = build_optimizer(model, cfg)
+    assert opt.defaults["fused"]
+    ref_opt = torch.optim.AdamW([{"params": [reference[0].weight], "weight_decay": 0.3},
+                                 {"params": [reference[0].bias, *reference[1].parameters()], "weight_decay": 0.0}],
+                                lr=0.05, betas=(0.8, 0.9), foreach=False)
+    x = torch.randn(8, 5)
+    for _ in range(3):
+        for m, o in ((model, opt), (reference, ref_opt)):
+            o.zero_grad()
+            m(x).pow(2).sum().backward()
+            o.step()
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+
+
+def test_optimizer_step_bumps_parameter_versions() -> None:
+    """A step must mark every parameter as written: the rollout decoder re-reads weights whose version moved."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    opt = build_optimizer(model, OptimConfig(lr=0.1))
+    model(torch.randn(2, 3)).sum().backward()
+    before = [p._version for p in model.parameters()]
+    opt.step()
+    assert all(p._version > v for p, v in zip(model.parameters(), before, strict=True))

@@ -152,9 +152,11 @@ class LeanDecoder:
         self._scratch: dict[int, dict] = {}  # per live-row count: views of _store, per-layer tuples
         self.refresh_weights()
         # Zeros, not empty: masked keys get weight 0 in attention, and 0 * NaN garbage would still be NaN.
-        # One [rows, 2K, T, D] tensor per layer, k heads then v heads, so the CPU path writes both in one copy.
-        kv_shape = (max_batch, 2 * self.kv_heads, max_len, self.head_dim)
-        self.kv_cache = [torch.zeros(kv_shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        # One [rows, layers, 2K, T, D] tensor: per layer a [rows, 2K, T, D] view, k heads then v heads, so the
+        # CPU path writes both in one copy, and ``reorder`` moves a row of every layer in one copy.
+        self.kv = torch.zeros(max_batch, len(self.layers), 2 * self.kv_heads, max_len, self.head_dim,
+                              dtype=self.dtype, device=self.device)
+        self.kv_cache = list(self.kv.unbind(1))
         self.k_cache = [c[:, :self.kv_heads] for c in self.kv_cache]  # [Bmax, K, T, D] views
         self.v_cache = [c[:, self.kv_heads:] for c in self.kv_cache]
         self.pad = torch.zeros(max_batch, dtype=torch.long, device=self.device)  # [Bmax]
@@ -426,8 +428,13 @@ class LeanDecoder:
         return logits
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep rows ``index`` ``[m]`` as the new rows ``0..m-1``, moving only the rows that change place."""
-        move_rows([*self.kv_cache, self.pad, self.key_valid], index)
+        """Keep rows ``index`` ``[m]`` as the new rows ``0..m-1``, moving only the rows that change place.
+
+        Only the columns written so far move (later ones are written before they are read); without pad
+        columns every row's ``pad`` and ``key_valid`` are alike, so they stay.
+        """
+        written = self.kv.narrow(3, 0, max(self.t, 1))  # [rows, layers, 2K, t, D]
+        move_rows([written, self.pad, self.key_valid] if self.padded else [written], index)
 
 
 def move_rows(tensors: list[torch.Tensor], index: torch.Tensor) -> None:
