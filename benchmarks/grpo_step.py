@@ -2,16 +2,17 @@
 
 Run (TRL lives only in the benchmark's own environment, never in thinktune's dependencies):
     make bench-grpo          # creates .venv-bench with thinktune + trl, then runs this file
-    .venv-bench/bin/python benchmarks/grpo_step.py [--steps 10] [--no-compile]
+    .venv-bench/bin/python benchmarks/grpo_step.py [--steps 12] [--no-compile]
 
 Both sides train the same Qwen2 built from a config (hidden 128, 4 layers, 4 heads, random weights, the
 demo's character tokenizer) on the embedded world's level-3 prompts: 16 prompts x 8 samples per step, at
 most 64 new tokens, temperature 1.0, no KL, every group kept, one policy update per batch of rollouts,
 the same learning rate and a 0/1 correctness reward through thinktune's verifier. Both keep fp32. The
 first step of each side is a warm-up and is not counted (for thinktune it includes torch.compile's
-compile; ``--no-compile`` runs thinktune eager). Prints, for each side, ``seconds_per_step`` and
-``completion_tokens_per_s`` (completion tokens generated per second of whole steps), thinktune's time
-split, and the ratio.
+compile; ``--no-compile`` runs thinktune eager). Prints, for each side, ``seconds_per_step`` (the median
+over the timed steps, so that one step slowed by the machine does not move it) and
+``completion_tokens_per_s`` (mean completion tokens per step over that median), thinktune's time split
+(the median of each phase), and the ratio.
 
 Where thinktune's time goes less: the lean decoder samples (each prompt prefilled once for its 8
 samples); the update forwards each prompt once and every completion token once, unpadded
@@ -67,8 +68,9 @@ def thinktune_side(root: Path, steps: int, compile: bool) -> dict:
         "log.log_every=1", "log.save_every=0", "log.progress=false", "dump_every=0", f"output_dir={out}"])
     grpo.run(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
-    split = {k: statistics.fmean(r[k] for r in rows) for k in ("time/generate", "time/score", "time/update")}
-    seconds = sum(split.values())
+    phases = ("time/generate", "time/score", "time/update")
+    split = {k: statistics.median(r[k] for r in rows) for k in phases}
+    seconds = statistics.median(sum(r[k] for k in phases) for r in rows)
     tokens = statistics.fmean(r["rollout/length_mean"] for r in rows) * PROMPTS * GROUP
     return {"seconds_per_step": seconds, "completion_tokens_per_s": tokens / seconds, **split}
 
@@ -111,14 +113,14 @@ def trl_side(root: Path, steps: int) -> dict:
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
                           processing_class=tokenizer, callbacks=[Timer()])
     trainer.train()
-    seconds = statistics.fmean(times[1:])
+    seconds = statistics.median(times[1:])
     tokens = statistics.fmean(lengths[1:]) * PROMPTS * GROUP
     return {"seconds_per_step": seconds, "completion_tokens_per_s": tokens / seconds}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--no-compile", action="store_true", help="thinktune without torch.compile")
     args = parser.parse_args()
     _quiet_transformers()
