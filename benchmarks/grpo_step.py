@@ -109,7 +109,9 @@ def trl_side(root: Path, steps: int) -> dict:
         max_completion_length=NEW_TOKENS, temperature=1.0, top_p=1.0, beta=0.0, num_iterations=1,
         gradient_accumulation_steps=1, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=0.0, max_steps=steps, logging_steps=1, report_to="none", use_cpu=True, save_strategy="no",
-        shuffle_dataset=False, seed=0)
+        shuffle_dataset=False, seed=0,
+        # TRL's defaults turn on bf16 autocast and gradient checkpointing; thinktune runs neither here.
+        bf16=False, fp16=False, gradient_checkpointing=False)
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
                           processing_class=tokenizer, callbacks=[Timer()])
     trainer.train()
