@@ -14,8 +14,8 @@ model's own weight tensors and runs the same math in about 25 ops per layer:
   configs) leaves the pass-through dims at rotation 1;
 - the residual adds fused into the output matmuls (``addmm``), and on CPU the RMSNorm gains folded
   into the next weight;
-- k and v written in place into a cache of shape ``[rows, kv_heads, max_len, head_dim]`` per layer, so
-  nothing is reallocated or concatenated while decoding;
+- k and v written in place into one preallocated cache ``[rows, layers, 2 * kv_heads, max_len, head_dim]``,
+  so nothing is reallocated or concatenated while decoding, and moving a row moves every layer at once;
 - on CPU (``_decode_cpu``), every intermediate written with ``out=`` into preallocated scratch and the
   residual adds done in place: a step allocates almost nothing.
 

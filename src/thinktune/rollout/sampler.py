@@ -25,9 +25,10 @@ The decode loop is ours, not ``model.generate``'s:
 - Seeded: one ``torch.Generator`` per call, so the same call with the same seed gives the same completions.
   A row's draws depend on which rows share its batch (they share random tensors), not only on its prompt.
 
+Within a batch, each distinct prompt is prefilled once and its cache rows are copied to every sample of it.
 Not done here (yet): refilling finished slots with waiting prompts (continuous batching: today a batch
-waits for its longest row, though finished rows cost nothing), and prefix sharing between the ``n``
-samples of a prompt (each sample prefills its prompt again). For vLLM, see ``vllm_backend.py``.
+waits for its longest row, though finished rows cost nothing), and sharing the prompt's cache rows
+between samples while decoding (each sample holds its own copy). For vLLM, see ``vllm_backend.py``.
 """
 
 from __future__ import annotations
