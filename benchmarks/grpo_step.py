@@ -11,8 +11,9 @@ the same learning rate and a 0/1 correctness reward through thinktune's verifier
 first step of each side is a warm-up and is not counted (for thinktune it includes torch.compile's
 compile; ``--no-compile`` runs thinktune eager). Prints, for each side, ``seconds_per_step`` (the median
 over the timed steps, so that one step slowed by the machine does not move it) and
-``completion_tokens_per_s`` (mean completion tokens per step over that median), thinktune's time split
-(the median of each phase), and the ratio.
+``completion_tokens_per_s`` (mean completion tokens per step over that median), each side's time split
+(the median of each phase; TRL's "update" is its step minus its sampling call and the reward function),
+and the ratio.
 
 Where thinktune's time goes less: the lean decoder samples (each prompt prefilled once for its 8
 samples); the update forwards each prompt once and every completion token once, unpadded
@@ -85,18 +86,31 @@ def trl_side(root: Path, steps: int) -> dict:
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]}
                               for r in rows])
 
-    def reward(completions, answer, **kwargs):
-        return [float(is_correct(c[0]["content"], a)) for c, a in zip(completions, answer, strict=True)]
+    phase = {"generate": 0.0, "score": 0.0}  # of the running step
+    rows_by_step: list[dict] = []  # per step: total, generate, score
 
-    times: list[float] = []
+    def reward(completions, answer, **kwargs):
+        t = time.perf_counter()
+        out = [float(is_correct(c[0]["content"], a)) for c, a in zip(completions, answer, strict=True)]
+        phase["score"] += time.perf_counter() - t
+        return out
+
+    class TimedGRPOTrainer(GRPOTrainer):
+        def _generate_single_turn(self, *args, **kwargs):  # TRL 1.16's sampling call, timed for the split
+            t = time.perf_counter()
+            out = super()._generate_single_turn(*args, **kwargs)
+            phase["generate"] += time.perf_counter() - t
+            return out
+
     lengths: list[float] = []
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
+            phase.update(generate=0.0, score=0.0)
             self.t = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.t)
+            rows_by_step.append({"total": time.perf_counter() - self.t, **phase})
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "completions/mean_length" in logs:
@@ -112,12 +126,21 @@ def trl_side(root: Path, steps: int) -> dict:
         shuffle_dataset=False, seed=0,
         # TRL's defaults turn on bf16 autocast and gradient checkpointing; thinktune runs neither here.
         bf16=False, fp16=False, gradient_checkpointing=False)
-    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
-                          processing_class=tokenizer, callbacks=[Timer()])
+    trainer = TimedGRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
+                               processing_class=tokenizer, callbacks=[Timer()])
     trainer.train()
-    seconds = statistics.median(times[1:])
+    timed = rows_by_step[1:]
+    seconds = statistics.median(r["total"] for r in timed)
     tokens = statistics.fmean(lengths[1:]) * PROMPTS * GROUP
-    return {"seconds_per_step": seconds, "completion_tokens_per_s": tokens / seconds}
+    split = {f"time/{k}": statistics.median(r[k] for r in timed) for k in ("generate", "score")}
+    split["time/update"] = statistics.median(r["total"] - r["generate"] - r["score"] for r in timed)
+    return {"seconds_per_step": seconds, "completion_tokens_per_s": tokens / seconds, **split}
+
+
+def report(name: str, side: dict) -> None:
+    print(f"{name:<10} seconds_per_step: {side['seconds_per_step']:.3f}  completion_tokens_per_s: "
+          f"{side['completion_tokens_per_s']:.0f}  (generate {side['time/generate']:.3f} s, score "
+          f"{side['time/score']:.3f} s, update {side['time/update']:.3f} s)")
 
 
 def main() -> None:
@@ -133,16 +156,13 @@ def main() -> None:
     print(f"device cpu, {torch.get_num_threads()} threads; Qwen2 h128 L4; {PROMPTS} prompts x {GROUP} samples, "
           f"<= {NEW_TOKENS} new tokens, T=1.0, no KL, one update per batch; {args.steps - 1} timed steps each")
     ours = thinktune_side(root, args.steps, not args.no_compile)
-    print(f"thinktune  seconds_per_step: {ours['seconds_per_step']:.3f}  completion_tokens_per_s: "
-          f"{ours['completion_tokens_per_s']:.0f}  (generate {ours['time/generate']:.3f} s, score "
-          f"{ours['time/score']:.3f} s, update {ours['time/update']:.3f} s)")
+    report("thinktune", ours)
     try:
         theirs = trl_side(root, args.steps)
     except ImportError:
         print("trl is not installed in this environment: run `make bench-grpo` (it creates .venv-bench)")
         return
-    print(f"trl        seconds_per_step: {theirs['seconds_per_step']:.3f}  completion_tokens_per_s: "
-          f"{theirs['completion_tokens_per_s']:.0f}")
+    report("trl", theirs)
     print(f"speedup_vs_trl: {ours['completion_tokens_per_s'] / theirs['completion_tokens_per_s']:.2f}")
 
 
