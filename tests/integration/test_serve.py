@@ -164,11 +164,18 @@ def test_requests_queued_during_a_batch_share_the_next_one():
     assert worker.largest_batch == 3
 
 
+def _sigint_as_at_a_terminal() -> None:
+    # A test run started as a background job ('make test &') ignores SIGINT, and a child inherits that:
+    # the server would then never see the Ctrl-C this test sends. Give the child the default disposition.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_serve_command_listens_on_loopback_and_requires_its_key(tiny_model_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SERVE_KEY": "sk-cli-key"}
     proc = subprocess.Popen([sys.executable, "-m", "thinktune.cli", "serve", f"model.path={tiny_model_dir}",
                              "model.system_prompt=", "port=0", "api_key_env=SERVE_KEY", "max_new_tokens=8"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            preexec_fn=_sigint_as_at_a_terminal)
     try:
         line = proc.stdout.readline()
         url = re.search(r"on (http://\S+/v1)", line).group(1)
