@@ -116,6 +116,10 @@ CORRECT_CASES = [
     ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\sqrt{2}/2", "math", True),
     ("\\boxed{x = 3}", "3", "math", True),
     ("\\boxed{2^{2024}}", "2^{2024}", "math", True),
+    # towers with a symbol in the inner power stay symbolic: checked, not guarded
+    ("\\boxed{2^{2^{n}}+1}", "2^{2^n}+1", "math", True),
+    ("\\boxed{2^{2^{n}}}", "2^{2n}", "math", False),
+    ("\\boxed{e^{-x^{2}}}", "e^{-x^2}", "math", True),
     ("The final answer is $\\frac{3}{4}$.", "0.75", "math", True),
     # integer (AIME)
     ("\\boxed{033}", "33", "integer", True),
@@ -156,6 +160,9 @@ ADVERSARIAL = [
     "\\boxed{9**999999}",
     "\\boxed{9**9**9**9}",
     "\\boxed{2^{2^{2^{2^{2^{2}}}}}}",
+    "\\boxed{2^{2^{100}}}",
+    "\\boxed{2**(3**99)}",
+    "\\boxed{2^{x+10^{10}}}",
     "\\boxed{(10^9)!}",
     "\\boxed{1000000000!}",
     "\\boxed{\\binom{10^{9}}{500000}}",
@@ -172,6 +179,16 @@ def test_adversarial_predictions_are_incorrect_and_fast(completion: str) -> None
     assert is_correct(completion, "5", "integer") is False
     assert is_correct(completion, "B", "choice") is False
     assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize("pred,guarded", [
+    ("10^{10^{10}}", True), ("9**9**9", True), ("2^{ 10 ^ 10 }", True), ("2^{-10^{10}}", True),
+    ("2^{2^n}", False), ("2^{2^{n}}", False), ("x^{y^2}", False), ("e^{-x^{2}}", False),
+    ("2^{x_2^3}", False),  # the 2 before ^3 is a subscript, not a base
+    ("2^n + 3^4", False),  # two powers side by side, neither in the other's exponent
+])
+def test_guard_rejects_numeric_towers_only(pred: str, guarded: bool) -> None:
+    assert (verify_module._guard_reason(pred) == "huge power or factorial") is guarded
 
 
 def test_guarded_checks_are_counted() -> None:

@@ -64,11 +64,15 @@ _INTEGER_RE = re.compile(r"[+-]?\d+(?:\.0*)?")
 _CHOICE_RE = re.compile(r"\(?([A-D])\)?(?:[\s.:)]|$)")
 _WRAPPER_RE = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\{([^{}]*)\}")
 # Shapes that make sympy evaluate astronomically large numbers, found by probing math-verify 0.9: a power
-# whose exponent holds a power (10^{10^{10}}, 9**9**9, \\sum_{k=1}^{10^9}), a 5+ digit exponent (9**999999),
-# a factorial of a 5+ digit number or of a power ((10^9)!), and binomials/sums/products/Gamma with 5+ digit
-# numbers or powers in them. Some legitimate but unusual answers (\\sum_{k=1}^{n} k^2) are rejected too.
+# whose exponent holds a number raised to a number (10^{10^{10}}, 9**9**9, 2^{x+3^{40}}), a 5+ digit
+# exponent (9**999999), a factorial of a 5+ digit number or of a power ((10^9)!), and binomials/sums/
+# products/Gamma with 5+ digit numbers or powers in them. A tower with a symbol in the inner power stays
+# symbolic in sympy and passes (2^{2^n}, e^{-x^2}). Some legitimate but unusual answers are rejected too
+# (2^{3^2}, \\sum_{k=1}^{n} k^2).
 _HUGE_PATTERNS = (
-    re.compile(r"(?:\^|\*\*)\s*(?:\{[^{}]*|\([^()]*|[\d\s.]*)(?:\^|\*\*)"),
+    # ^ or **, then (inside the exponent's bracket, if any) a number not part of a name or subscript,
+    # then ^ or ** and a digit: the exponent holds number^number.
+    re.compile(r"(?:\^|\*\*)\s*(?:\{[^{}]*?|\([^()]*?|)(?<![\w\\.])[\d.]+\s*(?:\^|\*\*)\s*[{(]?\s*[+-]?\d"),
     re.compile(r"(?:\^|\*\*)\s*[{(]?\s*[+-]?\d{5,}"),
     re.compile(r"\d{5,}\s*!(?!=)|(?:\^|\*\*)[^!]*[)}]\s*!(?!=)"),
     re.compile(r"\\(?:binom|[dt]binom|sum|prod|Gamma|gamma)\b.*(?:\d{5,}|\^|\*\*)"),
