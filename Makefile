@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # torch is installed first and on its own so that a CPU machine gets the CPU build; on a GPU machine use
-# e.g. `make TORCH=torch` (any torch >= 2.4 works).
+# e.g. `make TORCH=torch` (torch >= 2.8; CI runs 2.13.0).
 TORCH ?= torch==2.13.0
 
 .PHONY: demo demo-quick test lint clean bench-grpo
