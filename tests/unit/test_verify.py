@@ -15,7 +15,7 @@ from math_verify import parse, verify
 
 from thinktune.errors import DataError
 from thinktune.rewards import verify as verify_module
-from thinktune.rewards.pool import get_pool
+from thinktune.rewards.pool import get_pool, threaded_map
 from thinktune.rewards.verify import (
     MODES,
     Verdict,
@@ -24,6 +24,7 @@ from thinktune.rewards.verify import (
     has_valid_think,
     is_correct,
     is_correct_batch,
+    is_correct_groups,
     reset_verify_stats,
     split_think,
     verify_stats,
@@ -330,6 +331,37 @@ def test_batch_modes_and_length_check() -> None:
     assert is_correct_batch(["\\boxed{B}", "\\boxed{7}"], ["B", "7"], ["choice", "integer"]) == [True, True]
     with pytest.raises(ValueError, match="one answer"):
         is_correct_batch(["a", "b"], ["a"])
+
+
+def test_batch_in_threads_matches_one_at_a_time() -> None:
+    # math-verify cases (they go through the worker processes) mixed with fast-path and other modes
+    completions = ["\\boxed{\\frac{1}{2}}", "\\boxed{0.25}", "\\boxed{x^2+1}", "\\boxed{12}", "\\boxed{B}", "no answer"] * 3
+    answers = ["0.5", "1/2", "1+x^2", "12", "B", "3"] * 3
+    modes = ["math", "math", "math", "integer", "choice", "math"] * 3
+    expected = [is_correct(c, a, m) for c, a, m in zip(completions, answers, modes, strict=True)]
+    assert expected == [True, False, True, True, True, False] * 3
+    assert is_correct_batch(completions, answers, modes, threads=4) == expected
+    assert is_correct_batch(completions, answers, modes, threads=1) == expected
+
+
+def test_groups_keep_their_shape_and_order() -> None:
+    groups = [["\\boxed{1}", "\\boxed{2}"], [], ["\\boxed{\\frac{2}{4}}", "\\boxed{0.5}", "\\boxed{C}"], ["\\boxed{A}"]]
+    answers, modes = ["2", "7", "1/2", "A"], ["math", "integer", "math", "choice"]
+    assert is_correct_groups(groups, answers, modes) == [[False, True], [], [True, True, False], [True]]
+    with pytest.raises(ValueError, match="2 groups, 1 answers"):
+        is_correct_groups([["a"], ["b"]], ["a"], ["math", "math"])
+
+
+def test_batch_raises_a_bad_gold_from_its_threads() -> None:
+    with pytest.raises(DataError, match="not an integer"):
+        is_correct_batch(["\\boxed{1}"] * 4, ["1", "1", "x+1", "1"], "integer", threads=4)
+
+
+def test_threaded_map_runs_calls_at_once() -> None:
+    # Each call waits until 3 calls have arrived: this finishes only if 3 run at the same time.
+    barrier = threading.Barrier(3, timeout=10)
+    assert threaded_map(lambda i: (barrier.wait(), i * i)[1], 6, threads=3) == [0, 1, 4, 9, 16, 25]
+    assert threaded_map(lambda i: i + 1, 3, threads=1) == [1, 2, 3]
 
 
 def test_unknown_mode_names_valid_modes() -> None:

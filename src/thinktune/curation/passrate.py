@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from thinktune import models, runtime
 from thinktune.config import ModelConfig
 from thinktune.data.chat import prompt_messages, render_prompt
-from thinktune.rewards.verify import is_correct
+from thinktune.rewards.verify import is_correct_groups
 from thinktune.rollout.sampler import Completion, SamplingParams, sample
 
 
@@ -35,9 +35,11 @@ def sample_rows(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, rows
 
 
 def verify_groups(rows: Sequence[dict], texts: Sequence[Sequence[str]]) -> list[list[bool]]:
-    """Whether each completion of each row is correct (``rewards.verify.is_correct`` in the row's mode)."""
-    return [[is_correct(t, str(r["answer"]), r.get("mode", "math")) for t in group]
-            for r, group in zip(rows, texts, strict=True)]
+    """Whether each completion of each row is correct (``rewards.verify.is_correct`` in the row's mode),
+    several checks at once."""
+    if len(rows) != len(texts):
+        raise ValueError(f"verify_groups: {len(rows)} rows and {len(texts)} groups of completions")
+    return is_correct_groups(texts, [str(r["answer"]) for r in rows], [r.get("mode", "math") for r in rows])
 
 
 def pass_rate(correct: Sequence[bool]) -> float:

@@ -29,7 +29,7 @@ from thinktune.curation.pairs import Scored, mine
 from thinktune.curation.passrate import load_student, sample_rows
 from thinktune.data.io import read_jsonl, write_json, write_jsonl
 from thinktune.errors import ConfigError, DataError
-from thinktune.rewards.verify import is_correct
+from thinktune.rewards.verify import is_correct_groups
 from thinktune.rollout.sampler import SamplingParams
 from thinktune.tasks.benchmarks import load_prompts
 
@@ -96,8 +96,10 @@ def run(cfg: DPOPairsConfig) -> dict:
     save_config(cfg, out / "config.yaml")
     rows = select_prompts(cfg)
     completions = saved_samples(cfg, rows) if cfg.samples else sample_policy(cfg, rows)
-    scored = [[Scored(text, is_correct(text, str(r["answer"]), r.get("mode", "math")), n) for text, n in group]
-              for r, group in zip(rows, completions, strict=True)]
+    verdicts = is_correct_groups([[text for text, _ in group] for group in completions], [str(r["answer"]) for r in rows],
+                                 [r.get("mode", "math") for r in rows])
+    scored = [[Scored(text, ok, n) for (text, n), ok in zip(group, oks, strict=True)]
+              for group, oks in zip(completions, verdicts, strict=True)]
     write_jsonl(out / "samples.jsonl", (
         {"prompt_id": r["id"], "completion": s.completion, "num_tokens": s.num_tokens, "correct": s.correct}
         for r, group in zip(rows, scored, strict=True) for s in group))

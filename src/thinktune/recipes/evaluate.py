@@ -29,7 +29,7 @@ from thinktune.data.io import write_json, write_jsonl
 from thinktune.errors import ConfigError
 from thinktune.metrics import per_run_accuracy, summarize
 from thinktune.report import eval_markdown, plot_run_accuracies
-from thinktune.rewards.verify import extract_answer, has_valid_think, is_correct
+from thinktune.rewards.verify import extract_answer, has_valid_think, is_correct_groups
 from thinktune.rollout.sampler import SamplingParams, sample
 from thinktune.tasks.benchmarks import load_benchmark, load_prompts
 
@@ -81,9 +81,9 @@ def score(rows: list[dict], completions: list[list], tokenizer) -> tuple[dict, l
     """Verify every completion; returns the per-problem matrices for ``summarize`` and rollout records."""
     mats: dict[str, list[list]] = {"correct": [], "answers": [], "lengths": [], "well_formed": [], "finished": []}
     records = []
-    for row, outs in zip(rows, completions, strict=True):
-        mode = row.get("mode", "math")
-        correct = [is_correct(c.text, str(row["answer"]), mode) for c in outs]
+    verdicts = is_correct_groups([[c.text for c in outs] for outs in completions], [str(r["answer"]) for r in rows],
+                                 [r.get("mode", "math") for r in rows])
+    for row, outs, correct in zip(rows, completions, verdicts, strict=True):
         mats["correct"].append(correct)
         mats["answers"].append([extract_answer(c.text) for c in outs])
         mats["lengths"].append([len(c.token_ids) for c in outs])

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from thinktune.errors import ConfigError
 from thinktune.rewards.phi4 import (
@@ -30,6 +29,7 @@ from thinktune.rewards.phi4 import (
     repetition_penalty,
     scale_to_context,
 )
+from thinktune.rewards.pool import threaded_map
 
 RewardFn = Callable[[str, str, int, bool, RewardConfig, str], RewardResult]
 REWARDS: dict[str, RewardFn] = {"phi4": phi4_reward, "phi4-mini": phi4_mini_reward}
@@ -124,7 +124,4 @@ def score_batch(completions: Sequence[str], answers: Sequence[str], num_tokens: 
     def one(i: int) -> RewardResult:
         return score(completions[i], answers[i], num_tokens[i], finished[i], cfg, mode_list[i])
 
-    if workers <= 1 or n <= 1:
-        return [one(i) for i in range(n)]
-    with ThreadPoolExecutor(max_workers=min(workers, n), thread_name_prefix="reward") as pool:
-        return list(pool.map(one, range(n)))
+    return threaded_map(one, n, workers)

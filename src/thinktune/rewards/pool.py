@@ -38,8 +38,11 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import TypeVar
 
 from math_verify import parse, verify
 
@@ -47,6 +50,7 @@ OUTCOMES = ("true", "false", "timed_out", "errored")
 STARTUP_TIMEOUT_S = 60.0
 DEFAULT_MEMORY_MB = 2048
 MAX_WORKERS = max(2, min(8, os.cpu_count() or 2))
+T = TypeVar("T")
 
 # Runs in the worker: serve (gold, pred, timeout_s) requests on the inherited socket until it closes.
 _WORKER_CODE = "import sys; from thinktune.rewards.pool import serve; serve(int(sys.argv[1]), int(sys.argv[2]))"
@@ -289,6 +293,19 @@ class WorkerPool:
 _pool: WorkerPool | None = None
 _pool_pid = 0
 _pool_lock = threading.Lock()
+
+
+def threaded_map(fn: Callable[[int], T], n: int, threads: int = MAX_WORKERS) -> list[T]:
+    """``[fn(0), ..., fn(n - 1)]``, computed in up to ``threads`` threads.
+
+    Answer checks spend their time in this pool's worker processes, so threads let up to ``max_workers``
+    checks run at once; 1 thread computes in the caller. An exception from ``fn`` is raised here (the
+    first in index order).
+    """
+    if threads <= 1 or n <= 1:
+        return [fn(i) for i in range(n)]
+    with ThreadPoolExecutor(max_workers=min(threads, n), thread_name_prefix="verify") as pool:
+        return list(pool.map(fn, range(n)))
 
 
 def get_pool() -> WorkerPool:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from thinktune.errors import DataError
-from thinktune.rewards.pool import get_pool, math_verify_equal
+from thinktune.rewards.pool import MAX_WORKERS, get_pool, math_verify_equal, threaded_map
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 MODES = ("math", "integer", "choice", "exact")
@@ -364,20 +364,24 @@ def is_correct_batch(
     answers: Sequence[str],
     mode: str | Sequence[str] = "math",
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    threads: int = MAX_WORKERS,
 ) -> list[bool]:
-    """``is_correct`` over parallel lists.
+    """``is_correct`` over parallel lists, several checks at once.
 
     Args:
         completions: [N] generated texts.
         answers: [N] gold answers.
         mode: one mode for all, or [N] modes.
         timeout_s: wall-clock limit of each math-verify check.
+        threads: checks in flight at once (math-verify runs in the pool's worker processes); 1 checks
+            one at a time in the caller.
 
     Returns:
-        [N] booleans.
+        [N] booleans, in order.
 
     Raises:
         ValueError: lengths differ or a mode is unknown.
+        DataError: in ``integer``/``choice`` mode, a gold answer that does not fit the mode.
     """
     modes = [mode] * len(completions) if isinstance(mode, str) else list(mode)
     if not len(completions) == len(answers) == len(modes):
@@ -385,4 +389,29 @@ def is_correct_batch(
             f"is_correct_batch: {len(completions)} completions, {len(answers)} answers and "
             f"{len(modes)} modes; pass one answer (and mode) per completion"
         )
-    return [is_correct(c, a, m, timeout_s) for c, a, m in zip(completions, answers, modes, strict=True)]
+    return threaded_map(lambda i: is_correct(completions[i], answers[i], modes[i], timeout_s), len(modes), threads)
+
+
+def is_correct_groups(
+    groups: Sequence[Sequence[str]], answers: Sequence[str], modes: Sequence[str], threads: int = MAX_WORKERS
+) -> list[list[bool]]:
+    """``is_correct`` for every completion of every group (the N samples of one problem), checked together.
+
+    Args:
+        groups: [P] lists of completions, one list per problem.
+        answers: [P] gold answers.
+        modes: [P] verify modes.
+        threads: see ``is_correct_batch``.
+
+    Returns:
+        ``out[p][j]``: completion ``j`` of problem ``p`` is correct.
+    """
+    if not len(groups) == len(answers) == len(modes):
+        raise ValueError(f"is_correct_groups: {len(groups)} groups, {len(answers)} answers and {len(modes)} modes")
+    flat = is_correct_batch([t for g in groups for t in g], [a for g, a in zip(groups, answers, strict=True) for _ in g],
+                            [m for g, m in zip(groups, modes, strict=True) for _ in g], threads=threads)
+    out, start = [], 0
+    for g in groups:
+        out.append(flat[start:start + len(g)])
+        start += len(g)
+    return out
