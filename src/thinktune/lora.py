@@ -11,9 +11,9 @@ For DPO and GRPO the reference is the base itself: ``ReferenceView`` runs the po
 switched off (``disable_adapter``), so no second copy of the weights is loaded. That is the same model as
 the frozen starting point, since a fresh adapter's B matrix is zero.
 
-GRPO samples from the peft model's inner HF model with its adapters active; its LoRA layers are not plain
-linears, so the rollout engine runs it on the generic HF decoder, slower than the lean one. (Sampling
-from a merged copy would restore the lean path; not done yet.)
+GRPO samples from the peft model's inner HF model with its adapters active. On CPU the lean decoder folds
+each adapter into the weight copies it makes anyway (``rollout.lean.effective_weight``); on GPU, where it
+reads the model's own weights, folding would need a second copy, so there the generic HF decoder runs it.
 
 Caveat: when the tokenizer adds the chat-format tokens to a base that lacks them, the embedding grows
 with rows drawn from the global RNG; they are not adapter weights, so they are frozen, and a resume

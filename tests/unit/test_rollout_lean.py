@@ -4,13 +4,15 @@ Each architecture gets the features that change the math: Phi3 with fused qkv/ga
 rotary; Qwen2 with q/k/v biases (randomised: HF initialises them to zero) and grouped-query attention;
 Llama with attention and MLP biases, GQA and untied embeddings. Both weight paths are checked: the CPU
 copy path (fused, gains folded, complex rotary) and the view path the GPU uses (rotate-half). The
-static-shape step that CUDA graphs replay is checked here too, run eagerly on CPU.
+static-shape step that CUDA graphs replay is checked here too, run eagerly on CPU. peft LoRA adapters are
+folded into the weights: the decoder's logits equal the peft model's.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from thinktune.rollout.cuda_graphs import CudaGraphDecoder
@@ -123,3 +125,53 @@ def test_bf16_cpu_copies_use_rotate_half_and_track_hf(model):
         ref = reference_logits(half, prompt, steps)
         assert (got[i] - ref).abs().max() < 0.1 * ref.abs().max()
         assert (got[i].argmax(-1) == ref.argmax(-1)).float().mean() >= 0.75
+
+
+def with_lora(arch: str, targets: str | list[str] = "all-linear", **lora_kwargs):
+    """``tiny(arch)`` with LoRA adapters whose B matrices are random (a fresh adapter's B is zero, which
+    would leave the logits unchanged and the test blind)."""
+    peft_model = get_peft_model(tiny(arch), LoraConfig(r=4, lora_alpha=8, target_modules=targets, **lora_kwargs))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    return peft_model.eval()
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["cpu-copies", "views"])
+def test_lean_folds_lora_adapters(model, fuse):
+    peft_model = with_lora(model.config.model_type)
+    inner = peft_model.get_base_model()  # what the rollout engine samples from: LoRA layers in place
+    assert unsupported_reason(inner, 32) is None
+    got = lean_logits(LeanDecoder(inner, 4, 32, fuse=fuse), PROMPTS, NEXT)
+    for i, (prompt, steps) in enumerate(zip(PROMPTS, NEXT, strict=True)):
+        torch.testing.assert_close(got[i], reference_logits(peft_model, prompt, steps), atol=2e-5, rtol=1e-4)
+    with peft_model.disable_adapter():  # the adapters change the logits, so the equality above means something
+        assert not torch.allclose(got[0], reference_logits(peft_model, PROMPTS[0], NEXT[0]), atol=1e-3)
+
+
+def test_lora_on_the_output_head_and_some_projections():
+    peft_model = with_lora("llama", targets=["q_proj", "v_proj", "down_proj", "lm_head"])
+    got = lean_logits(LeanDecoder(peft_model.get_base_model(), 4, 32, fuse=True), PROMPTS, NEXT)
+    for i, (prompt, steps) in enumerate(zip(PROMPTS, NEXT, strict=True)):
+        torch.testing.assert_close(got[i], reference_logits(peft_model, prompt, steps), atol=2e-5, rtol=1e-4)
+
+
+def test_an_adapter_update_is_seen_at_the_next_refresh():
+    peft_model = with_lora("qwen2")
+    decoder = LeanDecoder(peft_model.get_base_model(), 4, 32, fuse=True)
+    before = lean_logits(decoder, PROMPTS, NEXT)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_A" in name:
+                p.mul_(-2.0)  # in place, as an optimizer step writes
+    decoder.refresh_weights()
+    after = lean_logits(decoder, PROMPTS, NEXT)
+    assert not torch.allclose(before, after, atol=1e-3)
+    for i, (prompt, steps) in enumerate(zip(PROMPTS, NEXT, strict=True)):
+        torch.testing.assert_close(after[i], reference_logits(peft_model, prompt, steps), atol=2e-5, rtol=1e-4)
+
+
+def test_lora_variants_are_refused():
+    dora = with_lora("llama", use_dora=True).get_base_model()
+    assert "LoRA variant" in unsupported_reason(dora, 32)

@@ -160,6 +160,25 @@ def test_an_engine_follows_in_place_weight_updates(char_tokenizer, prompts):
     assert ids[1] == ids[2] != ids[0]
 
 
+def test_a_lora_policy_samples_on_the_lean_decoder(char_tokenizer, prompts):
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(build_tiny_model("qwen2", char_tokenizer, **SMALL),
+                                LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)  # fresh B is zero: give the adapters an effect
+    peft_model.eval()
+    engine = RolloutEngine(peft_model.get_base_model(), char_tokenizer)  # what GRPO samples from
+    out = engine.sample(prompts, SamplingParams(n=2, temperature=2.0, max_new_tokens=10), show_progress=False)
+    assert engine.stats["decoder"] == "LeanDecoder"
+    for prompt, group in zip(prompts, out, strict=True):
+        for c in group:
+            torch.testing.assert_close(torch.tensor(c.logprobs), teacher_forced(peft_model, prompt, c.token_ids),
+                                       atol=1e-4, rtol=1e-4)
+
+
 def test_other_architectures_fall_back_to_hf(char_tokenizer, prompts):
     config = AutoConfig.for_model("gpt2", vocab_size=len(char_tokenizer), n_embd=32, n_layer=2, n_head=2,
                                   n_positions=128, eos_token_id=char_tokenizer.convert_tokens_to_ids(IM_END))

@@ -33,9 +33,13 @@ Active rows always occupy ``[0, n)``: when rows finish, ``reorder`` moves the la
 Weights are read, not copied (except the CPU concatenation above), and ``refresh_weights`` re-reads them,
 so the decoder follows the policy as the optimizer updates it in place.
 
+peft LoRA linears are folded in: each projection's weight is its base plus every active adapter's
+``scaling * B @ A``, computed when the weights are (re)read. On the CPU copy path that costs nothing per
+step; off the CPU it would need a second copy of the adapted weights, so there LoRA models take the HF path.
+
 Anything this file does not implement (other architectures, dynamic rope scaling, a sliding window
-shorter than the sequence, quantized or adapter-wrapped linears) is reported by ``unsupported_reason``
-and the sampler falls back to the generic HF path.
+shorter than the sequence, quantized linears, LoRA variants such as DoRA) is reported by
+``unsupported_reason`` and the sampler falls back to the generic HF path.
 """
 
 from __future__ import annotations
@@ -65,10 +69,51 @@ def unsupported_reason(model: torch.nn.Module, max_len: int) -> str | None:
     window = getattr(cfg, "sliding_window", None)  # absent on Llama; Qwen2 sets None when it is off
     if window is not None and max_len > window:
         return f"sliding window {window} < sequence length {max_len}"
-    for name, module in model.model.layers[0].named_modules():
-        if name.endswith("_proj") and type(module) is not torch.nn.Linear:
-            return f"{name} is a {type(module).__name__}, not a plain nn.Linear"
+    if type(model.get_input_embeddings()) is not torch.nn.Embedding:
+        return f"the input embedding is a {type(model.get_input_embeddings()).__name__}, not a plain nn.Embedding"
+    linears = [("lm_head", model.get_output_embeddings())]
+    linears += [(f"layers.{i}.{name}", module) for i, layer in enumerate(model.model.layers)
+                for name, module in layer.named_modules() if name.endswith("_proj")]
+    for name, module in linears:
+        if type(module) is torch.nn.Linear:
+            continue
+        if not _is_lora(module):
+            return f"{name} is a {type(module).__name__}, not a plain nn.Linear or a peft LoRA linear"
+        if reason := _lora_reason(module):
+            return f"{name}: {reason}"
     return None
+
+
+def _is_lora(module: torch.nn.Module) -> bool:
+    """A peft LoRA linear (``peft.tuners.lora.layer.Linear``): a base linear plus low-rank adapters."""
+    return hasattr(module, "base_layer") and hasattr(module, "get_delta_weight") and hasattr(module, "lora_A")
+
+
+def _lora_reason(module: torch.nn.Module) -> str | None:
+    """Why the decoder cannot fold a LoRA linear's adapters into its weights (None: it can)."""
+    if type(module.base_layer) is not torch.nn.Linear:
+        return f"LoRA over a {type(module.base_layer).__name__}, not a plain nn.Linear"
+    active = [a for a in module.active_adapters if a in module.lora_A]
+    variants = getattr(module, "lora_variant", {})  # DoRA and the like: not a plain low-rank delta
+    if any(module.use_dora.get(a) or getattr(module, "lora_bias", {}).get(a) or a in variants for a in active):
+        return "a LoRA variant (DoRA or a LoRA bias), not a plain low-rank delta"
+    if module.base_layer.weight.device.type != "cpu":
+        # On the CPU the decoder copies its weights anyway; elsewhere folding would double their memory.
+        return "LoRA off the CPU: folding the adapters would need a second copy of the adapted weights"
+    return None
+
+
+def effective_weight(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) that a linear applies: for a LoRA linear, its base plus each active adapter's
+    ``scaling * B @ A`` (unless merged into the base already, or disabled)."""
+    if not _is_lora(module):
+        return module.weight, module.bias
+    weight = module.base_layer.weight
+    if not module.merged and not module.disable_adapters:
+        for name in module.active_adapters:
+            if name in module.lora_A:
+                weight = weight + module.get_delta_weight(name)
+    return weight, module.base_layer.bias
 
 
 @dataclass
@@ -179,7 +224,7 @@ class LeanDecoder:
         self._scratch = {}  # its per-layer tuples hold the old weights
         inner = self.model.model
         self.embed = inner.embed_tokens.weight
-        lm_head = self.model.get_output_embeddings().weight
+        lm_head, _ = effective_weight(self.model.get_output_embeddings())
         (self.lm_head,), _, self.final_norm = _prepare([lm_head], [None], inner.norm.weight, self.fuse)
         self.layers = [self._layer(block) for block in inner.layers]
 
@@ -189,14 +234,16 @@ class LeanDecoder:
             qkv_mods, gu_mods = [attn.qkv_proj], [mlp.gate_up_proj]
         else:
             qkv_mods, gu_mods = [attn.q_proj, attn.k_proj, attn.v_proj], [mlp.gate_proj, mlp.up_proj]
-        qkv, qkv_b, ln1 = _prepare([m.weight for m in qkv_mods], [m.bias for m in qkv_mods],
-                                   block.input_layernorm.weight, self.fuse, self.qkv_rows)
-        gu, gu_b, ln2 = _prepare([m.weight for m in gu_mods], [m.bias for m in gu_mods],
-                                 block.post_attention_layernorm.weight, self.fuse)
-        (o,), _, _ = _prepare([attn.o_proj.weight], [None], None, self.fuse)
-        (down,), _, _ = _prepare([mlp.down_proj.weight], [None], None, self.fuse)
-        return _Layer(ln1=ln1, ln2=ln2, qkv=qkv, qkv_bias=qkv_b, o=o, o_bias=attn.o_proj.bias,
-                      gate_up=gu, gate_up_bias=gu_b, down=down, down_bias=mlp.down_proj.bias)
+        qkv_w, qkv_b = zip(*map(effective_weight, qkv_mods), strict=True)
+        gu_w, gu_b = zip(*map(effective_weight, gu_mods), strict=True)
+        o_w, o_b = effective_weight(attn.o_proj)
+        down_w, down_b = effective_weight(mlp.down_proj)
+        qkv, qkv_b, ln1 = _prepare(list(qkv_w), list(qkv_b), block.input_layernorm.weight, self.fuse, self.qkv_rows)
+        gu, gu_b, ln2 = _prepare(list(gu_w), list(gu_b), block.post_attention_layernorm.weight, self.fuse)
+        (o,), _, _ = _prepare([o_w], [None], None, self.fuse)
+        (down,), _, _ = _prepare([down_w], [None], None, self.fuse)
+        return _Layer(ln1=ln1, ln2=ln2, qkv=qkv, qkv_bias=qkv_b, o=o, o_bias=o_b,
+                      gate_up=gu, gate_up_bias=gu_b, down=down, down_bias=down_b)
 
     def _rope_tables(self) -> None:
         """Rotations for every position, from the model's own rotary module (so every static rope type works)."""
