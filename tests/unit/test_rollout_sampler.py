@@ -41,6 +41,14 @@ def teacher_forced(model, prompt: list[int], tokens: list[int]) -> torch.Tensor:
     return logps.gather(1, torch.tensor(tokens)[:, None]).squeeze(1)
 
 
+def assert_teacher_forced(model, prompts, out) -> None:
+    """Every completion's log-probs equal a teacher-forced forward pass of ``model``."""
+    for prompt, group in zip(prompts, out, strict=True):
+        for c in group:
+            torch.testing.assert_close(torch.tensor(c.logprobs), teacher_forced(model, prompt, c.token_ids),
+                                       atol=1e-4, rtol=1e-4)
+
+
 def run(model, tok, prompts, seed=0, decoder="auto", batch_size=64, **kw):
     return sample(model, tok, prompts, SamplingParams(**kw), seed=seed, batch_size=batch_size,
                   show_progress=False, decoder=decoder)
@@ -173,10 +181,7 @@ def test_a_lora_policy_samples_on_the_lean_decoder(char_tokenizer, prompts):
     engine = RolloutEngine(peft_model.get_base_model(), char_tokenizer)  # what GRPO samples from
     out = engine.sample(prompts, SamplingParams(n=2, temperature=2.0, max_new_tokens=10), show_progress=False)
     assert engine.stats["decoder"] == "LeanDecoder"
-    for prompt, group in zip(prompts, out, strict=True):
-        for c in group:
-            torch.testing.assert_close(torch.tensor(c.logprobs), teacher_forced(peft_model, prompt, c.token_ids),
-                                       atol=1e-4, rtol=1e-4)
+    assert_teacher_forced(peft_model, prompts, out)
 
 
 def test_other_architectures_fall_back_to_hf(char_tokenizer, prompts):
@@ -187,10 +192,7 @@ def test_other_architectures_fall_back_to_hf(char_tokenizer, prompts):
     engine = RolloutEngine(gpt2, char_tokenizer)
     out = engine.sample(prompts, SamplingParams(n=2, temperature=2.0, max_new_tokens=10), show_progress=False)
     assert engine.stats["decoder"] == "HFDecoder"
-    for prompt, group in zip(prompts, out, strict=True):
-        for c in group:
-            torch.testing.assert_close(torch.tensor(c.logprobs), teacher_forced(gpt2, prompt, c.token_ids),
-                                       atol=1e-4, rtol=1e-4)
+    assert_teacher_forced(gpt2, prompts, out)
     with pytest.raises(ConfigError, match="decoder=lean cannot run"):
         run(gpt2, char_tokenizer, prompts, decoder="lean")
 
