@@ -33,7 +33,7 @@ import random
 import re
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -222,18 +222,28 @@ def reference_model(cfg: GRPOConfig, model, tokenizer, rt: runtime.Runtime):
     return distributed.prepare(reference, cfg.model, rt, trainable=False)
 
 
-def gather_step(rows: list[dict], groups: list[list[Completion]], results: list[list], correct: list[list[bool]]
-                ) -> tuple[list, list, list, list]:
-    """Every rank's prompts, completions (without their log-probs) and scores, in rank order, for metrics
-    and dumps; the same lists on one rank."""
-    light = [[replace(c, logprobs=[], sampling_logprobs=None) for c in g] for g in groups]
-    return tuple(distributed.gather_lists(x) for x in (rows, light, results, correct))
+@dataclass
+class Sample:
+    """What metrics and rollout dumps need of one completion. Every rank's are gathered every step, so the
+    text rides along only on the steps that dump (a long completion's text and tokens are megabytes)."""
+
+    num_tokens: int
+    finished: bool
+    text: str = ""
 
 
-def rollout_metrics(groups: list[list[Completion]], results: list[list],
+def gather_step(rows: list[dict], groups: list[list[Completion]], results: list[list], correct: list[list[bool]],
+                with_text: bool) -> tuple[list, list, list, list]:
+    """Every rank's prompts (with_text only, else []), samples and scores, in rank order, for metrics and
+    dumps; the same lists on one rank."""
+    light = [[Sample(len(c.token_ids), c.finished, c.text if with_text else "") for c in g] for g in groups]
+    return tuple(distributed.gather_lists(x) for x in (rows if with_text else [], light, results, correct))
+
+
+def rollout_metrics(groups: list[list[Sample]], results: list[list],
                     correct: list[list[bool]]) -> dict[str, float]:
     flat = [c for g in groups for c in g]
-    lengths = sorted(len(c.token_ids) for c in flat)
+    lengths = sorted(c.num_tokens for c in flat)
     rewards = [r.reward for g in results for r in g]
     out = {"rollout/reward_mean": sum(rewards) / len(rewards),
            "rollout/accuracy": sum(map(sum, correct)) / len(flat),
@@ -247,10 +257,10 @@ def rollout_metrics(groups: list[list[Completion]], results: list[list],
     return out
 
 
-def dump(out: Path, step: int, rows: list[dict], groups: list[list[Completion]], results: list[list],
+def dump(out: Path, step: int, rows: list[dict], groups: list[list[Sample]], results: list[list],
          correct: list[list[bool]]) -> None:
     write_jsonl(out / "samples" / f"step-{step}.jsonl", (
-        {"prompt_id": row["id"], "completion": c.text, "num_tokens": len(c.token_ids), "finished": c.finished,
+        {"prompt_id": row["id"], "completion": c.text, "num_tokens": c.num_tokens, "finished": c.finished,
          "reward": r.reward, "components": r.components, "correct": ok}
         for row, g, rs, cs in zip(rows, groups, results, correct, strict=True)
         for c, r, ok in zip(g, rs, cs, strict=True)))
@@ -317,7 +327,8 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
         t = time.perf_counter()
         keep, counts = select(groups, correct, cfg, random.Random((cfg.seed * 7919 + step) * rt.world_size + rt.rank))
         counts = dict(zip(counts, distributed.all_sum(*counts.values()), strict=True))
-        all_rows, all_groups, all_results, all_correct = gather_step(step_rows, groups, results, correct)
+        dumping = bool(cfg.dump_every) and ((step + 1) % cfg.dump_every == 0 or step == 0)
+        all_rows, all_groups, all_results, all_correct = gather_step(step_rows, groups, results, correct, dumping)
         metrics = {**rollout_metrics(all_groups, all_results, all_correct),
                    **{f"select/{k}": float(v) for k, v in counts.items()}, "rollout/temperature": temperature}
         if distributed.any_rank(bool(keep)):  # a rank with nothing kept still joins FSDP's collectives
@@ -337,7 +348,7 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
                         T=f"{temperature:.2f}")
         if done % cfg.log.log_every == 0 or done == cfg.max_steps:
             logger.log(done, metrics)
-        if cfg.dump_every and (done % cfg.dump_every == 0 or done == 1) and rt.is_main:
+        if dumping and rt.is_main:
             dump(out, done, all_rows, all_groups, all_results, all_correct)
         if cfg.log.save_every and done % cfg.log.save_every == 0 and done < cfg.max_steps:
             checkpoint.save(out, done, model, tokenizer, optimizer, scheduler,
