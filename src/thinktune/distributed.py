@@ -39,7 +39,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_optimizer_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from thinktune.config import ModelConfig
@@ -194,6 +194,26 @@ def pad_passes(passes: list[list[int]]) -> list[list[int]]:
     most = torch.tensor([len(passes)])
     dist.all_reduce(most, op=dist.ReduceOp.MAX)
     return passes + [[] for _ in range(int(most) - len(passes))]
+
+
+def rank_passes(n: int, rt: Runtime) -> list[int | None]:
+    """This rank's share of ``n`` no-gradient passes (evaluation): every world_size-th index from its rank,
+    then None up to the most any rank has, since FSDP's passes are collective. A None pass must still run
+    the model (on any batch) and discard its result. One process: ``0..n-1``."""
+    mine: list[int | None] = list(range(rt.rank, n, rt.world_size))
+    return mine + [None] * (-(-n // rt.world_size) - len(mine))
+
+
+def reshard(model: torch.nn.Module) -> None:
+    """Put FSDP2 modules back to their sharded parameters after no-gradient passes.
+
+    The root FSDP module keeps its parameters unsharded after a forward (a backward normally follows at
+    once); after an evaluation nothing reshards them, and the optimizer state dict, which maps the
+    optimizer's sharded parameters to the module's, then fails (``KeyError``). No-op without FSDP.
+    """
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def gather_lists(items: list[T]) -> list[T]:

@@ -53,19 +53,28 @@ def sft_args(root: Path, out: Path) -> list[str]:
     args = {"model.path": root / "model", "model.system_prompt": "", "data.train": root / "data" / "sft_cot.jsonl",
             "data.max_seq_len": 160, "optim.lr": 3e-3, "optim.warmup_steps": 2, "batch_size": 8,
             "micro_batch_size": 2, "max_steps": 4, "log.log_every": 1, "log.save_every": 2,
-            "log.progress": "false", "output_dir": out}
+            "log.progress": "false", "output_dir": out, "data.eval": root / "sft_eval.jsonl", "eval_every": 2}
     return [f"{k}={v}" for k, v in args.items()]
 
 
 def test_sft_on_two_ranks_matches_one_and_resumes_on_one(small_world, tmp_path, capsys):
     one, two = tmp_path / "one", tmp_path / "two"
+    # 5 validation rows in micro-batches of 2: rank 0 forwards two of the three, rank 1 one and a filler.
+    rows = (small_world / "data" / "sft_cot.jsonl").read_text().splitlines()[:5]
+    (small_world / "sft_eval.jsonl").write_text("".join(line + "\n" for line in rows))
     sft.run(load_config(sft.SFTConfig, None, sft_args(small_world, one)))
     torchrun(2, "-m", "thinktune.cli", "sft", *sft_args(small_world, two))
-    want = [(r["step"], r["train/loss"]) for r in metrics(one)]
-    got = [(r["step"], r["train/loss"]) for r in metrics(two)]
+    want = [(r["step"], r["train/loss"]) for r in metrics(one) if "train/loss" in r]
+    got = [(r["step"], r["train/loss"]) for r in metrics(two) if "train/loss" in r]
     assert [s for s, _ in got] == [s for s, _ in want] == [1, 2, 3, 4]  # rank 0 alone wrote the metrics
     for (step, a), (_, b) in zip(got, want, strict=True):
         assert a == pytest.approx(b, rel=REL), f"step {step}: 2 ranks {a} vs 1 rank {b}"
+    # The validation loss, each rank forwarding its share of the batches, is the one-process loss.
+    want_eval = [(r["step"], r["eval/loss"]) for r in metrics(one) if "eval/loss" in r]
+    got_eval = [(r["step"], r["eval/loss"]) for r in metrics(two) if "eval/loss" in r]
+    assert [s for s, _ in got_eval] == [s for s, _ in want_eval] and len(want_eval) >= 2
+    for (step, a), (_, b) in zip(got_eval, want_eval, strict=True):
+        assert a == pytest.approx(b, rel=REL), f"eval at step {step}: 2 ranks {a} vs 1 rank {b}"
 
     # The two-rank checkpoint is one plain HF model, and gives the one-process model's logits.
     ids = torch.tensor([[5, 6, 7, 8, 9]])
@@ -80,7 +89,7 @@ def test_sft_on_two_ranks_matches_one_and_resumes_on_one(small_world, tmp_path, 
     capsys.readouterr()
     sft.run(load_config(sft.SFTConfig, None, sft_args(small_world, resumed)))
     assert f"resuming from {resumed / 'checkpoints' / 'step-2'} (step 2)" in capsys.readouterr().out
-    again = {r["step"]: r["train/loss"] for r in metrics(resumed)}
+    again = {r["step"]: r["train/loss"] for r in metrics(resumed) if "train/loss" in r}
     for step, loss in got:
         assert again[step] == pytest.approx(loss, rel=REL), step
 
@@ -141,15 +150,25 @@ def test_dpo_with_lora_on_two_ranks_matches_one(small_world, tmp_path):
     sharded policy with its adapters disabled."""
     def dpo_args(out: Path) -> list[str]:
         args = {"model.path": small_world / "model", "model.system_prompt": "", "data.train": small_world / "pairs.jsonl",
+                "data.eval": small_world / "pairs_eval.jsonl",  # 5 pairs: micro-batches 2, 2, 1 over 2 ranks
                 "model.lora.r": 4, "optim.lr": 3e-2, "beta": 0.5, "batch_size": 8, "micro_batch_size": 2,
                 "max_steps": 3, "log.log_every": 1, "log.save_every": 0, "log.progress": "false", "output_dir": out}
         return [f"{k}={v}" for k, v in args.items()]
 
+    pairs = (small_world / "pairs.jsonl").read_text().splitlines()[-5:]
+    (small_world / "pairs_eval.jsonl").write_text("".join(line + "\n" for line in pairs))
     dpo.run(load_config(dpo.DPOConfig, None, dpo_args(tmp_path / "one")))
     torchrun(2, "-m", "thinktune.cli", "dpo", *dpo_args(tmp_path / "two"))
-    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    one, two = ([r for r in metrics(tmp_path / run) if "train/loss" in r] for run in ("one", "two"))
     assert [r["step"] for r in two] == [1, 2, 3] and one[-1]["train/loss"] < one[0]["train/loss"]
     for a, b in zip(two, one, strict=True):
         # DPO's per-pair losses are fp32 means (not float64 sums as in SFT): measured 3e-7 apart.
         for key in ("train/loss", "train/reward_margin", "train/grad_norm"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), (a["step"], key)
+    # Held-out metrics before and after training, each rank scoring its share of the pairs.
+    one_sum, two_sum = (json.loads((tmp_path / run / "summary.json").read_text()) for run in ("one", "two"))
+    assert one_sum["heldout_pairs"] == two_sum["heldout_pairs"] == 5
+    assert one_sum["eval_after"]["eval/loss"] != one_sum["eval_before"]["eval/loss"]
+    for when in ("eval_before", "eval_after"):
+        for key, value in one_sum[when].items():
+            assert two_sum[when][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (when, key)

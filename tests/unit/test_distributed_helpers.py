@@ -20,6 +20,15 @@ def test_shard_gives_each_rank_a_contiguous_share_and_covers_the_batch():
     assert shares == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
 
 
+def test_rank_passes_cover_every_pass_once_and_run_as_many_on_every_rank():
+    for n, world in ((7, 3), (6, 3), (2, 4), (5, 1)):
+        shares = [distributed.rank_passes(n, Runtime(CPU, torch.float32, rank=r, world_size=world))
+                  for r in range(world)]
+        assert sorted(k for share in shares for k in share if k is not None) == list(range(n))
+        assert {len(share) for share in shares} == {-(-n // world)}  # ceil(n / world) passes each
+    assert distributed.rank_passes(7, Runtime(CPU, torch.float32, rank=2, world_size=3)) == [2, 5, None]
+
+
 def test_a_batch_that_does_not_split_over_the_ranks_is_a_config_error():
     two = Runtime(CPU, torch.float32, rank=0, world_size=2)
     distributed.check_divisible("batch_size", 8, 2, two)  # 2 ranks x 2 micro-batches of 2

@@ -120,13 +120,21 @@ def pair_logps(model, pairs: list[Pair], pad_id: int, rt: runtime.Runtime) -> tu
 
 @torch.no_grad()
 def all_pair_logps(model, pairs: list[Pair], size: int, pad_id: int, rt: runtime.Runtime) -> torch.Tensor:
-    """[N, 2] summed log-probs (chosen, rejected) of every pair, in micro-batches, without gradients."""
+    """[N, 2] summed log-probs (chosen, rejected) of every pair, in micro-batches, without gradients; under
+    torchrun each rank scores its share of the micro-batches and every rank gets all N rows."""
     was_training = model.training
     model.eval()
-    out = [torch.stack(pair_logps(model, pairs[i:i + size], pad_id, rt), dim=1).float().cpu()
-           for i in range(0, len(pairs), size)]
+    starts = range(0, len(pairs), size)
+    mine = []  # (micro-batch index, its rows)
+    for k in distributed.rank_passes(len(starts), rt):
+        chunk = pairs[starts[0 if k is None else k]:][:size]  # None: a filler pass, result dropped
+        logps = torch.stack(pair_logps(model, chunk, pad_id, rt), dim=1).float().cpu()  # [b, 2]
+        if k is not None:
+            mine.append((k, logps.tolist()))
+    distributed.reshard(model)
     model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, 2)
+    rows = [row for _, part in sorted(distributed.gather_lists(mine)) for row in part]
+    return torch.tensor(rows, dtype=torch.float32).reshape(-1, 2)
 
 
 def reward_metrics(prefix: str, losses: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor) -> dict:
@@ -149,8 +157,8 @@ def reference_logps(cfg: DPOConfig, out: Path, tokenizer, sets: dict[str, list[P
     """Reference log-probs of every pair, computed once from the starting model and cached for resumes.
 
     With LoRA the reference is ``policy`` with its adapters disabled; otherwise the starting model is
-    loaded (and sharded like the policy) for this pass only. Every rank computes every pair: FSDP's
-    passes are collective anyway, and it happens once per run.
+    loaded (and sharded like the policy) for this pass only. Each rank scores its share of the pairs
+    (``all_pair_logps``) and every rank keeps all of them.
     """
     cache = out / "ref_logps.pt"
     if cache.is_file():

@@ -186,6 +186,7 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
             ref_cache = PromptCache(reference, ro.prompts, pad_id, cfg.share_prompt, autocast,
                                     compile=cfg.model.compile)
             ref_logps = [forward(ref_cache, idx, False)[0] for idx in micro]
+        distributed.reshard(reference)  # FSDP leaves a root's weights gathered after a forward with no backward
     sums = {"kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "ratio": 0.0}
     grad_norms = []
     for _ in range(cfg.updates_per_batch):

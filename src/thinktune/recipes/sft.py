@@ -127,12 +127,17 @@ def forward_loss(model, batch: dict[str, torch.Tensor], rt: runtime.Runtime) -> 
 
 @torch.no_grad()
 def validation_loss(model, units: list[list[Example]], cfg: SFTConfig, pad_id: int, rt: runtime.Runtime) -> float:
+    """Mean token NLL over ``units``; under torchrun each rank forwards its share of the micro-batches."""
     model.eval()
+    batches = [units[i:i + cfg.micro_batch_size] for i in range(0, len(units), cfg.micro_batch_size)]
     total, count = 0.0, 0
-    for i in range(0, len(units), cfg.micro_batch_size):
-        batch = collate(units[i:i + cfg.micro_batch_size], pad_id, cfg.data.packing)
-        nll, n = forward_loss(model, {k: v.to(rt.device) for k, v in batch.items()}, rt)
-        total, count = total + float(nll), count + n
+    for k in distributed.rank_passes(len(batches), rt):
+        batch = collate(batches[0 if k is None else k], pad_id, cfg.data.packing)  # None: a filler pass
+        nll, n = forward_loss(model, {key: v.to(rt.device) for key, v in batch.items()}, rt)
+        if k is not None:
+            total, count = total + float(nll), count + n
+    total, count = distributed.all_sum(total, count)
+    distributed.reshard(model)
     model.train()
     return total / max(count, 1)
 
