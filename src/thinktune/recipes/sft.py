@@ -182,17 +182,18 @@ def run(cfg: SFTConfig) -> dict:
         # Normalise by the whole step's token count (all ranks) so accumulation and data parallelism both
         # match one large batch exactly.
         step_tokens = sum(unit_tokens[i] for i in idx)
-        loss_sum = 0.0
+        losses = []  # per micro-batch, left on the device: reading each would wait for the GPU every time
         for mb in micro:
             batch = collate([units[i] for i in mb], pad_id, cfg.data.packing)
             nll, _ = forward_loss(model, {k: v.to(rt.device) for k, v in batch.items()}, rt)
             (nll * distributed.loss_scale(rt) / step_tokens).backward()
-            loss_sum += nll.item()
+            losses.append(nll.detach())
             tokens += int(batch["input_ids"].numel())
         grad_norm = distributed.clip_grad_norm(model, cfg.optim.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        loss_sum = float(torch.stack(losses).cpu().double().sum())  # one transfer per step
         loss_sum, all_tokens = distributed.all_sum(loss_sum, tokens)
         loss = loss_sum / step_tokens
         done = step + 1
