@@ -187,7 +187,9 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
                                     compile=cfg.model.compile)
             ref_logps = [forward(ref_cache, idx, False)[0] for idx in micro]
         distributed.reshard(reference)  # FSDP leaves a root's weights gathered after a forward with no backward
-    sums = {"kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "ratio": 0.0}
+    # Statistics stay on the device until the update ends: reading each one as it comes would make the CPU
+    # wait for the GPU after every micro-batch.
+    parts: dict[str, list[torch.Tensor]] = {"kl": [], "entropy": [], "clip_fraction": [], "ratio": []}
     grad_norms = []
     for _ in range(cfg.updates_per_batch):
         cache = PromptCache(model, ro.prompts, pad_id, cfg.share_prompt, autocast, compile=cfg.model.compile)
@@ -202,14 +204,16 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
             (aggregate(loss_t, mask, cfg.loss_agg, num_tokens, n) * distributed.loss_scale(rt)).backward()
             for key, name in (("kl", "kl"), ("entropy", "entropy"), ("clip_fraction", "clipped"), ("ratio", "ratio")):
                 if name in stats:
-                    sums[key] += float((stats[name] * mask).sum())
+                    parts[key].append((stats[name].detach() * mask).sum())
         cache.backward_prompts()
-        grad_norms.append(float(distributed.clip_grad_norm(model, cfg.optim.grad_clip)))
+        grad_norms.append(distributed.clip_grad_norm(model, cfg.optim.grad_clip))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    sums = {k: float(torch.stack(v).cpu().double().sum()) if v else 0.0 for k, v in parts.items()}
     sums = dict(zip(sums, distributed.all_sum(*sums.values()), strict=True))
     denom = max(num_tokens * cfg.updates_per_batch, 1)
-    return {f"update/{k}": v / denom for k, v in sums.items()} | {"update/grad_norm": sum(grad_norms) / len(grad_norms)}
+    grad_norm = float(torch.stack(grad_norms).cpu().double().mean())
+    return {f"update/{k}": v / denom for k, v in sums.items()} | {"update/grad_norm": grad_norm}
 
 
 def reference_model(cfg: GRPOConfig, model, tokenizer, rt: runtime.Runtime):
