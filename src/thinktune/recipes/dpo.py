@@ -235,7 +235,8 @@ def run(cfg: DPOConfig) -> dict:
             if cfg.nll_weight:
                 losses = losses + cfg.nll_weight * chosen_nll(chosen, chosen_tokens[mb].to(rt.device))
             (losses.sum() * distributed.loss_scale(rt) / cfg.batch_size).backward()  # global batch_size
-            parts.append((losses.detach().cpu(), rc.cpu(), rr.cpu()))
+            parts.append((losses.detach(), rc, rr))  # on the device: a copy now would wait for the GPU
+        parts = [tuple(x.cpu() for x in part) for part in parts]
         parts = distributed.gather_lists(parts)  # every rank's pairs, for the metrics
         grad_norm = distributed.clip_grad_norm(model, cfg.optim.grad_clip)
         optimizer.step()
