@@ -3,6 +3,7 @@
 Run:
     python benchmarks/rollout.py                  # CPU: the demo's tiny Phi3, batch 16 and 64
     python benchmarks/rollout.py --device cuda    # GPU: a Qwen2-0.5B-shaped random bf16 model, batch 256
+    python benchmarks/rollout.py --lora 16        # the model in peft LoRA adapters, as LoRA GRPO samples it
 
 Both sides sample at temperature 1 with no top-k/top-p and must produce exactly ``new`` tokens per row
 (``min_new_tokens=new`` on both sides, so no row stops early). Each side runs once to warm up, then
@@ -15,6 +16,10 @@ attention) at the matmul rate measured on this machine, on CPU; on CUDA, the byt
 (weights once plus the KV cache) at the measured copy bandwidth, and the share of that limit reached.
 
 The last line is ``speedup_vs_generate: X.XX``, the smallest speedup over the cases run.
+
+``--lora R`` wraps the model in rank-R LoRA adapters on every linear layer (B random, so they change the
+output); ``generate`` then runs the peft model, and thinktune samples its inner model with the adapters in
+place, which is what LoRA GRPO does (on CPU the lean decoder folds the adapters into its weight copies).
 
 CPU threads: by default torch's own count (all cores), for both sides, as every thinktune stage runs.
 On a loaded machine pass ``--threads 1``: on a shared 2-core machine a second thread is often descheduled
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from thinktune.lora import decodable
 from thinktune.models import IM_END, build_tiny_model, sync_special_tokens, train_char_tokenizer
 from thinktune.rollout.sampler import RolloutEngine, SamplingParams
 
@@ -61,6 +67,18 @@ def qwen2_half_b(tokenizer, device: torch.device):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
     sync_special_tokens(model, tokenizer)
     return model.eval()
+
+
+def with_lora(model, rank: int):
+    """``model`` in peft LoRA adapters of ``rank`` on every linear layer, B random (a fresh B is zero)."""
+    from peft import LoraConfig, get_peft_model
+
+    wrapped = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    return wrapped.eval()
 
 
 def sync(device: torch.device) -> None:
@@ -110,7 +128,7 @@ def run_case(model, tokenizer, case: Case, repeats: int, device: torch.device) -
                                  min_new_tokens=case.new, eos_token_id=eos, pad_token_id=pad)
         assert out.shape == (case.batch, case.prompt + case.new), out.shape
 
-    engine = RolloutEngine(model, tokenizer)
+    engine = RolloutEngine(decodable(model), tokenizer)  # a peft model's inner model, adapters in place
     params = SamplingParams(max_new_tokens=case.new, min_new_tokens=case.new)
     prompts = ids.tolist()
 
@@ -177,6 +195,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--lora", type=int, default=0, help="wrap the model in LoRA adapters of this rank")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="CPU intra-op threads, both sides (default: torch's, all cores)")
     args = parser.parse_args()
@@ -195,6 +214,10 @@ def main() -> None:
         print(f"device {torch.cuda.get_device_name(device)}; Qwen2-0.5B-shaped bf16, "
               f"{sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters; "
               f"measured copy bandwidth {bandwidth / 1e9:.0f} GB/s")
+    if args.lora:
+        model = with_lora(model, args.lora)
+        print(f"LoRA r={args.lora} on every linear layer; thinktune decoder: "
+              f"{type(RolloutEngine(decodable(model), tokenizer)._get_decoder(1, 8)).__name__}")
     speedups = []
     for case in cases:
         hf_s, ours_s = run_case(model, tokenizer, case, args.repeats, device)
