@@ -29,11 +29,10 @@ from thinktune.rewards.phi4 import (
     repetition_penalty,
     scale_to_context,
 )
-from thinktune.rewards.pool import threaded_map
+from thinktune.rewards.pool import MAX_WORKERS, threaded_map
 
 RewardFn = Callable[[str, str, int, bool, RewardConfig, str], RewardResult]
 REWARDS: dict[str, RewardFn] = {"phi4": phi4_reward, "phi4-mini": phi4_mini_reward}
-DEFAULT_WORKERS = 4
 
 __all__ = [
     "REWARDS", "RewardConfig", "RewardResult", "length_reward", "load_reward_fn", "phi4_mini_reward",
@@ -95,7 +94,7 @@ def score(completion: str, answer: str, num_tokens: int, finished: bool, cfg: Re
 
 def score_batch(completions: Sequence[str], answers: Sequence[str], num_tokens: Sequence[int],
                 finished: Sequence[bool], cfg: RewardConfig, modes: Sequence[str | None] | None = None,
-                workers: int = DEFAULT_WORKERS) -> list[RewardResult]:
+                workers: int = MAX_WORKERS) -> list[RewardResult]:
     """``score`` over parallel lists (e.g. the P*G rollouts of a GRPO step), in order.
 
     Args:
@@ -105,7 +104,8 @@ def score_batch(completions: Sequence[str], answers: Sequence[str], num_tokens: 
         finished: [N] EOS flags.
         cfg: reward config.
         modes: [N] verify modes (None entries use ``cfg.mode``), or None for all.
-        workers: threads; math-verify checks run in worker processes, so threads overlap them. 1 scores
+        workers: checks in flight at once (default: the worker pool's size, 2-8 by core count); math-verify
+            runs in worker processes, so threads overlap them. 1 scores
             in the calling thread.
 
     Returns:
