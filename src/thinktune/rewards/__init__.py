@@ -105,8 +105,7 @@ def score_batch(completions: Sequence[str], answers: Sequence[str], num_tokens: 
         cfg: reward config.
         modes: [N] verify modes (None entries use ``cfg.mode``), or None for all.
         workers: checks in flight at once (default: the worker pool's size, 2-8 by core count); math-verify
-            runs in worker processes, so threads overlap them. 1 scores
-            in the calling thread.
+            runs in worker processes, so threads overlap them. 1 scores in the calling thread.
 
     Returns:
         [N] results.
