@@ -38,18 +38,21 @@ def latest(output_dir: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
-def save_pretrained_atomic(model: torch.nn.Module, tokenizer: Any, path: Path,
+def save_pretrained_atomic(model: torch.nn.Module | None, tokenizer: Any, path: Path,
                            extra: dict[str, Any] | None = None, state_dict: dict[str, torch.Tensor] | None = None,
                            also: Callable[[Path], None] | None = None) -> None:
     """Save model + tokenizer (+ an optional trainer state) to ``path`` via a temporary sibling dir.
 
     ``state_dict`` replaces the model's own tensors (gathered FSDP shards); ``also`` writes more files
-    into the temporary directory before it is renamed into place.
+    into the temporary directory before it is renamed into place. ``model=None`` writes no model (a LoRA
+    checkpoint that holds its adapter only, through ``also``).
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, state_dict=state_dict)
+    tmp.mkdir(parents=True)
+    if model is not None:
+        model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     if also is not None:
         also(tmp)
@@ -82,15 +85,24 @@ def export(model: torch.nn.Module, tokenizer: Any, path: Path, extra: dict[str, 
 
 
 def save(output_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer,
-         scheduler: Any, data_state: dict[str, Any], keep: int) -> Path:
-    """Write ``checkpoints/step-{step}`` and delete all but the newest ``keep`` checkpoints (every rank calls)."""
+         scheduler: Any, data_state: dict[str, Any], keep: int, lora_merged: bool = True) -> Path:
+    """Write ``checkpoints/step-{step}`` and delete all but the newest ``keep`` checkpoints (every rank calls).
+
+    ``lora_merged=False``: a LoRA policy's checkpoint holds its adapter, tokenizer and trainer state but no
+    merged model (a resume loads the starting base and the adapter anyway; see ``thinktune.lora``).
+    """
     path = Path(output_dir) / "checkpoints" / f"step-{step}"
     rng = distributed.gather_lists([runtime.rng_state()])  # one per rank: rank r resumes rank r's streams
     state = {"step": step, "optimizer": distributed.optimizer_state(model, optimizer),
              "scheduler": scheduler.state_dict(), "rng": rng[0], "rng_ranks": rng, "data": data_state}
     if distributed.is_main():
         path.parent.mkdir(parents=True, exist_ok=True)
-    export(model, tokenizer, path, extra=state)
+    if lora.enabled(model) and not lora_merged:
+        weights = distributed.full_state_dict(model)
+        if distributed.is_main():
+            save_pretrained_atomic(None, tokenizer, path, state, also=lambda tmp: lora.save_adapter(model, weights, tmp))
+    else:
+        export(model, tokenizer, path, extra=state)
     if distributed.is_main():
         for old in step_dirs(output_dir)[:-keep]:
             shutil.rmtree(old)

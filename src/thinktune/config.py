@@ -117,6 +117,9 @@ class LogConfig:
     log_every: int = 10  # optimizer steps between metric lines
     save_every: int = 500  # optimizer steps between checkpoints (0: only the final model)
     keep_checkpoints: int = 2  # newest step-N checkpoints kept; older ones are deleted
+    # With LoRA, each step-N checkpoint also holds the merged model, so it loads with from_pretrained; false
+    # writes the adapter alone (megabytes, not the whole model); the final model is merged either way.
+    lora_merged_checkpoints: bool = True
     progress: bool = True  # tqdm progress bar
 
     def __post_init__(self) -> None:

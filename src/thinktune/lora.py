@@ -3,7 +3,8 @@
 ``model.lora.r > 0`` freezes the base weights and trains low-rank adapters (``get_peft_model``). A
 checkpoint then holds two things: the merged model at its top level (``merge_and_unload``), so that it
 loads with plain ``AutoModelForCausalLM.from_pretrained`` like every other checkpoint, and the adapter
-alone in ``adapter/``. A resumed run loads the *starting* base weights again and this adapter on top, not
+alone in ``adapter/`` (``log.lora_merged_checkpoints=false``: step-N checkpoints hold the adapter only;
+the final export is always merged). A resumed run loads the *starting* base weights again and this adapter on top, not
 the merged weights, so it continues exactly where it stopped (merging, then training an adapter on the
 merged weights, would be a different model).
 

@@ -47,14 +47,21 @@ def assert_only_adapters_changed(base_dir: Path, out: Path) -> None:
     assert adapted == 8  # qkv, o, gate_up and down in both layers: all-linear minus the head
 
 
-def test_lora_sft_trains_only_adapters_and_resumes_exactly(small_world, tmp_path, capsys):
+@pytest.mark.parametrize("merged", [True, False], ids=["merged-checkpoints", "adapter-only-checkpoints"])
+def test_lora_sft_trains_only_adapters_and_resumes_exactly(small_world, tmp_path, capsys, merged):
     out = tmp_path / "sft"
     run_args = args(**{"model.path": small_world / "model", "data.train": small_world / "data" / "sft_cot.jsonl",
                        "data.max_seq_len": 160, "optim.lr": 3e-2, "optim.warmup_steps": 1, "batch_size": 8,
-                       "micro_batch_size": 4, "max_steps": 4, "log.save_every": 2, "output_dir": out})
+                       "micro_batch_size": 4, "max_steps": 4, "log.save_every": 2,
+                       "log.lora_merged_checkpoints": str(merged).lower(), "output_dir": out})
     sft.run(load_config(sft.SFTConfig, None, run_args))
-    assert_only_adapters_changed(small_world / "model", out / "final")
-    AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "step-2")  # intermediate ones are plain HF too
+    assert_only_adapters_changed(small_world / "model", out / "final")  # the final model is merged either way
+    step2 = out / "checkpoints" / "step-2"
+    assert (step2 / "adapter" / "adapter_model.safetensors").is_file()
+    if merged:
+        AutoModelForCausalLM.from_pretrained(step2)  # intermediate ones are plain HF too
+    else:
+        assert not (step2 / "model.safetensors").exists() and not (step2 / "config.json").exists()
 
     resumed = tmp_path / "resumed"
     shutil.copytree(out, resumed)

@@ -254,7 +254,8 @@ def run(cfg: DPOConfig) -> dict:
             logger.log(done, evaluate_pairs(model, heldout, ref["eval"], cfg, pad_id, rt))
         if cfg.log.save_every and done % cfg.log.save_every == 0 and done < total_steps:
             checkpoint.save(out, done, model, tokenizer, optimizer, scheduler,
-                            {"position": done * cfg.batch_size}, cfg.log.keep_checkpoints)
+                            {"position": done * cfg.batch_size}, cfg.log.keep_checkpoints,
+                            cfg.log.lora_merged_checkpoints)
     bar.close()
 
     if heldout:

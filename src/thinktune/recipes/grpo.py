@@ -357,7 +357,8 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
             dump(out, done, all_rows, all_groups, all_results, all_correct)
         if cfg.log.save_every and done % cfg.log.save_every == 0 and done < cfg.max_steps:
             checkpoint.save(out, done, model, tokenizer, optimizer, scheduler,
-                            {"position": done * cfg.prompts_per_step}, cfg.log.keep_checkpoints)
+                            {"position": done * cfg.prompts_per_step}, cfg.log.keep_checkpoints,
+                            cfg.log.lora_merged_checkpoints)
     bar.close()
 
     checkpoint.export(model, tokenizer, out / "final")

@@ -208,7 +208,8 @@ def run(cfg: SFTConfig) -> dict:
             logger.log(done, {"eval/loss": validation_loss(model, eval_units, cfg, pad_id, rt)})
         if cfg.log.save_every and done % cfg.log.save_every == 0 and done < total_steps:
             checkpoint.save(out, done, model, tokenizer, optimizer, scheduler,
-                            {"position": done * cfg.batch_size}, cfg.log.keep_checkpoints)
+                            {"position": done * cfg.batch_size}, cfg.log.keep_checkpoints,
+                            cfg.log.lora_merged_checkpoints)
     bar.close()
 
     summary = {"steps": total_steps, "data": data_stats, "units": len(units)}
