@@ -344,6 +344,26 @@ def test_batch_in_threads_matches_one_at_a_time() -> None:
     assert is_correct_batch(completions, answers, modes, threads=1) == expected
 
 
+def test_batch_sends_only_distinct_math_verify_checks_to_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[int] = []
+
+    def record(fn, n, threads):
+        sent.append(n)
+        return [fn(i) for i in range(n)]
+
+    monkeypatch.setattr(verify_module, "threaded_map", record)
+    verify_module._math_verify_outcome.cache_clear()
+    # 2 distinct math-verify pairs (one repeated), plus fast-path numbers, a guarded tower and a choice
+    completions = ["\\boxed{\\frac{1}{2}}", "\\boxed{\\frac{1}{2}}", "\\boxed{x+1}", "\\boxed{7}", "\\boxed{10^{10^{10}}}",
+                   "\\boxed{B}"]
+    answers = ["0.5", "0.5", "1+x", "7", "5", "B"]
+    modes = ["math"] * 5 + ["choice"]
+    assert is_correct_batch(completions, answers, modes, threads=4) == [True, True, True, True, False, True]
+    assert sent == [2]
+    assert is_correct_batch(["\\boxed{1}", "\\boxed{2}"], ["1", "3"], threads=4) == [True, False]
+    assert sent == [2]  # numbers alone: nothing for the threads
+
+
 def test_groups_keep_their_shape_and_order() -> None:
     groups = [["\\boxed{1}", "\\boxed{2}"], [], ["\\boxed{\\frac{2}{4}}", "\\boxed{0.5}", "\\boxed{C}"], ["\\boxed{A}"]]
     answers, modes = ["2", "7", "1/2", "A"], ["math", "integer", "math", "choice"]

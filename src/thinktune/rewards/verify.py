@@ -255,6 +255,14 @@ def _math_verify_outcome(gold: str, pred: str, timeout_s: float) -> str:
         return "errored"
 
 
+def _math_verify_pair(gold: str, pred: str) -> tuple[str, str] | None:
+    """The (gold, prediction) ``math`` mode sends to math-verify, or None when the numeric fast path or the
+    guards decide without it."""
+    if _clean_number(gold) is not None and _clean_number(pred) is not None:
+        return None
+    return None if _guard_reason(pred) is not None else (_strip_delimiters(gold), pred)
+
+
 def _math_equal(gold: str, pred: str, timeout_s: float) -> tuple[bool, str | None]:
     """(equal, failure) for ``math`` mode: fast path, then guards, then bounded math-verify."""
     _count("checks")
@@ -269,7 +277,7 @@ def _math_equal(gold: str, pred: str, timeout_s: float) -> tuple[bool, str | Non
         _count("guarded")
         return False, "guarded"
     _count("math_verify")
-    outcome = _math_verify_outcome(_strip_delimiters(gold), pred, timeout_s)
+    outcome = _math_verify_outcome(*_math_verify_pair(gold, pred), timeout_s)
     if outcome in ("timed_out", "errored"):
         _count(outcome)
         return False, outcome
@@ -389,7 +397,16 @@ def is_correct_batch(
             f"is_correct_batch: {len(completions)} completions, {len(answers)} answers and "
             f"{len(modes)} modes; pass one answer (and mode) per completion"
         )
-    return threaded_map(lambda i: is_correct(completions[i], answers[i], modes[i], timeout_s), len(modes), threads)
+    # Only math-verify checks are slow (milliseconds, in worker processes): run those several at a time
+    # into the verdict cache, then decide everything here. Threads for the rest (microseconds each) would
+    # cost more in hand-offs than the checks take.
+    pairs = {pair for c, a, m in zip(completions, answers, modes, strict=True)
+             if m == "math" and (pred := extract_answer(c)) is not None
+             and (pair := _math_verify_pair(str(a), pred)) is not None}
+    if len(pairs) > 1:
+        pending = list(pairs)
+        threaded_map(lambda i: _math_verify_outcome(*pending[i], timeout_s), len(pending), threads)
+    return [is_correct(c, a, m, timeout_s) for c, a, m in zip(completions, answers, modes, strict=True)]
 
 
 def is_correct_groups(
