@@ -255,29 +255,27 @@ def _math_verify_outcome(gold: str, pred: str, timeout_s: float) -> str:
         return "errored"
 
 
-def _math_verify_pair(gold: str, pred: str) -> tuple[str, str] | None:
-    """The (gold, prediction) ``math`` mode sends to math-verify, or None when the numeric fast path or the
-    guards decide without it."""
+def _route(gold: str, pred: str) -> str:
+    """How ``math`` mode decides a check: "fast_path" (both plain numbers), "guarded" (too risky for sympy)
+    or "math_verify"."""
     if _clean_number(gold) is not None and _clean_number(pred) is not None:
-        return None
-    return None if _guard_reason(pred) is not None else (_strip_delimiters(gold), pred)
+        return "fast_path"
+    return "guarded" if _guard_reason(pred) is not None else "math_verify"
 
 
 def _math_equal(gold: str, pred: str, timeout_s: float) -> tuple[bool, str | None]:
     """(equal, failure) for ``math`` mode: fast path, then guards, then bounded math-verify."""
     _count("checks")
-    gold_num, pred_num = _clean_number(gold), _clean_number(pred)
-    if gold_num is not None and pred_num is not None:
-        _count("fast_path")
+    route = _route(gold, pred)
+    _count(route)
+    if route == "fast_path":
         try:
-            return Decimal(gold_num) == Decimal(pred_num), None
+            return Decimal(_clean_number(gold)) == Decimal(_clean_number(pred)), None
         except InvalidOperation:
             return False, None
-    if _guard_reason(pred) is not None:
-        _count("guarded")
+    if route == "guarded":
         return False, "guarded"
-    _count("math_verify")
-    outcome = _math_verify_outcome(*_math_verify_pair(gold, pred), timeout_s)
+    outcome = _math_verify_outcome(_strip_delimiters(gold), pred, timeout_s)
     if outcome in ("timed_out", "errored"):
         _count(outcome)
         return False, outcome
@@ -400,9 +398,8 @@ def is_correct_batch(
     # Only math-verify checks are slow (milliseconds, in worker processes): run those several at a time
     # into the verdict cache, then decide everything here. Threads for the rest (microseconds each) would
     # cost more in hand-offs than the checks take.
-    pairs = {pair for c, a, m in zip(completions, answers, modes, strict=True)
-             if m == "math" and (pred := extract_answer(c)) is not None
-             and (pair := _math_verify_pair(str(a), pred)) is not None}
+    pairs = {(_strip_delimiters(str(a)), pred) for c, a, m in zip(completions, answers, modes, strict=True)
+             if m == "math" and (pred := extract_answer(c)) is not None and _route(str(a), pred) == "math_verify"}
     if len(pairs) > 1:
         pending = list(pairs)
         threaded_map(lambda i: _math_verify_outcome(*pending[i], timeout_s), len(pending), threads)
