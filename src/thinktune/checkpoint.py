@@ -67,17 +67,19 @@ def save_pretrained_atomic(model: torch.nn.Module | None, tokenizer: Any, path: 
         tmp.rename(path)
 
 
-def export(model: torch.nn.Module, tokenizer: Any, path: Path, extra: dict[str, Any] | None = None) -> None:
+def export(model: torch.nn.Module, tokenizer: Any, path: Path, extra: dict[str, Any] | None = None,
+           lora_merged: bool = True) -> None:
     """Write the model as one plain HF checkpoint, whatever the training setup. Every rank must call it.
 
     FSDP shards are gathered onto rank 0, which alone writes; a LoRA policy is written merged, with its
-    adapter beside it in ``adapter/`` (see ``thinktune.lora``). The other ranks wait until the files exist.
+    adapter beside it in ``adapter/`` (see ``thinktune.lora``), or with the adapter alone when
+    ``lora_merged`` is False. The other ranks wait until the files exist.
     """
     state = distributed.full_state_dict(model)
     if distributed.is_main():
         path = Path(path)
         if lora.enabled(model):
-            save_pretrained_atomic(lora.merged(model, state), tokenizer, path, extra,
+            save_pretrained_atomic(lora.merged(model, state) if lora_merged else None, tokenizer, path, extra,
                                    also=lambda tmp: lora.save_adapter(model, state, tmp))
         else:
             save_pretrained_atomic(model, tokenizer, path, extra, state_dict=state)
@@ -97,12 +99,7 @@ def save(output_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any, op
              "scheduler": scheduler.state_dict(), "rng": rng[0], "rng_ranks": rng, "data": data_state}
     if distributed.is_main():
         path.parent.mkdir(parents=True, exist_ok=True)
-    if lora.enabled(model) and not lora_merged:
-        weights = distributed.full_state_dict(model)
-        if distributed.is_main():
-            save_pretrained_atomic(None, tokenizer, path, state, also=lambda tmp: lora.save_adapter(model, weights, tmp))
-    else:
-        export(model, tokenizer, path, extra=state)
+    export(model, tokenizer, path, extra=state, lora_merged=lora_merged)
     if distributed.is_main():
         for old in step_dirs(output_dir)[:-keep]:
             shutil.rmtree(old)
