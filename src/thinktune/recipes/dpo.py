@@ -127,7 +127,8 @@ def all_pair_logps(model, pairs: list[Pair], size: int, pad_id: int, rt: runtime
     starts = range(0, len(pairs), size)
     mine = []  # (micro-batch index, its rows)
     for k in distributed.rank_passes(len(starts), rt):
-        chunk = pairs[starts[0 if k is None else k]:][:size]  # None: a filler pass, result dropped
+        first = starts[0 if k is None else k]  # None: a filler pass, result dropped
+        chunk = pairs[first:first + size]
         logps = torch.stack(pair_logps(model, chunk, pad_id, rt), dim=1).float().cpu()  # [b, 2]
         if k is not None:
             mine.append((k, logps.tolist()))
