@@ -5,15 +5,16 @@ Run (TRL lives only in the benchmark's own environment, never in thinktune's dep
     .venv-bench/bin/python benchmarks/grpo_step.py [--steps 12] [--no-compile]
 
 Both sides train the same Qwen2 built from a config (hidden 128, 4 layers, 4 heads, random weights, the
-demo's character tokenizer) on the embedded world's level-3 prompts: 16 prompts x 8 samples per step, at
-most 64 new tokens, temperature 1.0, no KL, every group kept, one policy update per batch of rollouts,
+demo's character tokenizer) on the embedded world's level-3 prompts, the same 16 prompts at the same step on
+both sides, 8 samples each, at most 64 new tokens, temperature 1.0, no KL, every group kept, one policy update per batch of rollouts,
 the same learning rate and a 0/1 correctness reward through thinktune's verifier. Both keep fp32. The
 first step of each side is a warm-up and is not counted (for thinktune it includes torch.compile's
 compile; ``--no-compile`` runs thinktune eager). Prints, for each side, ``seconds_per_step`` (the median
 over the timed steps, so that one step slowed by the machine does not move it) and
 ``completion_tokens_per_s`` (mean completion tokens per step over that median), each side's time split
 (the median of each phase; TRL's "update" is its step minus its sampling call and the reward function),
-and the ratio.
+the middle half of its step times (on a shared machine, speed drifts between the two sides' runs: read
+the ratio against those ranges), and the ratio.
 
 Where thinktune's time goes less: the lean decoder samples (each prompt prefilled once for its 8
 samples); the update forwards each prompt once and every completion token once, unpadded
@@ -34,13 +35,15 @@ import torch
 
 from thinktune.cli import _quiet_transformers
 from thinktune.config import load_config
+from thinktune.data.order import step_units
 from thinktune.recipes import build_model, grpo
 from thinktune.recipes.synth import SynthConfig
 from thinktune.recipes.synth import run as run_synth
 from thinktune.rewards import RewardResult
 from thinktune.rewards.verify import is_correct
+from thinktune.tasks.benchmarks import load_prompts
 
-PROMPTS, GROUP, NEW_TOKENS, LR = 16, 8, 64, 1e-5
+PROMPTS, GROUP, NEW_TOKENS, LR, SEED = 16, 8, 64, 1e-5, 0
 MICRO_BATCH = 32  # thinktune's update: completions per forward (every one of the 128 still enters the update)
 
 
@@ -66,14 +69,14 @@ def thinktune_side(root: Path, steps: int, compile: bool) -> dict:
         f"samples_per_prompt={GROUP}", f"max_new_tokens={NEW_TOKENS}", "temperature=1.0", "beta=0", "gamma=0",
         "updates_per_batch=1", f"optim.lr={LR}", "optim.warmup_steps=0", "optim.weight_decay=0",
         f"micro_batch_size={MICRO_BATCH}", f"model.compile={str(compile).lower()}", f"max_steps={steps}",
-        "log.log_every=1", "log.save_every=0", "log.progress=false", "dump_every=0", f"output_dir={out}"])
+        "log.log_every=1", "log.save_every=0", "log.progress=false", "dump_every=0", f"seed={SEED}", f"output_dir={out}"])
     grpo.run(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
     phases = ("time/generate", "time/score", "time/update")
     split = {k: statistics.median(r[k] for r in rows) for k in phases}
-    seconds = statistics.median(sum(r[k] for k in phases) for r in rows)
+    totals = [sum(r[k] for k in phases) for r in rows]
     tokens = statistics.fmean(r["rollout/length_mean"] for r in rows) * PROMPTS * GROUP
-    return {"seconds_per_step": seconds, "completion_tokens_per_s": tokens / seconds, **split}
+    return summary(totals, tokens) | split
 
 
 def trl_side(root: Path, steps: int) -> dict:
@@ -81,10 +84,12 @@ def trl_side(root: Path, steps: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    rows = [json.loads(line) for line in (root / "data" / "train_prompts.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if r["difficulty"] == 3][: PROMPTS * (steps + 1)]
-    data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]}
-                              for r in rows])
+    # The prompts thinktune's loop draws, in its order, so that step s of each side answers the same 16
+    # prompts (TRL, unshuffled, takes them in sequence).
+    rows = load_prompts(str(root / "data" / "train_prompts.jsonl"), difficulties=[3])
+    order = [i for step in range(steps) for i in step_units(step * PROMPTS, PROMPTS, len(rows), SEED)]
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": rows[i]["prompt"]}], "answer": rows[i]["answer"]}
+                              for i in order])
 
     phase = {"generate": 0.0, "score": 0.0}  # of the running step
     rows_by_step: list[dict] = []  # per step: total, generate, score
@@ -123,24 +128,31 @@ def trl_side(root: Path, steps: int) -> dict:
         max_completion_length=NEW_TOKENS, temperature=1.0, top_p=1.0, beta=0.0, num_iterations=1,
         gradient_accumulation_steps=1, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=0.0, max_steps=steps, logging_steps=1, report_to="none", use_cpu=True, save_strategy="no",
-        shuffle_dataset=False, seed=0,
+        shuffle_dataset=False, seed=SEED,
         # TRL's defaults turn on bf16 autocast and gradient checkpointing; thinktune runs neither here.
         bf16=False, fp16=False, gradient_checkpointing=False)
     trainer = TimedGRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
                                processing_class=tokenizer, callbacks=[Timer()])
     trainer.train()
     timed = rows_by_step[1:]
-    seconds = statistics.median(r["total"] for r in timed)
     tokens = statistics.fmean(lengths[1:]) * PROMPTS * GROUP
     split = {f"time/{k}": statistics.median(r[k] for r in timed) for k in ("generate", "score")}
     split["time/update"] = statistics.median(r["total"] - r["generate"] - r["score"] for r in timed)
-    return {"seconds_per_step": seconds, "completion_tokens_per_s": tokens / seconds, **split}
+    return summary([r["total"] for r in timed], tokens) | split
+
+
+def summary(step_seconds: list[float], tokens_per_step: float) -> dict:
+    """The median step, its interquartile range (how much the machine moved the steps), and tokens/s."""
+    q1, median, q3 = statistics.quantiles(step_seconds, n=4)
+    return {"seconds_per_step": median, "spread": (q1, q3), "completion_tokens_per_s": tokens_per_step / median,
+            "tokens_per_step": tokens_per_step}
 
 
 def report(name: str, side: dict) -> None:
     print(f"{name:<10} seconds_per_step: {side['seconds_per_step']:.3f}  completion_tokens_per_s: "
           f"{side['completion_tokens_per_s']:.0f}  (generate {side['time/generate']:.3f} s, score "
-          f"{side['time/score']:.3f} s, update {side['time/update']:.3f} s)")
+          f"{side['time/score']:.3f} s, update {side['time/update']:.3f} s; middle half of the steps "
+          f"{side['spread'][0]:.3f}-{side['spread'][1]:.3f} s; {side['tokens_per_step']:.0f} completion tokens/step)")
 
 
 def main() -> None:
