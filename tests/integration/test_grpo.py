@@ -86,3 +86,88 @@ def test_grpo_raises_mean_reward(world, tmp_path, monkeypatch):
     rewards = [r["rollout/reward_mean"] for r in metrics(out)]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert last > 2 * first and last > first + 0.1, rewards
+
+
+def test_update_without_sampler_log_probs_takes_the_old_policy_from_its_first_pass(world, monkeypatch):
+    # vLLM returns no sampling log-probs. Then the update's first pass, on the weights that sampled, must give
+    # the old policy: the same update as one handed exact teacher-forced log-probs, over two passes.
+    import copy
+
+    import torch
+
+    from thinktune import models, runtime
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    import grpo_update_worker
+
+    cfg = load_config(grpo.GRPOConfig, None, [f"model.path={world / 'model'}", "model.system_prompt=",
+                                              "data.prompts=unused.jsonl", "beta=0", "gamma=0.01",
+                                              "micro_batch_size=3", "updates_per_batch=2"])
+    rt = runtime.init("fp32", 0)
+    tokenizer = models.load_tokenizer(cfg.model)
+    start = models.load_model(cfg.model, tokenizer, rt.device, torch.float32).train()
+    ro = grpo_update_worker.fixed_rollouts(len(tokenizer))  # its old log-probs are made up
+    temperature = 0.7
+    with torch.no_grad():  # the reference: one plain forward per sequence, no prompt cache
+        exact = []
+        for p, c in zip(ro.prompts, ro.completions, strict=True):
+            logits = start(input_ids=torch.tensor([p + c])).logits[0, len(p) - 1:-1] / temperature
+            exact.append(torch.log_softmax(logits, -1).gather(1, torch.tensor(c)[:, None]).squeeze(1).tolist())
+
+    def updated(old_logps):
+        model = copy.deepcopy(start)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        stats = grpo.update(model, None, optimizer, grpo.Rollouts(ro.prompts, ro.prompt_index, ro.completions,
+                                                                  old_logps, ro.advantages),
+                            cfg, temperature, tokenizer.pad_token_id, rt)
+        return torch.cat([p.detach().flatten() for p in model.parameters()]), stats
+
+    given, given_stats = updated(exact)
+    first_pass, first_pass_stats = updated(None)
+    made_up, _ = updated(ro.old_logps)
+    torch.testing.assert_close(first_pass, given, rtol=0, atol=1e-6)
+    assert first_pass_stats["update/ratio"] == pytest.approx(given_stats["update/ratio"], abs=1e-6)
+    assert (made_up - given).abs().max() > 1e-3  # the old log-probs matter here, so the match above means something
+
+
+def test_build_rollouts_without_sampler_log_probs(world):
+    from thinktune.rollout.sampler import Completion
+
+    cfg = load_config(grpo.GRPOConfig, None, [f"model.path={world / 'model'}", "data.prompts=unused.jsonl"])
+    with_logps = Completion(token_ids=[5, 4], text="a", finished=True, logprobs=[-1.0, -2.0],
+                            sampling_logprobs=[-1.0, -2.0])
+    without = Completion(token_ids=[6, 4], text="b", finished=True, logprobs=[-1.0, -2.0], sampling_logprobs=None)
+    keep = [(0, 0), (0, 1)]
+    assert grpo.build_rollouts([[1]], [[with_logps, with_logps]], [[1.0, 0.0]], keep, cfg).old_logps == [[-1.0, -2.0]] * 2
+    assert grpo.build_rollouts([[1]], [[with_logps, without]], [[1.0, 0.0]], keep, cfg).old_logps is None
+
+
+def test_rollout_backend_is_checked_before_loading(world, tmp_path):
+    import torch
+
+    from thinktune.errors import ConfigError
+    from thinktune.rollout.vllm_backend import vllm_available
+
+    with pytest.raises(ConfigError, match="rollout_backend='nope'"):
+        load_config(grpo.GRPOConfig, None, grpo_args(world, tmp_path / "x", rollout_backend="nope"))
+    if vllm_available() and torch.cuda.is_available():
+        return  # vllm can run here; test_grpo_vllm.py covers that path
+    with pytest.raises(ConfigError, match="vllm"):
+        grpo.run(load_config(grpo.GRPOConfig, None, grpo_args(world, tmp_path / "y", rollout_backend="vllm")))
+    assert not (tmp_path / "y" / "metrics.jsonl").exists()
+
+
+def test_vllm_refuses_a_policy_whose_vocabulary_grew(world):
+    import torch
+
+    from thinktune import models
+    from thinktune.errors import ConfigError
+    from thinktune.rollout.vllm_backend import check_vocab
+
+    cfg = load_config(grpo.GRPOConfig, None, [f"model.path={world / 'model'}", "data.prompts=unused.jsonl"])
+    tokenizer = models.load_tokenizer(cfg.model)
+    model = models.load_model(cfg.model, tokenizer, torch.device("cpu"), torch.float32)
+    check_vocab(model, str(world / "model"))  # as saved: fine
+    model.resize_token_embeddings(model.get_input_embeddings().num_embeddings + 2)
+    with pytest.raises(ConfigError, match="rollout_backend=thinktune"):
+        check_vocab(model, str(world / "model"))

@@ -13,7 +13,12 @@ rollouts, checkpoint.
 The old policy's log-probs are the ones the rollout engine returns under the distribution it sampled
 (softmax of logits / temperature); the update computes the policy's log-probs at the same temperature, so
 the importance ratio compares like with like. That is why top_p must stay 1.0 here: a nucleus-truncated
-sampling distribution is not the policy's.
+sampling distribution is not the policy's. vLLM returns none (only raw log-probs, in its own kernels), so
+with it the update's first pass, made on the weights that sampled, supplies them.
+
+Rollouts: ``rollout_backend=auto`` samples with vLLM where it is installed and a GPU exists (the policy's
+weights are pushed into the engine before every step; needed at the paper's 32k-token budget, where a
+static cache per row does not fit), else with thinktune's sampler (``thinktune.rollout``).
 
 Scale: under ``torchrun`` each rank samples its contiguous share of the step's prompts (whole groups, so
 advantages stay local) from an unsharded copy of the policy, and the FSDP2-sharded policy and reference
@@ -50,6 +55,7 @@ from thinktune.losses import LOSS_AGGREGATIONS, aggregate, grpo_token_loss
 from thinktune.optim import build_optimizer, build_scheduler
 from thinktune.rewards import RewardConfig, score_batch
 from thinktune.rollout.sampler import Completion, RolloutEngine, SamplingParams
+from thinktune.rollout.vllm_backend import BACKENDS, VLLMSampler, check_vocab, resolve_backend
 from thinktune.tasks.benchmarks import load_prompts
 from thinktune.tracking import MetricsLogger, plot_curves, progress
 
@@ -87,7 +93,9 @@ class GRPOConfig:
     max_group_accuracy: float = 0.5  # with balance: prompts above this accuracy are dropped
     micro_batch_size: int = 8  # completions per forward pass in the update (sorted by length)
     share_prompt: bool = True  # forward each prompt once per pass, not once per sample (same result)
-    rollout_batch_size: int = 256  # sequences decoded together
+    rollout_batch_size: int = 256  # sequences decoded together (thinktune's sampler; vLLM schedules its own)
+    rollout_backend: str = "auto"  # auto: vLLM where it is installed and a GPU exists, else thinktune's sampler
+    vllm_gpu_memory_utilization: float = 0.4  # vLLM's share of the GPU; the rest is left to training
     max_steps: int = 90
     dump_every: int = 10  # steps between rollout dumps to samples/ (0: never)
     seed: int = 0
@@ -108,6 +116,8 @@ class GRPOConfig:
             raise ConfigError("clip_low must be in [0, 1) and clip_high >= 0")
         if self.max_steps < 1 or self.updates_per_batch < 1 or self.prompts_per_step < 1:
             raise ConfigError("max_steps, updates_per_batch and prompts_per_step must be >= 1")
+        if self.rollout_backend not in BACKENDS:
+            raise ConfigError(f"rollout_backend={self.rollout_backend!r}; choose one of {', '.join(BACKENDS)}")
 
     def temperature_at(self, step: int) -> float:
         if not self.temperature_end:
@@ -123,7 +133,9 @@ class Rollouts:
     prompts: list[list[int]]  # the step's prompts, each once
     prompt_index: list[int]  # [N] which prompt each completion answers
     completions: list[list[int]]  # [N] completion tokens
-    old_logps: list[list[float]]  # [N] per completion token, under the sampling distribution
+    # [N] per completion token, under the sampling distribution; None when the sampler gives none (vLLM):
+    # the update's first pass, which runs on the weights that sampled, then provides them.
+    old_logps: list[list[float]] | None
     advantages: torch.Tensor  # [N]
 
 
@@ -153,9 +165,10 @@ def build_rollouts(prompts: list[list[int]], groups: list[list[Completion]], rew
                    keep: list[tuple[int, int]], cfg: GRPOConfig) -> Rollouts:
     r = torch.tensor([rewards[p][j] for p, j in keep])  # [N]
     adv = group_advantages(r, torch.tensor([p for p, _ in keep]), cfg.advantage) if keep else torch.zeros(0)
+    old = [groups[p][j].sampling_logprobs for p, j in keep]
     return Rollouts(prompts=prompts, prompt_index=[p for p, _ in keep],
                     completions=[groups[p][j].token_ids for p, j in keep],  # each ends with its EOS, so never empty
-                    old_logps=[groups[p][j].sampling_logprobs for p, j in keep], advantages=adv)
+                    old_logps=None if any(x is None for x in old) else old, advantages=adv)
 
 
 def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperature: float, pad_id: int,
@@ -163,7 +176,9 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
     """``updates_per_batch`` passes of the GRPO objective over the step's rollouts; returns update stats.
 
     Log-probs come from ``PromptCache``: each prompt forwarded once per pass, completions in micro-batches
-    of similar length (see ``thinktune.logprobs``).
+    of similar length (see ``thinktune.logprobs``). Without the sampler's log-probs (``ro.old_logps`` None),
+    the old policy's are the first pass's own, detached: that pass runs before any optimizer step, on the
+    weights that sampled, so its ratio is exactly 1 (what TRL does for one pass, and verl's recomputation).
     """
     n = len(ro.completions)
     micro = length_sorted_chunks([len(c) for c in ro.completions], cfg.micro_batch_size)
@@ -191,12 +206,18 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
     # wait for the GPU after every micro-batch.
     parts: dict[str, list[torch.Tensor]] = {"kl": [], "entropy": [], "clip_fraction": [], "ratio": []}
     grad_norms = []
+    first_pass: list[torch.Tensor] = []  # per micro-batch, the old policy's log-probs when the sampler gave none
     for _ in range(cfg.updates_per_batch):
         cache = PromptCache(model, ro.prompts, pad_id, cfg.share_prompt, autocast, compile=cfg.model.compile)
         for k, idx in enumerate(micro):
             logps, entropy, mask = forward(cache, idx, need_entropy="grad" if cfg.gamma else True)  # [B, T] each
-            old, _ = right_padded([ro.old_logps[i] for i in idx] or [[]], 0.0, rt.device, torch.float32,
-                                  width=logps.shape[1])
+            if ro.old_logps is not None:
+                old, _ = right_padded([ro.old_logps[i] for i in idx] or [[]], 0.0, rt.device, torch.float32,
+                                      width=logps.shape[1])
+            else:
+                if len(first_pass) == k:
+                    first_pass.append(logps.detach().float())
+                old = first_pass[k]
             advantages = ro.advantages[idx] if idx else torch.zeros(1)
             loss_t, stats = grpo_token_loss(logps, old, advantages.to(rt.device), cfg.clip_low, cfg.clip_high,
                                             ref_logps[k] if ref_logps else None, cfg.beta if ref_logps else 0.0,
@@ -214,6 +235,20 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
     denom = max(num_tokens * cfg.updates_per_batch, 1)
     grad_norm = float(torch.stack(grad_norms).cpu().double().mean())
     return {f"update/{k}": v / denom for k, v in sums.items()} | {"update/grad_norm": grad_norm}
+
+
+def rollout_engine(cfg: GRPOConfig, backend: str, rollout_model, tokenizer, longest_prompt: int):
+    """thinktune's sampler on the rollout model, or (backend "vllm") a vLLM engine built from ``model.path``
+    that takes the policy's weights before every step's sampling."""
+    if backend == "thinktune":
+        return RolloutEngine(lora.decodable(rollout_model), tokenizer)
+    if lora.enabled(rollout_model):
+        raise ConfigError("model.lora.r > 0 with rollout_backend=vllm: the engine would need the merged weights "
+                          "pushed every step, which thinktune does not do yet; use rollout_backend=thinktune")
+    check_vocab(rollout_model, cfg.model.path)
+    return VLLMSampler(cfg.model.path, tokenizer, dtype={"bf16": "bfloat16", "fp32": "float32"}[cfg.model.dtype],
+                       gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                       max_model_len=longest_prompt + cfg.max_new_tokens)
 
 
 def reference_model(cfg: GRPOConfig, model, tokenizer, rt: runtime.Runtime):
@@ -274,6 +309,7 @@ def dump(out: Path, step: int, rows: list[dict], groups: list[list[Sample]], res
 def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; its stages are calls
     rt = runtime.init(cfg.model.dtype, cfg.seed)
     distributed.check_divisible("prompts_per_step", cfg.prompts_per_step, 1, rt)
+    backend = resolve_backend(cfg.rollout_backend)  # before any loading: "vllm" where it cannot run is an error
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if rt.is_main:
@@ -297,9 +333,9 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
     start = checkpoint.resume(resume_from, model, optimizer, scheduler, "grpo")
     logger = MetricsLogger(out / "metrics.jsonl", resume_step=start, enabled=rt.is_main)
-    engine = RolloutEngine(lora.decodable(rollout_model), tokenizer)
+    engine = rollout_engine(cfg, backend, rollout_model, tokenizer, max(map(len, prompt_ids)))
     runtime.print0(f"[grpo] {len(rows)} prompts; {cfg.max_steps} steps of {cfg.prompts_per_step} x "
-                   f"{cfg.samples_per_prompt} on {rt.world_size} rank(s); reward {reward_cfg.name}; lr "
+                   f"{cfg.samples_per_prompt} on {rt.world_size} rank(s), rollouts on {backend}; reward {reward_cfg.name}; lr "
                    f"{cfg.optim.lr}, beta {cfg.beta}, gamma {cfg.gamma}; balance {cfg.balance}")
 
     bar = progress(cfg.max_steps, start, "grpo", cfg.log.progress and rt.is_main)
@@ -313,6 +349,8 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
 
         t = time.perf_counter()
         distributed.sync_rollout_copy(rollout_model, model, trainable_only=step > start)
+        if isinstance(engine, VLLMSampler):  # thinktune's sampler re-reads the weights by itself
+            engine.push_weights(rollout_model)
         params = SamplingParams(n=cfg.samples_per_prompt, temperature=temperature, max_new_tokens=cfg.max_new_tokens)
         groups = engine.sample(step_prompts, params, seed=rank_seed, batch_size=cfg.rollout_batch_size,
                                show_progress=False)

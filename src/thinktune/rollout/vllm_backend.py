@@ -53,6 +53,23 @@ def resolve_backend(name: str) -> str:
     return name
 
 
+def check_vocab(model: torch.nn.Module, model_path: str) -> None:
+    """Refuse a policy whose vocabulary differs from the saved model vLLM builds its engine from: pushed
+    weights must match that model's shapes (the tokenizer may have gained the Phi-4 tokens since).
+
+    Raises:
+        ConfigError: the embedding sizes differ.
+    """
+    from transformers import AutoConfig
+
+    saved = AutoConfig.from_pretrained(model_path).vocab_size
+    rows = model.get_input_embeddings().num_embeddings
+    if saved != rows:
+        raise ConfigError(f"the policy's vocabulary has {rows} tokens but {model_path} was saved with {saved}, so "
+                          "vLLM cannot take its weights; save the model with its tokenizer first (SFT does) or "
+                          "use rollout_backend=thinktune")
+
+
 def _load_weights(worker, weights: list[tuple[str, torch.Tensor]]) -> int:
     """Runs inside vLLM's worker (``collective_rpc``): load HF-named tensors into its model."""
     loaded = worker.model_runner.model.load_weights(weights=weights)
@@ -96,9 +113,12 @@ class VLLMSampler:
         self.llm.reset_prefix_cache()
         return int(counts[0])
 
-    def sample(self, prompts: list[list[int]], params: SamplingParams, seed: int = 0,
+    def sample(self, prompts: list[list[int]], params: SamplingParams, seed: int = 0, batch_size: int | None = None,
                show_progress: bool = True) -> list[list[Completion]]:
-        """Sample ``params.n`` completions per tokenized prompt; ``out[p][j]`` is completion ``j`` of ``p``."""
+        """Sample ``params.n`` completions per tokenized prompt; ``out[p][j]`` is completion ``j`` of ``p``.
+
+        ``batch_size`` is accepted for ``RolloutEngine``'s signature and unused: vLLM schedules its own batches.
+        """
         from vllm import SamplingParams as VLLMParams
         from vllm import TokensPrompt
 
