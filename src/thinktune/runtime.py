@@ -94,6 +94,22 @@ def memory_metrics(device: torch.device) -> dict[str, float]:
     return {"perf/max_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30}
 
 
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device``: the GPU's free memory, the host's MemAvailable on Linux CPUs,
+    None where it cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

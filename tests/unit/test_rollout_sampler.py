@@ -9,6 +9,8 @@ finished rows cost no further decode work; seeds reproduce; both decoders give t
 from __future__ import annotations
 
 import math
+import os
+import sys
 
 import pytest
 import torch
@@ -206,3 +208,34 @@ def test_bad_settings_are_errors(model, char_tokenizer):
         RolloutEngine(model, char_tokenizer, decoder="fast")
     with pytest.raises(ConfigError, match="cuda_graphs"):
         RolloutEngine(model, char_tokenizer, cuda_graphs=True)
+
+
+def test_cache_bytes_is_what_the_decoder_allocates(model):
+    from thinktune.rollout.lean import LeanDecoder, cache_bytes
+
+    decoder = LeanDecoder(model, 5, 37, fuse=True)
+    assert cache_bytes(model, 5, 37) == decoder.kv.numel() * decoder.kv.element_size()
+    # by hand: 5 rows x 2 layers x (k, v) x 2 kv heads x 37 tokens x 8 dims (32 / 4 heads) x 4 bytes
+    assert cache_bytes(model, 5, 37) == 5 * 2 * 2 * 2 * 37 * 8 * 4
+
+
+def test_a_cache_larger_than_free_memory_is_refused_with_the_way_out(model, char_tokenizer, prompts, monkeypatch):
+    from thinktune import runtime
+    from thinktune.rollout.lean import cache_bytes
+
+    params = SamplingParams(n=2, max_new_tokens=8)
+    rows, max_len = 3 * 2, max(len(p) for p in prompts) + 8
+    need = cache_bytes(model, rows, max_len)
+    monkeypatch.setattr(runtime, "free_memory", lambda device: need - 1)
+    with pytest.raises(ConfigError, match=r"rollout KV cache for 6 rows .* sample fewer rows at once"):
+        RolloutEngine(model, char_tokenizer).sample(prompts, params, show_progress=False)
+    monkeypatch.setattr(runtime, "free_memory", lambda device: need)
+    assert len(RolloutEngine(model, char_tokenizer).sample(prompts, params, show_progress=False)) == 3
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/meminfo")
+def test_free_memory_reads_the_host_on_linux():
+    from thinktune import runtime
+
+    free = runtime.free_memory(torch.device("cpu"))
+    assert isinstance(free, int) and 0 < free <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -84,6 +84,14 @@ def unsupported_reason(model: torch.nn.Module, max_len: int) -> str | None:
     return None
 
 
+def cache_bytes(model: torch.nn.Module, rows: int, max_len: int) -> int:
+    """Bytes of the decoder's KV cache for ``rows`` rows of ``max_len`` tokens, in the model's dtype."""
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    itemsize = model.get_input_embeddings().weight.element_size()
+    return rows * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * max_len * head_dim * itemsize
+
+
 def _is_lora(module: torch.nn.Module) -> bool:
     """A peft LoRA linear (``peft.tuners.lora.layer.Linear``): a base linear plus low-rank adapters."""
     return hasattr(module, "base_layer") and hasattr(module, "get_delta_weight") and hasattr(module, "lora_A")

@@ -39,10 +39,11 @@ from typing import Protocol
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from thinktune import runtime
 from thinktune.errors import ConfigError
 from thinktune.rollout.cuda_graphs import CudaGraphDecoder
 from thinktune.rollout.hf_decoder import HFDecoder
-from thinktune.rollout.lean import LeanDecoder, unsupported_reason
+from thinktune.rollout.lean import LeanDecoder, cache_bytes, unsupported_reason
 from thinktune.rollout.sampling import gumbel_noise, select_tokens
 from thinktune.tracking import progress
 
@@ -161,9 +162,21 @@ class RolloutEngine:
                                   f"({reason or 'decoder=hf'}); leave cuda_graphs unset")
             self._decoder = HFDecoder(self.model, rows, max_len)
         else:
+            self._check_cache_fits(rows, max_len)
             lean = LeanDecoder(self.model, rows, max_len, fuse=self.device.type == "cpu")
             self._decoder = CudaGraphDecoder(lean) if self.cuda_graphs else lean
         return self._decoder
+
+    def _check_cache_fits(self, rows: int, max_len: int) -> None:
+        """Refuse a static cache larger than the memory free on the device, with the way out, rather than fail
+        inside the allocator (at a 32k-token budget a few hundred rows of a real model need terabytes)."""
+        need, free = cache_bytes(self.model, rows, max_len), runtime.free_memory(self.device)
+        if free is not None and need > free:
+            raise ConfigError(
+                f"the rollout KV cache for {rows} rows of up to {max_len} tokens needs {need / 2**30:.1f} GiB, but "
+                f"{free / 2**30:.1f} GiB is free on {self.device}: sample fewer rows at once (rollout_batch_size "
+                "in grpo, batch_size elsewhere), lower max_new_tokens, or let GRPO sample with vLLM "
+                "(pip install 'thinktune[vllm]')")
 
     def sample(self, prompts: list[list[int]], params: SamplingParams, seed: int = 0, batch_size: int = 64,
                show_progress: bool = True) -> list[list[Completion]]:
