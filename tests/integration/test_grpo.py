@@ -157,7 +157,7 @@ def test_rollout_backend_is_checked_before_loading(world, tmp_path):
     assert not (tmp_path / "y" / "metrics.jsonl").exists()
 
 
-def test_vllm_refuses_a_policy_whose_vocabulary_grew(world):
+def test_vllm_refuses_token_ids_the_saved_model_cannot_take(world):
     import torch
 
     from thinktune import models
@@ -167,7 +167,12 @@ def test_vllm_refuses_a_policy_whose_vocabulary_grew(world):
     cfg = load_config(grpo.GRPOConfig, None, [f"model.path={world / 'model'}", "data.prompts=unused.jsonl"])
     tokenizer = models.load_tokenizer(cfg.model)
     model = models.load_model(cfg.model, tokenizer, torch.device("cpu"), torch.float32)
-    check_vocab(model, str(world / "model"))  # as saved: fine
-    model.resize_token_embeddings(model.get_input_embeddings().num_embeddings + 2)
+    rows = model.get_input_embeddings().num_embeddings
+    check_vocab(str(world / "model"), rows, exact=True)  # as saved: fine
+    check_vocab(str(world / "model"), rows - 1, exact=False)  # a tokenizer may use fewer ids than the embedding has
     with pytest.raises(ConfigError, match="rollout_backend=thinktune"):
-        check_vocab(model, str(world / "model"))
+        check_vocab(str(world / "model"), rows + 2, exact=True)  # a policy whose vocabulary grew since
+    with pytest.raises(ConfigError, match="vocabulary of"):
+        check_vocab(str(world / "model"), rows - 1, exact=True)  # pushed weights must match exactly
+    with pytest.raises(ConfigError, match="vocabulary of"):
+        check_vocab(str(world / "model"), rows + 1, exact=False)

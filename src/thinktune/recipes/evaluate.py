@@ -10,6 +10,9 @@ unbiased pass@k, mean response length, and the share of responses with a well-fo
 answer. Writes ``report.json``, ``report.md``, ``samples.jsonl`` and ``plots/runs.png`` (the distribution
 of run accuracies).
 
+Sampling runs on vLLM where it is installed and a GPU exists (``rollout_backend=auto``; the paper's 32k-token
+budget needs its paged cache on real models), else on thinktune's sampler.
+
 Departures from the paper: the paper samples Phi models at temperature 0.8 with a top-p it does not state
 (RECIPE.md section 4.1); we default to 0.8 and top-p 0.95, the values of the model card's example.
 """
@@ -31,6 +34,7 @@ from thinktune.metrics import per_run_accuracy, summarize
 from thinktune.report import eval_markdown, plot_run_accuracies
 from thinktune.rewards.verify import extract_answer, has_valid_think, is_correct_groups
 from thinktune.rollout.sampler import SamplingParams, sample
+from thinktune.rollout.vllm_backend import BACKENDS, check_vocab, engine_for, resolve_backend
 from thinktune.tasks.benchmarks import load_benchmark, load_prompts
 
 
@@ -53,7 +57,9 @@ class EvalConfig:
     top_k: int = 0
     greedy: bool = False
     max_new_tokens: int = 32768
-    batch_size: int = 64  # sequences per generation batch
+    batch_size: int = 64  # sequences per generation batch (thinktune's sampler; vLLM schedules its own)
+    rollout_backend: str = "auto"  # auto: vLLM where it is installed and a GPU exists, else thinktune's sampler
+    vllm_gpu_memory_utilization: float = 0.9  # vLLM's share of the GPU (nothing else runs beside it here)
     ks: list[int] = field(default_factory=lambda: [1])  # unbiased pass@k values to report
     seed: int = 0
     label: str = ""  # the name of this model in comparison tables (default: the output dir's name)
@@ -68,6 +74,8 @@ class EvalConfig:
         if bad := [k for k in self.ks if not 1 <= k <= self.samples]:
             raise ConfigError(f"ks={bad} must lie in [1, samples={self.samples}]")
         SamplingParams(n=self.samples, temperature=self.temperature, top_p=self.top_p, greedy=self.greedy)
+        if self.rollout_backend not in BACKENDS:
+            raise ConfigError(f"rollout_backend={self.rollout_backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
 def load_rows(cfg: EvalConfig) -> list[dict]:
@@ -108,19 +116,26 @@ def summarize_groups(rows: list[dict], mats: dict, cfg: EvalConfig) -> dict[str,
 
 def run(cfg: EvalConfig) -> dict:
     rt = runtime.init(cfg.model.dtype, cfg.seed)
+    backend = resolve_backend(cfg.rollout_backend)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     tokenizer = models.load_tokenizer(cfg.model)
-    model = models.load_model(cfg.model, tokenizer, rt.device, rt.dtype)
     rows = load_rows(cfg)
     prompts = [render_prompt(tokenizer, prompt_messages(r["prompt"]), cfg.model.system_prompt) for r in rows]
     params = SamplingParams(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                             max_new_tokens=cfg.max_new_tokens, greedy=cfg.greedy)
     label = cfg.label or out.name
-    tqdm.write(f"[eval] {label}: {len(rows)} problems x {cfg.samples} samples from {cfg.model.path}")
-    with torch.inference_mode():
-        completions = sample(model, tokenizer, prompts, params, seed=cfg.seed, batch_size=cfg.batch_size)
+    tqdm.write(f"[eval] {label}: {len(rows)} problems x {cfg.samples} samples from {cfg.model.path} on {backend}")
+    if backend == "vllm":  # the engine loads the weights itself: no HF copy beside it
+        check_vocab(cfg.model.path, len(tokenizer), exact=False)
+        engine = engine_for(cfg.model.path, tokenizer, cfg.model.dtype, cfg.vllm_gpu_memory_utilization,
+                            max(map(len, prompts)) + cfg.max_new_tokens)
+        completions = engine.sample(prompts, params, seed=cfg.seed)
+    else:
+        model = models.load_model(cfg.model, tokenizer, rt.device, rt.dtype)
+        with torch.inference_mode():
+            completions = sample(model, tokenizer, prompts, params, seed=cfg.seed, batch_size=cfg.batch_size)
     mats, records = score(rows, completions, tokenizer)
     groups = summarize_groups(rows, mats, cfg)
     report = {"label": label, "model": cfg.model.path, "source": cfg.data.prompts or cfg.data.benchmark,

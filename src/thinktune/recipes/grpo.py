@@ -55,7 +55,7 @@ from thinktune.losses import LOSS_AGGREGATIONS, aggregate, grpo_token_loss
 from thinktune.optim import build_optimizer, build_scheduler
 from thinktune.rewards import RewardConfig, score_batch
 from thinktune.rollout.sampler import Completion, RolloutEngine, SamplingParams
-from thinktune.rollout.vllm_backend import BACKENDS, VLLMSampler, check_vocab, resolve_backend
+from thinktune.rollout.vllm_backend import BACKENDS, VLLMSampler, check_vocab, engine_for, resolve_backend
 from thinktune.tasks.benchmarks import load_prompts
 from thinktune.tracking import MetricsLogger, plot_curves, progress
 
@@ -245,10 +245,9 @@ def rollout_engine(cfg: GRPOConfig, backend: str, rollout_model, tokenizer, long
     if lora.enabled(rollout_model):
         raise ConfigError("model.lora.r > 0 with rollout_backend=vllm: the engine would need the merged weights "
                           "pushed every step, which thinktune does not do yet; use rollout_backend=thinktune")
-    check_vocab(rollout_model, cfg.model.path)
-    return VLLMSampler(cfg.model.path, tokenizer, dtype={"bf16": "bfloat16", "fp32": "float32"}[cfg.model.dtype],
-                       gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                       max_model_len=longest_prompt + cfg.max_new_tokens)
+    check_vocab(cfg.model.path, rollout_model.get_input_embeddings().num_embeddings, exact=True)
+    return engine_for(cfg.model.path, tokenizer, cfg.model.dtype, cfg.vllm_gpu_memory_utilization,
+                      longest_prompt + cfg.max_new_tokens)
 
 
 def reference_model(cfg: GRPOConfig, model, tokenizer, rt: runtime.Runtime):

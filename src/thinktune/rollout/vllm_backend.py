@@ -53,21 +53,28 @@ def resolve_backend(name: str) -> str:
     return name
 
 
-def check_vocab(model: torch.nn.Module, model_path: str) -> None:
-    """Refuse a policy whose vocabulary differs from the saved model vLLM builds its engine from: pushed
-    weights must match that model's shapes (the tokenizer may have gained the Phi-4 tokens since).
+def check_vocab(model_path: str, tokens: int, exact: bool) -> None:
+    """Refuse ``tokens`` token ids (a policy's embedding rows, ``exact``: pushed weights must match the
+    saved shapes; or a tokenizer's size, at most) that the saved model vLLM builds its engine from cannot
+    take: the tokenizer may have gained the Phi-4 tokens since ``model_path`` was saved.
 
     Raises:
-        ConfigError: the embedding sizes differ.
+        ConfigError: the sizes do not fit.
     """
     from transformers import AutoConfig
 
     saved = AutoConfig.from_pretrained(model_path).vocab_size
-    rows = model.get_input_embeddings().num_embeddings
-    if saved != rows:
-        raise ConfigError(f"the policy's vocabulary has {rows} tokens but {model_path} was saved with {saved}, so "
-                          "vLLM cannot take its weights; save the model with its tokenizer first (SFT does) or "
-                          "use rollout_backend=thinktune")
+    if tokens > saved or (exact and tokens != saved):
+        raise ConfigError(f"{tokens} token ids are in use but {model_path} was saved with a vocabulary of {saved}, "
+                          "so vLLM cannot run it; save the model with its tokenizer first (SFT does) or use "
+                          "rollout_backend=thinktune")
+
+
+def engine_for(model_path: str, tokenizer: PreTrainedTokenizerBase, dtype: str, gpu_memory_utilization: float,
+               max_model_len: int) -> VLLMSampler:
+    """A ``VLLMSampler`` for a thinktune run: ``dtype`` is ``model.dtype`` ("fp32" | "bf16")."""
+    return VLLMSampler(model_path, tokenizer, dtype={"bf16": "bfloat16", "fp32": "float32"}[dtype],
+                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
 
 
 def _load_weights(worker, weights: list[tuple[str, torch.Tensor]]) -> int:
