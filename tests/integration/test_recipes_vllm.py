@@ -1,6 +1,6 @@
 """The recipes on vLLM, on a tiny saved Qwen2: GRPO's engine samples, takes the policy's weights every step,
 and the update takes the old policy from its own first pass (vLLM returns no sampling log-probs); evaluate
-samples on vLLM what thinktune's sampler samples (greedy).
+samples on vLLM what thinktune's sampler samples (greedy); select-prompts, as every curation verb, samples there.
 
 Runs where vllm (``pip install 'thinktune[vllm]'``) and a CUDA GPU exist; skipped elsewhere, with the reason in
 the pytest summary. The CPU side of the same logic is in ``test_grpo.py`` (first-pass old log-probs, the
@@ -19,7 +19,7 @@ pytest.importorskip("vllm", reason="vllm is not installed (pip install 'thinktun
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="vLLM needs a CUDA GPU")]
 
 from thinktune.config import load_config  # noqa: E402
-from thinktune.recipes import build_model, evaluate, grpo  # noqa: E402
+from thinktune.recipes import build_model, evaluate, grpo, select_prompts  # noqa: E402
 from thinktune.recipes.synth import SynthConfig  # noqa: E402
 from thinktune.recipes.synth import run as run_synth  # noqa: E402
 
@@ -63,3 +63,13 @@ def test_grpo_samples_on_vllm_and_pushes_weights(world, tmp_path, monkeypatch):
         assert r["rollout/length_mean"] > 0
         assert r["update/ratio"] == pytest.approx(1.0, abs=1e-6)  # one pass: the old policy is the first pass's
     assert (out / "final" / "config.json").exists()
+
+
+def test_select_prompts_samples_on_vllm(world, tmp_path):
+    out = tmp_path / "sel"
+    summary = select_prompts.run(load_config(select_prompts.SelectPromptsConfig, None, [
+        f"model.path={world / 'model'}", "model.system_prompt=", f"prompts={world / 'data' / 'heldout_prompts.jsonl'}",
+        "k=3", "max_new_tokens=16", "keep_fraction=0.5", "rollout_backend=vllm", "vllm_gpu_memory_utilization=0.2",
+        f"output_dir={out}"]))
+    assert summary["kept"] == len((out / "selected.jsonl").read_text().splitlines()) > 0
+    assert summary["before"]["mean_std"] > 0  # k sampled responses per prompt, not one repeated

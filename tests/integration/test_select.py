@@ -54,7 +54,7 @@ def read(path: Path) -> list[dict]:
 
 def test_keeps_the_default_band_and_reuses_estimates(tmp_path, monkeypatch):
     student = StubStudent()
-    monkeypatch.setattr(select, "load_student", lambda cfg, seed: (None, None))
+    monkeypatch.setattr(select, "load_student", lambda cfg, seed, *backend: (None, None))
     monkeypatch.setattr(select, "sample_rows", student)
     prompts = write_prompts(tmp_path / "p.jsonl", 5)  # 0, 1, 2, 3, 4 correct of 4
     summary = select.run(cfg_for(tmp_path, prompts))
@@ -74,7 +74,7 @@ def test_keeps_the_default_band_and_reuses_estimates(tmp_path, monkeypatch):
 
 
 def test_a_killed_run_resumes_with_the_next_chunk(tmp_path, monkeypatch):
-    monkeypatch.setattr(select, "load_student", lambda cfg, seed: (None, None))
+    monkeypatch.setattr(select, "load_student", lambda cfg, seed, *backend: (None, None))
     prompts = write_prompts(tmp_path / "p.jsonl", 7)
     monkeypatch.setattr(select, "sample_rows", StubStudent(fail_on_call=1))
     with pytest.raises(KeyboardInterrupt):

@@ -10,28 +10,34 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from transformers import PreTrainedTokenizerBase
 
 from thinktune import models, runtime
 from thinktune.config import ModelConfig
 from thinktune.data.chat import prompt_messages, render_prompt
 from thinktune.rewards.verify import is_correct_groups
-from thinktune.rollout.sampler import Completion, SamplingParams, sample
+from thinktune.rollout.sampler import Completion, RolloutEngine, SamplingParams
+from thinktune.rollout.vllm_backend import VLLMSampler, check_vocab, engine_for, resolve_backend
 
 
-def load_student(cfg: ModelConfig, seed: int) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
-    """The model and tokenizer of ``cfg`` on the best device, with seeds set."""
+def load_student(cfg: ModelConfig, seed: int, backend: str = "thinktune", gpu_memory_utilization: float = 0.9
+                 ) -> tuple[RolloutEngine | VLLMSampler, PreTrainedTokenizerBase]:
+    """A sampler for the model of ``cfg`` and its tokenizer, with seeds set: thinktune's on the best device, or
+    (``backend`` "vllm", or "auto" where vLLM can run) a vLLM engine, with no HF copy of the model beside it."""
     rt = runtime.init(cfg.dtype, seed)
+    backend = resolve_backend(backend)
     tokenizer = models.load_tokenizer(cfg)
-    return models.load_model(cfg, tokenizer, rt.device, rt.dtype), tokenizer
+    if backend == "vllm":
+        check_vocab(cfg.path, len(tokenizer), exact=False)
+        return engine_for(cfg.path, tokenizer, cfg.dtype, gpu_memory_utilization), tokenizer
+    return RolloutEngine(models.load_model(cfg, tokenizer, rt.device, rt.dtype), tokenizer), tokenizer
 
 
-def sample_rows(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict],
+def sample_rows(engine: RolloutEngine | VLLMSampler, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict],
                 params: SamplingParams, system_prompt: str, seed: int, batch_size: int) -> list[list[Completion]]:
     """``params.n`` completions for each prompt row, rendered with the chat template and ``system_prompt``."""
     prompts = [render_prompt(tokenizer, prompt_messages(r["prompt"]), system_prompt) for r in rows]
-    return sample(model, tokenizer, prompts, params, seed=seed, batch_size=batch_size)
+    return engine.sample(prompts, params, seed=seed, batch_size=batch_size)
 
 
 def verify_groups(rows: Sequence[dict], texts: Sequence[Sequence[str]]) -> list[list[bool]]:

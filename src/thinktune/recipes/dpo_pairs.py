@@ -46,6 +46,8 @@ class DPOPairsConfig:
     top_p: float = 1.0
     max_new_tokens: int = 2048
     batch_size: int = 64
+    rollout_backend: str = "auto"  # auto: vLLM where it is installed and a GPU exists, else thinktune's sampler
+    vllm_gpu_memory_utilization: float = 0.9  # vLLM's share of the GPU
     pairs_per_prompt: int = 1
     length_match: bool = True
     heldout_fraction: float = 0.1  # share of prompts whose pairs go to heldout_pairs.jsonl
@@ -70,10 +72,10 @@ def select_prompts(cfg: DPOPairsConfig) -> list[dict]:
 
 def sample_policy(cfg: DPOPairsConfig, rows: list[dict]) -> list[list[tuple[str, int]]]:
     """k completions per prompt from the policy: [(text, num_tokens)] per prompt."""
-    model, tokenizer = load_student(cfg.model, cfg.seed)
+    engine, tokenizer = load_student(cfg.model, cfg.seed, cfg.rollout_backend, cfg.vllm_gpu_memory_utilization)
     params = SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
                             max_new_tokens=cfg.max_new_tokens)
-    outs = sample_rows(model, tokenizer, rows, params, cfg.model.system_prompt, cfg.seed, cfg.batch_size)
+    outs = sample_rows(engine, tokenizer, rows, params, cfg.model.system_prompt, cfg.seed, cfg.batch_size)
     # An unfinished completion was cut mid-thought: never use it as either side of a pair.
     return [[(c.text, len(c.token_ids)) for c in group if c.finished] for group in outs]
 

@@ -53,6 +53,8 @@ class SelectConfig:
     top_p: float = 1.0
     max_new_tokens: int = 31744
     batch_size: int = 64
+    rollout_backend: str = "auto"  # auto: vLLM where it is installed and a GPU exists, else thinktune's sampler
+    vllm_gpu_memory_utilization: float = 0.9  # vLLM's share of the GPU
     pass_rate_above: float = 0.0  # keep pass rates > this (-1 also keeps never-solved prompts) ...
     pass_rate_at_most: float = 0.5  # ... and <= this
     chunk_prompts: int = 256  # prompts sampled between saves of the estimates
@@ -77,13 +79,13 @@ def estimate(cfg: SelectConfig, rows: list[dict], cache: ReplyCache, keys: list[
     todo = [i for i, key in enumerate(keys) if key not in cache]
     if not todo:
         return
-    model, tokenizer = load_student(cfg.model, cfg.seed)
+    engine, tokenizer = load_student(cfg.model, cfg.seed, cfg.rollout_backend, cfg.vllm_gpu_memory_utilization)
     params = SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
                             max_new_tokens=cfg.max_new_tokens)
     for start in range(0, len(todo), cfg.chunk_prompts):
         chunk = [rows[i] for i in todo[start:start + cfg.chunk_prompts]]
         # The seed is the chunk's first row number, so a resumed run samples each chunk as the first did.
-        groups = sample_rows(model, tokenizer, chunk, params, cfg.model.system_prompt, cfg.seed + todo[start],
+        groups = sample_rows(engine, tokenizer, chunk, params, cfg.model.system_prompt, cfg.seed + todo[start],
                              cfg.batch_size)
         verdicts = verify_groups(chunk, [[c.text for c in g] for g in groups])
         for i, correct in zip(todo[start:start + cfg.chunk_prompts], verdicts, strict=True):

@@ -40,6 +40,8 @@ class SelectPromptsConfig:
     temperature: float = 1.0
     max_new_tokens: int = 31744
     batch_size: int = 64
+    rollout_backend: str = "auto"  # auto: vLLM where it is installed and a GPU exists, else thinktune's sampler
+    vllm_gpu_memory_utilization: float = 0.9  # vLLM's share of the GPU
     keep_fraction: float = 0.5  # share of candidates kept, most uniform first
     seed: int = 0
     output_dir: str = "runs/select-prompts"
@@ -71,9 +73,9 @@ def run(cfg: SelectPromptsConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     rows = load_prompts(cfg.prompts, limit=cfg.limit or None, difficulties=cfg.difficulties)
-    model, tokenizer = load_student(cfg.model, cfg.seed)
+    engine, tokenizer = load_student(cfg.model, cfg.seed, cfg.rollout_backend, cfg.vllm_gpu_memory_utilization)
     params = SamplingParams(n=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
-    groups = sample_rows(model, tokenizer, rows, params, cfg.model.system_prompt, cfg.seed, cfg.batch_size)
+    groups = sample_rows(engine, tokenizer, rows, params, cfg.model.system_prompt, cfg.seed, cfg.batch_size)
 
     lengths = [[len(c.token_ids) for c in g] for g in groups]
     cvs = [length_cv(g) for g in lengths]

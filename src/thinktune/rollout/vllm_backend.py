@@ -71,10 +71,15 @@ def check_vocab(model_path: str, tokens: int, exact: bool) -> None:
 
 
 def engine_for(model_path: str, tokenizer: PreTrainedTokenizerBase, dtype: str, gpu_memory_utilization: float,
-               max_model_len: int) -> VLLMSampler:
-    """A ``VLLMSampler`` for a thinktune run: ``dtype`` is ``model.dtype`` ("fp32" | "bf16")."""
+               max_model_len: int | None = None) -> VLLMSampler:
+    """A ``VLLMSampler`` for a thinktune run: ``dtype`` is ``model.dtype`` ("fp32" | "bf16"); ``max_model_len``
+    None leaves the model's own. Under torchrun every rank holds its own engine on its own GPU (vLLM's
+    "external_launcher", as TRL's colocated mode does)."""
+    kwargs = {} if max_model_len is None else {"max_model_len": max_model_len}
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        kwargs["distributed_executor_backend"] = "external_launcher"
     return VLLMSampler(model_path, tokenizer, dtype={"bf16": "bfloat16", "fp32": "float32"}[dtype],
-                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
+                       gpu_memory_utilization=gpu_memory_utilization, **kwargs)
 
 
 def _load_weights(worker, weights: list[tuple[str, torch.Tensor]]) -> int:
