@@ -6,8 +6,9 @@ Run (TRL lives only in the benchmark's own environment, never in thinktune's dep
 
 Both sides train the same Qwen2 built from a config (hidden 128, 4 layers, 4 heads, random weights, the
 demo's character tokenizer) on the embedded world's level-3 prompts, the same 16 prompts at the same step on
-both sides, 8 samples each, at most 64 new tokens, temperature 1.0, no KL, every group kept, one policy update per batch of rollouts,
-the same learning rate and a 0/1 correctness reward through thinktune's verifier. Both keep fp32. The
+both sides, 8 samples each, at most 64 new tokens, temperature 1.0, no KL, every group kept, one policy
+update per batch of rollouts, the same learning rate and a 0/1 correctness reward through thinktune's
+verifier. Both keep fp32. The
 first step of each side is a warm-up and is not counted (for thinktune it includes torch.compile's
 compile; ``--no-compile`` runs thinktune eager). Prints, for each side, ``seconds_per_step`` (the median
 over the timed steps, so that one step slowed by the machine does not move it) and
@@ -69,7 +70,8 @@ def thinktune_side(root: Path, steps: int, compile: bool) -> dict:
         f"samples_per_prompt={GROUP}", f"max_new_tokens={NEW_TOKENS}", "temperature=1.0", "beta=0", "gamma=0",
         "updates_per_batch=1", f"optim.lr={LR}", "optim.warmup_steps=0", "optim.weight_decay=0",
         f"micro_batch_size={MICRO_BATCH}", f"model.compile={str(compile).lower()}", f"max_steps={steps}",
-        "log.log_every=1", "log.save_every=0", "log.progress=false", "dump_every=0", f"seed={SEED}", f"output_dir={out}"])
+        "log.log_every=1", "log.save_every=0", "log.progress=false", "dump_every=0", f"seed={SEED}",
+        f"output_dir={out}"])
     grpo.run(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
     phases = ("time/generate", "time/score", "time/update")
@@ -88,8 +90,8 @@ def trl_side(root: Path, steps: int) -> dict:
     # prompts (TRL, unshuffled, takes them in sequence).
     rows = load_prompts(str(root / "data" / "train_prompts.jsonl"), difficulties=[3])
     order = [i for step in range(steps) for i in step_units(step * PROMPTS, PROMPTS, len(rows), SEED)]
-    data = Dataset.from_list([{"prompt": [{"role": "user", "content": rows[i]["prompt"]}], "answer": rows[i]["answer"]}
-                              for i in order])
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": rows[i]["prompt"]}],
+                               "answer": rows[i]["answer"]} for i in order])
 
     phase = {"generate": 0.0, "score": 0.0}  # of the running step
     rows_by_step: list[dict] = []  # per step: total, generate, score

@@ -127,7 +127,8 @@ def test_update_without_sampler_log_probs_takes_the_old_policy_from_its_first_pa
     made_up, _ = updated(ro.old_logps)
     torch.testing.assert_close(first_pass, given, rtol=0, atol=1e-6)
     assert first_pass_stats["update/ratio"] == pytest.approx(given_stats["update/ratio"], abs=1e-6)
-    assert (made_up - given).abs().max() > 1e-3  # the old log-probs matter here, so the match above means something
+    # the old log-probs matter here, so the match above means something
+    assert (made_up - given).abs().max() > 1e-3
 
 
 def test_build_rollouts_without_sampler_log_probs(world):
@@ -136,9 +137,11 @@ def test_build_rollouts_without_sampler_log_probs(world):
     cfg = load_config(grpo.GRPOConfig, None, [f"model.path={world / 'model'}", "data.prompts=unused.jsonl"])
     with_logps = Completion(token_ids=[5, 4], text="a", finished=True, logprobs=[-1.0, -2.0],
                             sampling_logprobs=[-1.0, -2.0])
-    without = Completion(token_ids=[6, 4], text="b", finished=True, logprobs=[-1.0, -2.0], sampling_logprobs=None)
+    without = Completion(token_ids=[6, 4], text="b", finished=True, logprobs=[-1.0, -2.0],
+                         sampling_logprobs=None)
     keep = [(0, 0), (0, 1)]
-    assert grpo.build_rollouts([[1]], [[with_logps, with_logps]], [[1.0, 0.0]], keep, cfg).old_logps == [[-1.0, -2.0]] * 2
+    both = grpo.build_rollouts([[1]], [[with_logps, with_logps]], [[1.0, 0.0]], keep, cfg)
+    assert both.old_logps == [[-1.0, -2.0]] * 2
     assert grpo.build_rollouts([[1]], [[with_logps, without]], [[1.0, 0.0]], keep, cfg).old_logps is None
 
 
@@ -169,7 +172,7 @@ def test_vllm_refuses_token_ids_the_saved_model_cannot_take(world):
     model = models.load_model(cfg.model, tokenizer, torch.device("cpu"), torch.float32)
     rows = model.get_input_embeddings().num_embeddings
     check_vocab(str(world / "model"), rows, exact=True)  # as saved: fine
-    check_vocab(str(world / "model"), rows - 1, exact=False)  # a tokenizer may use fewer ids than the embedding has
+    check_vocab(str(world / "model"), rows - 1, exact=False)  # a tokenizer may use fewer ids than there are rows
     with pytest.raises(ConfigError, match="rollout_backend=thinktune"):
         check_vocab(str(world / "model"), rows + 2, exact=True)  # a policy whose vocabulary grew since
     with pytest.raises(ConfigError, match="vocabulary of"):

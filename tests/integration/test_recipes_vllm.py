@@ -1,6 +1,7 @@
 """The recipes on vLLM, on a tiny saved Qwen2: GRPO's engine samples, takes the policy's weights every step,
 and the update takes the old policy from its own first pass (vLLM returns no sampling log-probs); evaluate
-samples on vLLM what thinktune's sampler samples (greedy); select-prompts, as every curation verb, samples there.
+samples on vLLM what thinktune's sampler samples (greedy); select-prompts, like every curation verb, samples
+there.
 
 Runs where vllm (``pip install 'thinktune[vllm]'``) and a CUDA GPU exist; skipped elsewhere, with the reason in
 the pytest summary. The CPU side of the same logic is in ``test_grpo.py`` (first-pass old log-probs, the
@@ -39,10 +40,12 @@ def test_evaluate_greedy_on_vllm_matches_thinktune(world, tmp_path):
     for backend in ("vllm", "thinktune"):
         out = tmp_path / backend
         evaluate.run(load_config(evaluate.EvalConfig, None, [
-            f"model.path={world / 'model'}", "model.system_prompt=", f"data.prompts={world / 'data' / 'heldout_prompts.jsonl'}",
+            f"model.path={world / 'model'}", "model.system_prompt=",
+            f"data.prompts={world / 'data' / 'heldout_prompts.jsonl'}",
             "greedy=true", "samples=1", "max_new_tokens=16", f"rollout_backend={backend}",
             "vllm_gpu_memory_utilization=0.2", f"output_dir={out}"]))
-        samples[backend] = [json.loads(line)["completion"] for line in (out / "samples.jsonl").read_text().splitlines()]
+        lines = (out / "samples.jsonl").read_text().splitlines()
+        samples[backend] = [json.loads(line)["completion"] for line in lines]
     assert samples["vllm"] == samples["thinktune"]
 
 
@@ -52,7 +55,8 @@ def test_grpo_samples_on_vllm_and_pushes_weights(world, tmp_path, monkeypatch):
     monkeypatch.setattr(grpo.VLLMSampler, "push_weights", lambda self, model: pushes.append(push(self, model)))
     out = tmp_path / "grpo"
     grpo.run(load_config(grpo.GRPOConfig, None, [
-        f"model.path={world / 'model'}", "model.system_prompt=", f"data.prompts={world / 'data' / 'train_prompts.jsonl'}",
+        f"model.path={world / 'model'}", "model.system_prompt=",
+        f"data.prompts={world / 'data' / 'train_prompts.jsonl'}",
         "rollout_backend=vllm", "vllm_gpu_memory_utilization=0.2", "prompts_per_step=4", "samples_per_prompt=4",
         "max_new_tokens=16", "optim.lr=1e-3", "optim.warmup_steps=0", "beta=0.05", "max_steps=2",
         "log.log_every=1", "log.save_every=0", "log.progress=false", "dump_every=0", f"output_dir={out}"]))
@@ -68,7 +72,8 @@ def test_grpo_samples_on_vllm_and_pushes_weights(world, tmp_path, monkeypatch):
 def test_select_prompts_samples_on_vllm(world, tmp_path):
     out = tmp_path / "sel"
     summary = select_prompts.run(load_config(select_prompts.SelectPromptsConfig, None, [
-        f"model.path={world / 'model'}", "model.system_prompt=", f"prompts={world / 'data' / 'heldout_prompts.jsonl'}",
+        f"model.path={world / 'model'}", "model.system_prompt=",
+        f"prompts={world / 'data' / 'heldout_prompts.jsonl'}",
         "k=3", "max_new_tokens=16", "keep_fraction=0.5", "rollout_backend=vllm", "vllm_gpu_memory_utilization=0.2",
         f"output_dir={out}"]))
     assert summary["kept"] == len((out / "selected.jsonl").read_text().splitlines()) > 0

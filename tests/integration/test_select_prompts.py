@@ -30,7 +30,8 @@ def test_select_prompts_keeps_the_most_uniform_lengths(tiny_model_dir, tmp_path)
     # the kept prompts are the half with the smallest length CV, so their mean CV cannot exceed everyone's
     assert summary["after"]["mean_cv"] <= summary["before"]["mean_cv"]
     assert summary["after"]["mean_cv"] == pytest.approx(sum(r["length_cv"] for r in kept) / 3)
-    assert (out / "plots" / "length_cv.png").stat().st_size > 0 and "| after | 3 |" in (out / "report.md").read_text()
+    assert (out / "plots" / "length_cv.png").stat().st_size > 0
+    assert "| after | 3 |" in (out / "report.md").read_text()
 
 
 def test_curation_verbs_sample_on_the_backend_asked_for(tiny_model_dir):

@@ -334,8 +334,8 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
     logger = MetricsLogger(out / "metrics.jsonl", resume_step=start, enabled=rt.is_main)
     engine = rollout_engine(cfg, backend, rollout_model, tokenizer, max(map(len, prompt_ids)))
     runtime.print0(f"[grpo] {len(rows)} prompts; {cfg.max_steps} steps of {cfg.prompts_per_step} x "
-                   f"{cfg.samples_per_prompt} on {rt.world_size} rank(s), rollouts on {backend}; reward {reward_cfg.name}; lr "
-                   f"{cfg.optim.lr}, beta {cfg.beta}, gamma {cfg.gamma}; balance {cfg.balance}")
+                   f"{cfg.samples_per_prompt} on {rt.world_size} rank(s), rollouts on {backend}; reward "
+                   f"{reward_cfg.name}; lr {cfg.optim.lr}, beta {cfg.beta}, gamma {cfg.gamma}; balance {cfg.balance}")
 
     bar = progress(cfg.max_steps, start, "grpo", cfg.log.progress and rt.is_main)
     for step in range(start, cfg.max_steps):

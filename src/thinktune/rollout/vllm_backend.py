@@ -73,8 +73,14 @@ def check_vocab(model_path: str, tokens: int, exact: bool) -> None:
 def engine_for(model_path: str, tokenizer: PreTrainedTokenizerBase, dtype: str, gpu_memory_utilization: float,
                max_model_len: int | None = None) -> VLLMSampler:
     """A ``VLLMSampler`` for a thinktune run: ``dtype`` is ``model.dtype`` ("fp32" | "bf16"); ``max_model_len``
-    None leaves the model's own. Under torchrun every rank holds its own engine on its own GPU (vLLM's
-    "external_launcher", as TRL's colocated mode does)."""
+    (prompt plus new tokens) is capped at the model's context, where a sequence then stops, since vLLM refuses
+    a longer one; None leaves the model's own. Under torchrun every rank holds its own engine on its own GPU
+    (vLLM's "external_launcher", as TRL's colocated mode does)."""
+    from transformers import AutoConfig
+
+    context = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+    if max_model_len is not None and context:
+        max_model_len = min(max_model_len, context)
     kwargs = {} if max_model_len is None else {"max_model_len": max_model_len}
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         kwargs["distributed_executor_backend"] = "external_launcher"
