@@ -4,18 +4,16 @@ Run (TRL lives only in the benchmark's own environment, never in thinktune's dep
     make bench-grpo          # creates .venv-bench with thinktune + trl, then runs this file
     .venv-bench/bin/python benchmarks/grpo_step.py [--steps 12] [--no-compile]
 
-Both sides train the same Qwen2 built from a config (hidden 128, 4 layers, 4 heads, random weights, the
-demo's character tokenizer) on the embedded world's level-3 prompts, the same 16 prompts at the same step on
-both sides, 8 samples each, at most 64 new tokens, temperature 1.0, no KL, every group kept, one policy
-update per batch of rollouts, the same learning rate and a 0/1 correctness reward through thinktune's
-verifier. Both keep fp32. The
-first step of each side is a warm-up and is not counted (for thinktune it includes torch.compile's
-compile; ``--no-compile`` runs thinktune eager). Prints, for each side, ``seconds_per_step`` (the median
-over the timed steps, so that one step slowed by the machine does not move it) and
-``completion_tokens_per_s`` (mean completion tokens per step over that median), each side's time split
-(the median of each phase; TRL's "update" is its step minus its sampling call and the reward function),
-the middle half of its step times (on a shared machine, speed drifts between the two sides' runs: read
-the ratio against those ranges), and the ratio.
+Both sides train the same Qwen2 built from a config (hidden 128, 4 layers, 4 heads, random weights, the demo's
+character tokenizer) on the embedded world's level-3 prompts, the same 16 prompts at the same step on both
+sides, 8 samples each, at most 64 new tokens, temperature 1.0, no KL, every group kept, one policy update per
+batch of rollouts, the same learning rate and a 0/1 correctness reward through thinktune's verifier. Both keep
+fp32. The first step of each side is a warm-up and is not counted (for thinktune it includes torch.compile's
+compile; ``--no-compile`` runs thinktune eager). Prints, for each side, ``seconds_per_step`` (the median over
+the timed steps, so that one step slowed by the machine does not move it) and ``completion_tokens_per_s``
+(mean completion tokens per step over that median), each side's time split (the median of each phase; TRL's
+"update" is its step minus its sampling call and the reward function), the middle half of its step times (on a
+shared machine, speed drifts between the two sides' runs: read the ratio against those ranges), and the ratio.
 
 Where thinktune's time goes less: the lean decoder samples (each prompt prefilled once for its 8
 samples); the update forwards each prompt once and every completion token once, unpadded
