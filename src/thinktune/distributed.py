@@ -29,6 +29,7 @@ one. How the pieces fit:
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import torch
@@ -145,6 +146,13 @@ def sync_rollout_copy(rollout_model: torch.nn.Module, model: torch.nn.Module, tr
         assert name == copy_name, (name, copy_name)
         if p.requires_grad or not trainable_only:
             q.copy_(p.full_tensor() if isinstance(p, DTensor) else p)
+
+
+def full_parameters(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, whole tensor) of every parameter, detached: under FSDP each is all-gathered when reached, so every
+    rank must consume the iterator in step, and only one gathered parameter need exist at a time."""
+    for name, p in model.named_parameters():
+        yield name, (p.full_tensor() if isinstance(p, DTensor) else p).detach()
 
 
 def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:

@@ -59,7 +59,12 @@ def main(model_dir: str, out_file: str) -> None:
     ro = subset(fixed_rollouts(len(tokenizer)), RANK_SHARES[rt.world_size][rt.rank])
     metrics = grpo.update(model, reference, optimizer, ro, cfg, 1.0, tokenizer.pad_token_id, rt)
     state = distributed.full_state_dict(model)
+    # What vLLM rollouts push every step: each parameter gathered whole, on every rank, in step.
+    pushed = {name: t.cpu().clone() for name, t in distributed.full_parameters(model)}
     if rt.is_main:
+        assert pushed.keys() == {n for n, _ in model.named_parameters()}
+        for name, t in pushed.items():
+            assert torch.equal(t, state[name]), name
         torch.save({"metrics": metrics, "state": state}, out_file)
 
 

@@ -52,7 +52,7 @@ def test_evaluate_greedy_on_vllm_matches_thinktune(world, tmp_path):
 def test_grpo_samples_on_vllm_and_pushes_weights(world, tmp_path, monkeypatch):
     pushes = []
     push = grpo.VLLMSampler.push_weights
-    monkeypatch.setattr(grpo.VLLMSampler, "push_weights", lambda self, model: pushes.append(push(self, model)))
+    monkeypatch.setattr(grpo.VLLMSampler, "push_weights", lambda self, weights: pushes.append(push(self, weights)))
     out = tmp_path / "grpo"
     grpo.run(load_config(grpo.GRPOConfig, None, [
         f"model.path={world / 'model'}", "model.system_prompt=",

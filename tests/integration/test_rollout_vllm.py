@@ -51,6 +51,6 @@ def test_vllm_samples_like_thinktune_and_takes_pushed_weights(tmp_path, char_tok
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.2)  # stands in for an optimizer step
-    assert engine.push_weights(model) > 0
+    assert engine.push_weights(model.state_dict().items()) > 0
     ours_after, theirs_after = both()
     assert ours_after == theirs_after and theirs_after != theirs

@@ -237,15 +237,12 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
     return {f"update/{k}": v / denom for k, v in sums.items()} | {"update/grad_norm": grad_norm}
 
 
-def rollout_engine(cfg: GRPOConfig, backend: str, rollout_model, tokenizer, longest_prompt: int):
+def rollout_engine(cfg: GRPOConfig, backend: str, model, rollout_model, tokenizer, longest_prompt: int):
     """thinktune's sampler on the rollout model, or (backend "vllm") a vLLM engine built from ``model.path``
     that takes the policy's weights before every step's sampling."""
     if backend == "thinktune":
         return RolloutEngine(lora.decodable(rollout_model), tokenizer)
-    if lora.enabled(rollout_model):
-        raise ConfigError("model.lora.r > 0 with rollout_backend=vllm: the engine would need the merged weights "
-                          "pushed every step, which thinktune does not do yet; use rollout_backend=thinktune")
-    check_vocab(cfg.model.path, rollout_model.get_input_embeddings().num_embeddings, exact=True)
+    check_vocab(cfg.model.path, model.get_input_embeddings().num_embeddings, exact=True)
     return engine_for(cfg.model.path, tokenizer, cfg.model.dtype, cfg.vllm_gpu_memory_utilization,
                       longest_prompt + cfg.max_new_tokens)
 
@@ -309,6 +306,9 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
     rt = runtime.init(cfg.model.dtype, cfg.seed)
     distributed.check_divisible("prompts_per_step", cfg.prompts_per_step, 1, rt)
     backend = resolve_backend(cfg.rollout_backend)  # before any loading: "vllm" where it cannot run is an error
+    if backend == "vllm" and cfg.model.lora.r:
+        raise ConfigError("model.lora.r > 0 with vLLM rollouts: the engine would need the merged weights pushed "
+                          "every step, which thinktune does not do yet; use rollout_backend=thinktune")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if rt.is_main:
@@ -325,14 +325,15 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
 
     resume_from = checkpoint.latest(out)
     model = lora.load_policy(cfg.model, resume_from, tokenizer, rt.device)
-    rollout_model = distributed.rollout_copy(model, rt)  # before sharding: the engine needs whole weights
+    # thinktune's sampler reads whole weights: on N ranks a copy made before sharding. vLLM holds its own.
+    rollout_model = distributed.rollout_copy(model, rt) if backend == "thinktune" else None
     model = distributed.prepare(model, cfg.model, rt)
     reference = reference_model(cfg, model, tokenizer, rt)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
     start = checkpoint.resume(resume_from, model, optimizer, scheduler, "grpo")
     logger = MetricsLogger(out / "metrics.jsonl", resume_step=start, enabled=rt.is_main)
-    engine = rollout_engine(cfg, backend, rollout_model, tokenizer, max(map(len, prompt_ids)))
+    engine = rollout_engine(cfg, backend, model, rollout_model, tokenizer, max(map(len, prompt_ids)))
     runtime.print0(f"[grpo] {len(rows)} prompts; {cfg.max_steps} steps of {cfg.prompts_per_step} x "
                    f"{cfg.samples_per_prompt} on {rt.world_size} rank(s), rollouts on {backend}; reward "
                    f"{reward_cfg.name}; lr {cfg.optim.lr}, beta {cfg.beta}, gamma {cfg.gamma}; balance {cfg.balance}")
@@ -347,9 +348,10 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
         rank_seed = (cfg.seed * 1_000_003 + step) * rt.world_size + rt.rank  # = the one-process seed on 1 rank
 
         t = time.perf_counter()
-        distributed.sync_rollout_copy(rollout_model, model, trainable_only=step > start)
-        if isinstance(engine, VLLMSampler):  # thinktune's sampler re-reads the weights by itself
-            engine.push_weights(rollout_model)
+        if isinstance(engine, VLLMSampler):  # gathered a parameter at a time under FSDP: no second copy
+            engine.push_weights(distributed.full_parameters(model))
+        else:  # the engine re-reads the copy's weights by itself
+            distributed.sync_rollout_copy(rollout_model, model, trainable_only=step > start)
         params = SamplingParams(n=cfg.samples_per_prompt, temperature=temperature, max_new_tokens=cfg.max_new_tokens)
         groups = engine.sample(step_prompts, params, seed=rank_seed, batch_size=cfg.rollout_batch_size,
                                show_progress=False)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterable
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -43,11 +44,11 @@ def resolve_backend(name: str) -> str:
         ConfigError: an unknown name, or ``"vllm"`` where it cannot run.
     """
     if name not in BACKENDS:
-        raise ConfigError(f"rollout backend {name!r}; choose one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"rollout_backend={name!r}; choose one of {', '.join(BACKENDS)}")
     usable = vllm_available() and torch.cuda.is_available()
     if name == "vllm" and not usable:
         raise ConfigError("rollout backend vllm needs `pip install 'thinktune[vllm]'` and a CUDA GPU; "
-                          "use backend=thinktune")
+                          "use rollout_backend=thinktune")
     if name == "auto":
         return "vllm" if usable else "thinktune"
     return name
@@ -120,16 +121,28 @@ class VLLMSampler:
         self.llm = LLM(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                        enable_prefix_caching=True, **engine_kwargs)
 
-    def push_weights(self, model: torch.nn.Module) -> int:
-        """Copy ``model``'s current weights into the engine (call after every optimizer step).
+    def push_weights(self, weights: Iterable[tuple[str, torch.Tensor]], chunk_bytes: int = 2**30) -> int:
+        """Load ``(HF name, tensor)`` pairs into the engine (after every optimizer step), then drop the prefix
+        cache, whose entries were computed with the old weights.
+
+        ``weights`` is consumed a chunk of about ``chunk_bytes`` at a time, so a lazy source (the policy's
+        parameters all-gathered one by one under FSDP: ``distributed.full_parameters``) never needs a whole
+        second copy of the model; vLLM's ``load_weights`` takes any subset of the weights per call.
 
         Returns:
             the number of tensors vLLM loaded.
         """
-        weights = [(name, t.detach()) for name, t in model.state_dict().items()]
-        counts = self.llm.collective_rpc(_load_weights, args=(weights,))
+        loaded, chunk, size = 0, [], 0
+        for name, tensor in weights:
+            chunk.append((name, tensor))
+            size += tensor.numel() * tensor.element_size()
+            if size >= chunk_bytes:
+                loaded += int(self.llm.collective_rpc(_load_weights, args=(chunk,))[0])
+                chunk, size = [], 0
+        if chunk:
+            loaded += int(self.llm.collective_rpc(_load_weights, args=(chunk,))[0])
         self.llm.reset_prefix_cache()
-        return int(counts[0])
+        return loaded
 
     def sample(self, prompts: list[list[int]], params: SamplingParams, seed: int = 0, batch_size: int | None = None,
                show_progress: bool = True) -> list[list[Completion]]:

@@ -1,0 +1,53 @@
+"""The parts of the vLLM backend that are thinktune's own logic and run without vLLM: how pushed weights are
+cut into chunks, and the backend choice. The engine itself is exercised in tests/integration/test_*vllm*.py
+where vLLM and a GPU exist."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from thinktune.errors import ConfigError
+from thinktune.rollout.vllm_backend import VLLMSampler, resolve_backend, vllm_available
+
+
+class RecordingLLM:
+    """Stands in for ``vllm.LLM`` to record what ``push_weights`` sends it (the tensors loaded, the calls)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[tuple[str, torch.Tensor]]] = []
+        self.resets = 0
+
+    def collective_rpc(self, fn, args):
+        (chunk,) = args
+        self.calls.append(list(chunk))
+        return [len(chunk)]
+
+    def reset_prefix_cache(self) -> None:
+        self.resets += 1
+
+
+def test_pushed_weights_go_in_bounded_chunks_and_all_arrive():
+    engine = object.__new__(VLLMSampler)  # no vLLM here: only the chunking is under test
+    engine.llm = RecordingLLM()
+    weights = [(f"w{i}", torch.zeros(256)) for i in range(10)]  # 1 KiB each
+    consumed = []
+
+    def lazily():  # a generator, as distributed.full_parameters is
+        for name, t in weights:
+            consumed.append(name)
+            yield name, t
+
+    assert engine.push_weights(lazily(), chunk_bytes=3 * 1024) == 10
+    assert [len(c) for c in engine.llm.calls] == [3, 3, 3, 1]  # a chunk closes once it reaches 3 KiB
+    assert [n for c in engine.llm.calls for n, _ in c] == consumed == [n for n, _ in weights]
+    assert engine.llm.resets == 1  # the prefix cache is dropped once, after every weight is in
+
+
+@pytest.mark.skipif(vllm_available() and torch.cuda.is_available(), reason="vLLM can run here")
+def test_backend_choice_without_vllm():
+    assert resolve_backend("auto") == "thinktune" and resolve_backend("thinktune") == "thinktune"
+    with pytest.raises(ConfigError, match="use rollout_backend=thinktune"):
+        resolve_backend("vllm")
+    with pytest.raises(ConfigError, match="choose one of auto, thinktune, vllm"):
+        resolve_backend("sglang")
