@@ -4,11 +4,19 @@ where vLLM and a GPU exist."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from thinktune.errors import ConfigError
-from thinktune.rollout.vllm_backend import VLLMSampler, resolve_backend, vllm_available
+from thinktune.rollout.vllm_backend import (
+    VLLMSampler,
+    finish_reason,
+    request_seed,
+    resolve_backend,
+    vllm_available,
+)
 
 
 class RecordingLLM:
@@ -23,8 +31,11 @@ class RecordingLLM:
         self.calls.append(list(chunk))
         return [len(chunk)]
 
-    def reset_prefix_cache(self) -> None:
+    def reset_prefix_cache(self) -> bool:
         self.resets += 1
+        return self.resets_succeed
+
+    resets_succeed = True
 
 
 def test_pushed_weights_go_in_bounded_chunks_and_all_arrive():
@@ -42,6 +53,29 @@ def test_pushed_weights_go_in_bounded_chunks_and_all_arrive():
     assert [len(c) for c in engine.llm.calls] == [3, 3, 3, 1]  # a chunk closes once it reaches 3 KiB
     assert [n for c in engine.llm.calls for n, _ in c] == consumed == [n for n, _ in weights]
     assert engine.llm.resets == 1  # the prefix cache is dropped once, after every weight is in
+    engine.llm.resets_succeed = False
+    with pytest.raises(RuntimeError, match="prefix cache"):
+        engine.push_weights(iter(weights))
+
+
+def test_request_seeds_give_every_sample_its_own_stream():
+    # vLLM seeds sample j of a request seed + j: no two samples of any prompt, call, rank or step may share one,
+    # as GRPO's rank_seed values lie a few apart.
+    n, prompts = 8, 64
+    seeds = [request_seed(call, i, n) + j for call in range(6) for i in range(prompts) for j in range(n)]
+    assert len(set(seeds)) == len(seeds)
+    with pytest.raises(ConfigError, match="at most 4096"):
+        request_seed(0, 0, 4097)
+
+
+def test_finish_reasons_map_to_thinktunes():
+    out = lambda reason, stop: SimpleNamespace(finish_reason=reason, stop_reason=stop)  # noqa: E731
+    assert finish_reason(out("length", None)) == "length"
+    assert finish_reason(out("stop", None)) == "eos"  # the EOS
+    assert finish_reason(out("stop", 7)) == "eos"  # another stop token id
+    assert finish_reason(out("stop", "</answer>")) == "stop"  # a stop string
+    with pytest.raises(RuntimeError, match="abort"):
+        finish_reason(out("abort", None))
 
 
 @pytest.mark.skipif(vllm_available() and torch.cuda.is_available(), reason="vLLM can run here")

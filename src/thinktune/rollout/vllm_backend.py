@@ -13,7 +13,9 @@ Differences from thinktune's sampler, stated rather than hidden:
 - ``Completion.logprobs`` are vLLM's raw log-probs (before temperature and filters), the same quantity as
   ours; vLLM computes them in its own kernels, so they match a teacher-forced pass only to within its
   numerics. ``sampling_logprobs`` is None: vLLM returns one kind per engine.
-- Seeds are per prompt (``seed + prompt index``): reproducible, but not the same draws as ours.
+- Seeds are per prompt (``request_seed``): reproducible, but not the same draws as ours.
+- vLLM also stops at the ``eos_token_id`` entries of the model's generation config; ours stops at the
+  tokenizer's EOS and ``stop_token_ids`` only.
 
 Tested in ``tests/integration/test_rollout_vllm.py`` where vllm and CUDA exist; skipped elsewhere.
 """
@@ -29,6 +31,7 @@ from transformers import PreTrainedTokenizerBase
 
 from thinktune.errors import ConfigError, UserError
 from thinktune.rollout.sampler import Completion, SamplingParams, make_completion
+from thinktune.runtime import rng_state, set_rng_state
 
 BACKENDS = ("auto", "thinktune", "vllm")
 
@@ -89,10 +92,33 @@ def engine_for(model_path: str, tokenizer: PreTrainedTokenizerBase, dtype: str, 
                        gpu_memory_utilization=gpu_memory_utilization, **kwargs)
 
 
+# A vLLM request's n samples draw with seeds seed + 0..n-1, so prompt seeds are spaced this far apart.
+MAX_SAMPLES_PER_PROMPT = 4096
+
+
+def request_seed(seed: int, prompt: int, n: int) -> int:
+    """The seed of prompt ``prompt``'s request in a call seeded ``seed``: its samples (seeds +0..n-1) share no
+    seed with another prompt's, or with another call's (calls with seeds a few apart, as ranks and steps give).
+    """
+    if n > MAX_SAMPLES_PER_PROMPT:
+        raise ConfigError(f"{n} samples per prompt; vLLM rollouts take at most {MAX_SAMPLES_PER_PROMPT}")
+    return (seed * 1_000_003 + prompt) * MAX_SAMPLES_PER_PROMPT % 2**62  # a 64-bit generator seed, + n
+
+
+def finish_reason(output) -> str:
+    """thinktune's ``"eos" | "stop" | "length"`` for a vLLM ``CompletionOutput``: its ``stop_reason`` is None for
+    the EOS, a token id for another stop token, the string for a stop string."""
+    if output.finish_reason == "length":
+        return "length"
+    if output.finish_reason == "stop":
+        return "stop" if isinstance(output.stop_reason, str) else "eos"
+    raise RuntimeError(f"vLLM ended a completion with finish_reason={output.finish_reason!r}")
+
+
 def _load_weights(worker, weights: list[tuple[str, torch.Tensor]]) -> int:
-    """Runs inside vLLM's worker (``collective_rpc``): load HF-named tensors into its model."""
-    loaded = worker.model_runner.model.load_weights(weights=weights)
-    return len(loaded) if loaded is not None else len(weights)
+    """Runs inside vLLM's worker (``collective_rpc``): load HF-named tensors into its model. Returns how many
+    of vLLM's own (possibly packed, e.g. ``qkv_proj``) parameters they touched."""
+    return len(worker.get_model().load_weights(weights))
 
 
 class VLLMSampler:
@@ -113,13 +139,18 @@ class VLLMSampler:
                  gpu_memory_utilization: float = 0.4, **engine_kwargs) -> None:
         if not vllm_available():
             raise UserError("vllm is not installed: pip install 'thinktune[vllm]' (it needs a CUDA GPU)")
-        # One process: push_weights reaches the model object, and the engine shares the training GPU.
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # One process: push_weights hands its tensors to the model object by reference (with vLLM's worker in
+        # another process they would be pickled), and the engine shares the training GPU.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
         self.tokenizer = tokenizer
+        # vLLM reseeds the process's global RNGs (Python, NumPy, torch) with its seed while it starts: keep
+        # the caller's state, which resumable runs save in their checkpoints.
+        state = rng_state()
         self.llm = LLM(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                        enable_prefix_caching=True, **engine_kwargs)
+        set_rng_state(state)
 
     def push_weights(self, weights: Iterable[tuple[str, torch.Tensor]], chunk_bytes: int = 2**30) -> int:
         """Load ``(HF name, tensor)`` pairs into the engine (after every optimizer step), then drop the prefix
@@ -130,7 +161,10 @@ class VLLMSampler:
         second copy of the model; vLLM's ``load_weights`` takes any subset of the weights per call.
 
         Returns:
-            the number of tensors vLLM loaded.
+            how many of vLLM's parameters were written (its packed ones, such as ``qkv_proj``, count once).
+
+        Raises:
+            RuntimeError: vLLM could not drop its prefix cache (a request still holds blocks).
         """
         loaded, chunk, size = 0, [], 0
         for name, tensor in weights:
@@ -141,7 +175,8 @@ class VLLMSampler:
                 chunk, size = [], 0
         if chunk:
             loaded += int(self.llm.collective_rpc(_load_weights, args=(chunk,))[0])
-        self.llm.reset_prefix_cache()
+        if not self.llm.reset_prefix_cache():  # stale entries would serve keys computed with the old weights
+            raise RuntimeError("vLLM could not reset its prefix cache after a weight update")
         return loaded
 
     def sample(self, prompts: list[list[int]], params: SamplingParams, seed: int = 0, batch_size: int | None = None,
@@ -158,7 +193,8 @@ class VLLMSampler:
             n=params.n, temperature=0.0 if params.greedy else params.temperature, top_p=params.top_p,
             top_k=params.top_k if params.top_k > 0 else -1, max_tokens=params.max_new_tokens,
             min_tokens=params.min_new_tokens, stop=list(params.stop), stop_token_ids=[eos, *params.stop_token_ids],
-            include_stop_str_in_output=True, skip_special_tokens=False, logprobs=0, seed=seed + i,
+            include_stop_str_in_output=True, skip_special_tokens=False, logprobs=0,
+            seed=request_seed(seed, i, params.n),
         ) for i in range(len(prompts))]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], per_prompt,
                                     use_tqdm=show_progress)
@@ -168,10 +204,6 @@ class VLLMSampler:
             for c in out.outputs:
                 tokens = list(c.token_ids)
                 logps = [lp[t].logprob for lp, t in zip(c.logprobs, tokens, strict=True)]
-                if c.finish_reason == "length":
-                    reason = "length"
-                else:  # stop_reason: None for EOS, the id for a stop token, the string for a stop string
-                    reason = "stop" if isinstance(c.stop_reason, str) else "eos"
-                group.append(make_completion(self.tokenizer, tokens, logps, None, reason, params.stop))
+                group.append(make_completion(self.tokenizer, tokens, logps, None, finish_reason(c), params.stop))
             result.append(group)
         return result
