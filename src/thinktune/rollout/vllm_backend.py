@@ -17,7 +17,9 @@ Differences from thinktune's sampler, stated rather than hidden:
 - vLLM also stops at the ``eos_token_id`` entries of the model's generation config; ours stops at the
   tokenizer's EOS and ``stop_token_ids`` only.
 
-Tested in ``tests/integration/test_rollout_vllm.py`` where vllm and CUDA exist; skipped elsewhere.
+Tested in ``tests/integration/test_rollout_vllm.py`` and ``test_recipes_vllm.py`` (GRPO, evaluate and a curation
+verb on vLLM) where vllm and CUDA exist, skipped elsewhere; thinktune's own logic here (seeds, finish reasons,
+how pushed weights are chunked) in ``tests/unit/test_vllm_backend.py``.
 """
 
 from __future__ import annotations
