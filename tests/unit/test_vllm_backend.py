@@ -85,3 +85,14 @@ def test_backend_choice_without_vllm():
         resolve_backend("vllm")
     with pytest.raises(ConfigError, match="choose one of auto, thinktune, vllm"):
         resolve_backend("sglang")
+
+
+@pytest.mark.parametrize("verb, data", [("grpo", "data.prompts"), ("evaluate", "data.prompts"), ("select", "prompts"),
+                                        ("select-prompts", "prompts"), ("dpo-pairs", "prompts")])
+def test_every_sampling_verb_refuses_an_unknown_backend_when_its_config_loads(verb, data):
+    from thinktune.config import load_config
+    from thinktune.recipes.pipeline import recipe
+
+    _, config_class = recipe(verb)
+    with pytest.raises(ConfigError, match="rollout_backend='vlm'"):
+        load_config(config_class, None, ["model.path=m", f"{data}=p.jsonl", "rollout_backend=vlm"])

@@ -31,6 +31,7 @@ from thinktune.data.io import read_jsonl, write_json, write_jsonl
 from thinktune.errors import ConfigError, DataError
 from thinktune.rewards.verify import is_correct_groups
 from thinktune.rollout.sampler import SamplingParams
+from thinktune.rollout.vllm_backend import check_backend
 from thinktune.tasks.benchmarks import load_prompts
 
 
@@ -56,6 +57,7 @@ class DPOPairsConfig:
 
     def __post_init__(self) -> None:
         self.model.check_sampling_only("dpo-pairs")
+        check_backend(self.rollout_backend)
         if not self.prompts:
             raise ConfigError("prompts is empty; give the prompt JSONL to mine pairs for (prompts=FILE)")
         if not self.samples and not self.model.path:

@@ -34,7 +34,7 @@ from thinktune.metrics import per_run_accuracy, summarize
 from thinktune.report import eval_markdown, plot_run_accuracies
 from thinktune.rewards.verify import extract_answer, has_valid_think, is_correct_groups
 from thinktune.rollout.sampler import SamplingParams, sample
-from thinktune.rollout.vllm_backend import BACKENDS, check_vocab, engine_for, resolve_backend
+from thinktune.rollout.vllm_backend import check_backend, check_vocab, engine_for, resolve_backend
 from thinktune.tasks.benchmarks import load_benchmark, load_prompts
 
 
@@ -74,8 +74,7 @@ class EvalConfig:
         if bad := [k for k in self.ks if not 1 <= k <= self.samples]:
             raise ConfigError(f"ks={bad} must lie in [1, samples={self.samples}]")
         SamplingParams(n=self.samples, temperature=self.temperature, top_p=self.top_p, greedy=self.greedy)
-        if self.rollout_backend not in BACKENDS:
-            raise ConfigError(f"rollout_backend={self.rollout_backend!r}; choose one of {', '.join(BACKENDS)}")
+        check_backend(self.rollout_backend)
 
 
 def load_rows(cfg: EvalConfig) -> list[dict]:

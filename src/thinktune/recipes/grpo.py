@@ -55,7 +55,13 @@ from thinktune.losses import LOSS_AGGREGATIONS, aggregate, grpo_token_loss
 from thinktune.optim import build_optimizer, build_scheduler
 from thinktune.rewards import RewardConfig, score_batch
 from thinktune.rollout.sampler import Completion, RolloutEngine, SamplingParams
-from thinktune.rollout.vllm_backend import BACKENDS, VLLMSampler, check_vocab, engine_for, resolve_backend
+from thinktune.rollout.vllm_backend import (
+    VLLMSampler,
+    check_backend,
+    check_vocab,
+    engine_for,
+    resolve_backend,
+)
 from thinktune.tasks.benchmarks import load_prompts
 from thinktune.tracking import MetricsLogger, plot_curves, progress
 
@@ -116,8 +122,7 @@ class GRPOConfig:
             raise ConfigError("clip_low must be in [0, 1) and clip_high >= 0")
         if self.max_steps < 1 or self.updates_per_batch < 1 or self.prompts_per_step < 1:
             raise ConfigError("max_steps, updates_per_batch and prompts_per_step must be >= 1")
-        if self.rollout_backend not in BACKENDS:
-            raise ConfigError(f"rollout_backend={self.rollout_backend!r}; choose one of {', '.join(BACKENDS)}")
+        check_backend(self.rollout_backend)
 
     def temperature_at(self, step: int) -> float:
         if not self.temperature_end:

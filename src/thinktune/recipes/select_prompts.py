@@ -26,6 +26,7 @@ from thinktune.curation.passrate import load_student, pass_rate, sample_rows, ve
 from thinktune.data.io import write_json, write_jsonl  # noqa: E402
 from thinktune.errors import ConfigError  # noqa: E402
 from thinktune.rollout.sampler import SamplingParams  # noqa: E402
+from thinktune.rollout.vllm_backend import check_backend  # noqa: E402
 from thinktune.tasks.benchmarks import load_prompts  # noqa: E402
 from thinktune.tracking import save_figure  # noqa: E402
 
@@ -48,6 +49,7 @@ class SelectPromptsConfig:
 
     def __post_init__(self) -> None:
         self.model.check_sampling_only("select-prompts")
+        check_backend(self.rollout_backend)
         if not self.prompts:
             raise ConfigError("prompts is empty; give the candidate prompt JSONL (prompts=FILE)")
         if self.k < 2:

@@ -42,14 +42,19 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def check_backend(name: str) -> None:
+    """Refuse an unknown ``rollout_backend`` (configs call it on load, so a typo fails before any work)."""
+    if name not in BACKENDS:
+        raise ConfigError(f"rollout_backend={name!r}; choose one of {', '.join(BACKENDS)}")
+
+
 def resolve_backend(name: str) -> str:
     """``"auto"`` -> ``"vllm"`` when vllm is installed and CUDA is present, else ``"thinktune"``.
 
     Raises:
         ConfigError: an unknown name, or ``"vllm"`` where it cannot run.
     """
-    if name not in BACKENDS:
-        raise ConfigError(f"rollout_backend={name!r}; choose one of {', '.join(BACKENDS)}")
+    check_backend(name)
     usable = vllm_available() and torch.cuda.is_available()
     if name == "vllm" and not usable:
         raise ConfigError("rollout backend vllm needs `pip install 'thinktune[vllm]'` and a CUDA GPU; "
