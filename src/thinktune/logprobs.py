@@ -12,7 +12,11 @@ does the same math with less work:
    micro-batches, so little padding is computed;
 3. with gradients, a micro-batch's backward stops at detached copies of the cached keys and values,
    whose gradients accumulate across micro-batches; ``backward_prompts`` then sends them through the
-   prompt forward once.
+   prompt forward once;
+4. log-probs and entropies are taken a chunk of tokens at a time (``chunked_score``), so memory grows with
+   the micro-batch's tokens times the hidden size, not times the vocabulary: on the unpadded path the
+   output head itself runs per chunk, on the others the model's logits are scored per chunk without
+   float32 copies of them all.
 
 Log-probs and gradients equal those of a full forward of every ``prompt + completion`` (tested to float
 rounding). ``share_prompt=False`` does exactly that full forward instead, for models whose attention
@@ -30,10 +34,14 @@ from contextlib import nullcontext
 
 import torch
 from torch.distributed.fsdp import FSDPModule
+from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
 from thinktune import unpadded
 from thinktune.losses import entropy_from_logprobs
+
+# The most float32 logits one chunk of ``chunked_score`` holds: 256 MiB, 670 tokens of Phi-4's vocabulary.
+CHUNK_BYTES = 1 << 28
 
 
 def length_sorted_chunks(lengths: Sequence[int], size: int) -> list[list[int]]:
@@ -73,6 +81,50 @@ def _score(logits: torch.Tensor, targets: torch.Tensor, temperature: float, need
     return all_logps.gather(-1, targets[..., None]).squeeze(-1), entropy
 
 
+def _head_score(x: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module | None, temperature: float,
+                need_entropy: bool | str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return _score(x if head is None else head(x), targets, temperature, need_entropy)
+
+
+def chunked_score(x: torch.Tensor, targets: torch.Tensor, temperature: float, need_entropy: bool | str,
+                  head: torch.nn.Module | None = None, chunk_bytes: int = CHUNK_BYTES
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``_score`` of ``head(x)`` (or of ``x``, logits, with no head) over rows ``[N, ...]``, a chunk of rows at a
+    time, so that no ``[N, V]`` float32 tensor ever exists.
+
+    Why: at the Phi-4 budget one 31,744-token completion makes [N, V] logits of 31,744 x 100,352; their float32
+    copy, log-softmax and exp are 12.7 GB each. Here each chunk of rows (float32 ``[rows, V]`` of at most
+    ``chunk_bytes``) is computed under activation checkpointing: the forward keeps only the chunk's inputs,
+    and the backward recomputes the chunk's logits before using them (one more head matmul per token, a few
+    percent of the model's FLOPs). Batches that fit in one chunk (the demo's) run ``_score`` as before.
+
+    Args:
+        x: [N, H] hidden states (with ``head``) or [N, V] logits (without).
+        targets: [N] token ids.
+        temperature: the logits are divided by it.
+        need_entropy: as ``_score``.
+        head: the output projection (e.g. ``model.lm_head``), or None when ``x`` is already logits.
+        chunk_bytes: the most float32 logits one chunk may hold.
+
+    Returns:
+        (log-probs [N], entropy [N] or None), equal to ``_score(head(x), ...)`` to float rounding.
+    """
+    vocab = head.weight.shape[0] if head is not None else x.shape[-1]
+    rows = max(1, chunk_bytes // (4 * vocab))
+    if x.shape[0] <= rows:
+        return _head_score(x, targets, head, temperature, need_entropy)
+    logps, entropy = [], []
+    # split (not slicing in a loop): its backward writes every chunk's gradient into one [N, ...] tensor.
+    for x_part, t_part in zip(x.split(rows), targets.split(rows), strict=True):
+        if torch.is_grad_enabled():
+            lp, ent = checkpoint(_head_score, x_part, t_part, head, temperature, need_entropy, use_reentrant=False)
+        else:
+            lp, ent = _head_score(x_part, t_part, head, temperature, need_entropy)
+        logps.append(lp)
+        entropy.append(ent)
+    return torch.cat(logps), (torch.cat(entropy) if need_entropy else None)
+
+
 def _cache_unusable(model: torch.nn.Module) -> bool:
     """Gradient checkpointing runs HF models without a cache; under FSDP2 the cached keys' backward would
     enter decoder blocks without passing their outputs, where FSDP's hooks unshard the weights."""
@@ -94,6 +146,7 @@ class PromptCache:
             the HF forward on the cache.
         compile: run the unpadded forward under ``torch.compile`` (``model.compile``; the first call
             compiles, tens of seconds on a CPU).
+        chunk_bytes: the most float32 logits held at once while scoring (see ``chunked_score``).
 
     The prompt forward runs at construction, with gradients when they are enabled, so build one per
     optimisation pass (the weights change between passes).
@@ -101,7 +154,7 @@ class PromptCache:
 
     def __init__(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]], pad_id: int,
                  share_prompt: bool = True, autocast_dtype: torch.dtype | None = None,
-                 unpadded_forward: bool = True, compile: bool = False) -> None:
+                 unpadded_forward: bool = True, compile: bool = False, chunk_bytes: int = CHUNK_BYTES) -> None:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("PromptCache: every prompt needs at least one token")
         self.model, self.prompts, self.pad_id = model, [list(p) for p in prompts], pad_id
@@ -112,6 +165,7 @@ class PromptCache:
         self.share = share_prompt and max(len(p) for p in self.prompts) > 1 and not _cache_unusable(model)
         self.unpadded = unpadded_forward
         self.unpadded_fn = unpadded.compiled_forward() if compile else unpadded.forward
+        self.chunk_bytes = chunk_bytes
         if self.share:
             self._forward_prompts()
 
@@ -174,7 +228,10 @@ class PromptCache:
             cols = (start[:, None] + torch.arange(width, device=self.device)).clamp(max=ids.shape[1] - 1)  # [B, T]
             picked = logits.gather(1, cols[..., None].expand(-1, -1, logits.shape[-1]))  # [B, T, V]
         targets, mask = right_padded([list(c) for c in completions], self.pad_id, self.device)  # [B, T]
-        logps, entropy = _score(picked, targets, temperature, need_entropy)  # [B, T] each
+        flat_logps, flat_entropy = chunked_score(picked.flatten(0, 1), targets.flatten(), temperature,
+                                                 need_entropy, chunk_bytes=self.chunk_bytes)  # [B*T] each
+        logps = flat_logps.view_as(targets)
+        entropy = None if flat_entropy is None else flat_entropy.view_as(targets)
         mask = mask.float()
         return logps * mask, entropy, mask
 
@@ -192,9 +249,10 @@ class PromptCache:
         index = torch.tensor(list(prompt_index), device=self.device)
         prefix = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.leaves]
         with self._autocast():
-            logits = self.unpadded_fn(self.model, tokens, heads[row] + col, row, col, int(lengths.max()), prefix,
-                                      self.head_mask.index_select(0, index).bool())  # [N, V]
-        flat_logps, flat_entropy = _score(logits, targets, temperature, need_entropy)  # [N] each
+            hidden = self.unpadded_fn(self.model, tokens, heads[row] + col, row, col, int(lengths.max()), prefix,
+                                      self.head_mask.index_select(0, index).bool())  # [N, hidden]
+            flat_logps, flat_entropy = chunked_score(hidden, targets, temperature, need_entropy,
+                                                     self.model.get_output_embeddings(), self.chunk_bytes)  # [N] each
 
         def padded(x: torch.Tensor) -> torch.Tensor:  # [N] -> [B, T]
             return x.new_zeros(len(rows), int(lengths.max())).index_put((row, col), x)

@@ -56,7 +56,8 @@ def _qkv(attn: torch.nn.Module, x: torch.Tensor, heads: int, kv_heads: int, dim:
 def forward(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor, row: torch.Tensor,
             col: torch.Tensor, width: int, prefix: list[tuple[torch.Tensor, torch.Tensor]],
             prefix_mask: torch.Tensor) -> torch.Tensor:
-    """Logits of every token of a batch of sequences that continue cached prompts.
+    """Final hidden states of every token of a batch of sequences that continue cached prompts: the input of
+    ``model.lm_head``, which the caller applies (``logprobs.chunked_score`` does, a chunk of tokens at a time).
 
     Args:
         model: a Llama/Qwen2/Phi3 ``*ForCausalLM`` that ``unsupported_reason`` accepts.
@@ -68,7 +69,7 @@ def forward(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tenso
         prefix_mask: [B, L] bool, True on the prompt's real (not padding) columns.
 
     Returns:
-        [N, V] logits.
+        [N, hidden] states after the final norm.
     """
     cfg, inner = model.config, model.model
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -100,7 +101,7 @@ def forward(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tenso
                                              enable_gqa=heads != kv_heads)  # [B, H, T, D]
         h = h + attn.o_proj(out.transpose(1, 2)[row, col].reshape(-1, heads * dim))
         h = h + layer.mlp(layer.post_attention_layernorm(h))
-    return model.lm_head(inner.norm(h))  # [N, V]
+    return inner.norm(h)  # [N, hidden]
 
 
 @functools.cache

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from thinktune.logprobs import PromptCache, length_sorted_chunks
+from thinktune.logprobs import CHUNK_BYTES, PromptCache, _score, chunked_score, length_sorted_chunks
 from thinktune.losses import entropy_from_logits, token_logps
 from thinktune.models import build_tiny_model
 
@@ -38,7 +38,8 @@ def _alone(model, prompts, index, completions, temperature):
 
 @pytest.mark.parametrize("arch", ["phi3", "qwen2", "llama"])
 @pytest.mark.parametrize("layout", ["unpadded", "hf_cache", "full"])
-def test_logps_entropy_and_gradients_match_forwarding_each_sequence_alone(char_tokenizer, arch, layout):
+@pytest.mark.parametrize("chunk_rows", [None, 3])  # None: every micro-batch in one chunk; 3: many chunks
+def test_logps_entropy_and_gradients_match_forwarding_each_sequence_alone(char_tokenizer, arch, layout, chunk_rows):
     model = build_tiny_model(arch, char_tokenizer, **SHAPE).float()
     prompts, index, completions = _case(len(char_tokenizer))
     temperature = 0.7
@@ -48,8 +49,9 @@ def test_logps_entropy_and_gradients_match_forwarding_each_sequence_alone(char_t
     ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
 
+    chunk_bytes = CHUNK_BYTES if chunk_rows is None else chunk_rows * 4 * len(char_tokenizer)
     cache = PromptCache(model, prompts, char_tokenizer.pad_token_id, share_prompt=layout != "full",
-                        unpadded_forward=layout == "unpadded")
+                        unpadded_forward=layout == "unpadded", chunk_bytes=chunk_bytes)
     got_logps, got_entropy = {}, {}
     for chunk in length_sorted_chunks([len(c) for c in completions], 5):  # 12 completions: 5 + 5 + 2
         logps, entropy, mask = cache.logps([index[i] for i in chunk], [completions[i] for i in chunk],
@@ -99,6 +101,54 @@ def test_no_grad_cache_scores_without_building_a_graph(char_tokenizer):
     ref, _ = _alone(model, prompts, index, completions, 1.0)
     for b, lp in enumerate(ref):
         torch.testing.assert_close(logps[b, :len(lp)], lp.detach(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("with_head", [True, False])
+@pytest.mark.parametrize("need_entropy", [False, True, "grad"])
+def test_chunked_score_equals_scoring_all_rows_at_once(with_head, need_entropy):
+    """Values, entropies and gradients (of the rows and of the head's weight and bias) match ``_score`` on
+    the whole [N, V] logits, with N = 11 rows in chunks of 4, 4 and 3."""
+    torch.manual_seed(0)
+    n, hidden, vocab, temperature = 11, 6, 9, 0.7
+    head = torch.nn.Linear(hidden, vocab) if with_head else None
+    x = torch.randn(n, hidden if with_head else vocab, requires_grad=True)
+    targets = torch.randint(0, vocab, (n,))
+
+    def loss_and_grads(fn):
+        logps, entropy = fn()
+        loss = logps.sum() + (entropy.sum() if need_entropy == "grad" else 0)
+        params = [x] + (list(head.parameters()) if head else [])
+        return logps, entropy, torch.autograd.grad(loss, params)
+
+    ref = loss_and_grads(lambda: _score(head(x) if head else x, targets, temperature, need_entropy))
+    got = loss_and_grads(lambda: chunked_score(x, targets, temperature, need_entropy, head, chunk_bytes=4 * 4 * vocab))
+    torch.testing.assert_close(got[0], ref[0])
+    if need_entropy:
+        torch.testing.assert_close(got[1], ref[1])
+        assert got[1].requires_grad == (need_entropy == "grad")
+    else:
+        assert got[1] is None
+    for g, r in zip(got[2], ref[2], strict=True):
+        torch.testing.assert_close(g, r)
+
+
+def test_chunked_score_keeps_no_full_vocabulary_tensor_for_backward():
+    """The memory claim itself: everything autograd saves while scoring N rows in chunks of 4 is at most a
+    chunk's [4, V] (the rows alone, under checkpointing), where scoring at once saves [N, V] tensors."""
+    torch.manual_seed(0)
+    n, hidden, vocab = 64, 8, 50
+    head = torch.nn.Linear(hidden, vocab, bias=False)
+    x = torch.randn(n, hidden, requires_grad=True)
+    targets = torch.randint(0, vocab, (n,))
+
+    def largest_saved(**kw) -> int:
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            chunked_score(x, targets, 1.0, "grad", head, **kw)[0].sum().backward()
+        return max(sizes)
+
+    assert largest_saved(chunk_bytes=4 * 4 * vocab) <= 4 * vocab
+    assert largest_saved() >= n * vocab  # one chunk: the plain path, which saves the whole log-softmax
 
 
 def test_length_sorted_chunks_cover_every_index_once_longest_first():
