@@ -1,12 +1,12 @@
 """Peak memory and time of scoring completion tokens (log-probs + entropy, forward and backward): the
-output head and log-softmax over all tokens at once, against ``thinktune.logprobs.chunked_score``.
+output head and log-softmax over all tokens at once, against ``thinktune.losses.chunked_score``.
 
     .venv/bin/python benchmarks/logprob_memory.py [--tokens 4096] [--hidden 1024] [--vocab 32768] [--chunk-mb 32]
 
 Both sides take the same final hidden states [N, hidden] and output head [vocab, hidden] (float32, random)
 and compute what a GRPO update needs of them: per-token log-probs of the sampled tokens and the entropy
 with its gradient (the entropy bonus), then the backward of their sum. The peer is what an HF forward
-plus ``logprobs._score`` does: ``head(hidden)`` -> float32 logits -> log-softmax, every [N, vocab] tensor
+plus ``losses.score_tokens`` does: ``head(hidden)`` -> float32 logits -> log-softmax, every [N, vocab] tensor
 alive until the backward. Each side runs in its own subprocess, on CUDA when there is one (peak from
 ``torch.cuda.max_memory_allocated``) else on the CPU (peak resident set growth, ``ru_maxrss``). Prints,
 per side, ``peak_mb`` and ``seconds`` (best of 3), then ``memory_ratio`` (peer / chunked: > 1, chunked uses
@@ -28,7 +28,7 @@ import torch
 
 
 def side(name: str, tokens: int, hidden: int, vocab: int, chunk_mb: int) -> dict:
-    from thinktune.logprobs import _score, chunked_score
+    from thinktune.losses import chunked_score, score_tokens
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gen = torch.Generator(device=device).manual_seed(0)
@@ -40,7 +40,7 @@ def side(name: str, tokens: int, hidden: int, vocab: int, chunk_mb: int) -> dict
         if name == "chunked":
             logps, entropy = chunked_score(x, targets, 1.0, "grad", head, chunk_bytes=chunk_mb << 20)
         else:
-            logps, entropy = _score(head(x), targets, 1.0, "grad")
+            logps, entropy = score_tokens(head(x), targets, 1.0, "grad")
         (logps.sum() + 1e-3 * entropy.sum()).backward()
         x.grad = head.weight.grad = None
 

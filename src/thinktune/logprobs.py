@@ -34,14 +34,10 @@ from contextlib import nullcontext
 
 import torch
 from torch.distributed.fsdp import FSDPModule
-from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
 from thinktune import unpadded
-from thinktune.losses import entropy_from_logprobs
-
-# The most float32 logits one chunk of ``chunked_score`` holds: 256 MiB, 670 tokens of Phi-4's vocabulary.
-CHUNK_BYTES = 1 << 28
+from thinktune.losses import CHUNK_BYTES, chunked_score
 
 
 def length_sorted_chunks(lengths: Sequence[int], size: int) -> list[list[int]]:
@@ -63,66 +59,6 @@ def right_padded(rows: Sequence[Sequence[float]], pad: float, device: torch.devi
         out[b, :len(r)] = torch.tensor(r, dtype=dtype)
         mask[b, :len(r)] = 1
     return out.to(device), mask.to(device)
-
-
-def _score(logits: torch.Tensor, targets: torch.Tensor, temperature: float, need_entropy: bool | str
-           ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs of ``targets`` under ``logits / temperature`` ([..., V] -> [...]), and the entropy if asked.
-
-    The entropy keeps its graph only for ``need_entropy="grad"``: with a real vocabulary its [..., V]
-    intermediates are large, and logging needs the number alone.
-    """
-    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
-    all_logps = torch.log_softmax(logits, dim=-1)  # [..., V], once for both
-    entropy = None
-    if need_entropy:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and need_entropy == "grad"):
-            entropy = entropy_from_logprobs(all_logps)
-    return all_logps.gather(-1, targets[..., None]).squeeze(-1), entropy
-
-
-def _head_score(x: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module | None, temperature: float,
-                need_entropy: bool | str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    return _score(x if head is None else head(x), targets, temperature, need_entropy)
-
-
-def chunked_score(x: torch.Tensor, targets: torch.Tensor, temperature: float, need_entropy: bool | str,
-                  head: torch.nn.Module | None = None, chunk_bytes: int = CHUNK_BYTES
-                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``_score`` of ``head(x)`` (or of ``x``, logits, with no head) over rows ``[N, ...]``, a chunk of rows at a
-    time, so that no ``[N, V]`` float32 tensor ever exists.
-
-    Why: at the Phi-4 budget one 31,744-token completion makes [N, V] logits of 31,744 x 100,352; their float32
-    copy, log-softmax and exp are 12.7 GB each. Here each chunk of rows (float32 ``[rows, V]`` of at most
-    ``chunk_bytes``) is computed under activation checkpointing: the forward keeps only the chunk's inputs,
-    and the backward recomputes the chunk's logits before using them (one more head matmul per token, a few
-    percent of the model's FLOPs). Batches that fit in one chunk (the demo's) run ``_score`` as before.
-
-    Args:
-        x: [N, H] hidden states (with ``head``) or [N, V] logits (without).
-        targets: [N] token ids.
-        temperature: the logits are divided by it.
-        need_entropy: as ``_score``.
-        head: the output projection (e.g. ``model.lm_head``), or None when ``x`` is already logits.
-        chunk_bytes: the most float32 logits one chunk may hold.
-
-    Returns:
-        (log-probs [N], entropy [N] or None), equal to ``_score(head(x), ...)`` to float rounding.
-    """
-    vocab = head.weight.shape[0] if head is not None else x.shape[-1]
-    rows = max(1, chunk_bytes // (4 * vocab))
-    if x.shape[0] <= rows:
-        return _head_score(x, targets, head, temperature, need_entropy)
-    logps, entropy = [], []
-    # split (not slicing in a loop): its backward writes every chunk's gradient into one [N, ...] tensor.
-    for x_part, t_part in zip(x.split(rows), targets.split(rows), strict=True):
-        if torch.is_grad_enabled():
-            lp, ent = checkpoint(_head_score, x_part, t_part, head, temperature, need_entropy, use_reentrant=False)
-        else:
-            lp, ent = _head_score(x_part, t_part, head, temperature, need_entropy)
-        logps.append(lp)
-        entropy.append(ent)
-    return torch.cat(logps), (torch.cat(entropy) if need_entropy else None)
 
 
 def _cache_unusable(model: torch.nn.Module) -> bool:

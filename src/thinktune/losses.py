@@ -8,8 +8,72 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from thinktune.data.chat import IGNORE_INDEX
+
+# The most float32 logits one chunk of ``chunked_score`` holds: 256 MiB, 670 tokens of Phi-4's vocabulary.
+CHUNK_BYTES = 1 << 28
+
+
+def score_tokens(logits: torch.Tensor, targets: torch.Tensor, temperature: float, need_entropy: bool | str
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of ``targets`` under ``logits / temperature`` ([..., V] -> [...]), and the entropy if asked.
+
+    The entropy keeps its graph only for ``need_entropy="grad"``: with a real vocabulary its [..., V]
+    intermediates are large, and logging needs the number alone.
+    """
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
+    all_logps = torch.log_softmax(logits, dim=-1)  # [..., V], once for both
+    entropy = None
+    if need_entropy:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and need_entropy == "grad"):
+            entropy = entropy_from_logprobs(all_logps)
+    return all_logps.gather(-1, targets[..., None]).squeeze(-1), entropy
+
+
+def _head_scores(x: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module | None, temperature: float,
+                 need_entropy: bool | str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return score_tokens(x if head is None else head(x), targets, temperature, need_entropy)
+
+
+def chunked_score(x: torch.Tensor, targets: torch.Tensor, temperature: float, need_entropy: bool | str,
+                  head: torch.nn.Module | None = None, chunk_bytes: int = CHUNK_BYTES
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``score_tokens`` of ``head(x)`` (or of ``x``, logits, with no head) over rows ``[N, ...]``, a chunk of rows
+    at a time, so that no ``[N, V]`` float32 tensor ever exists.
+
+    Why: at the Phi-4 budget one 31,744-token completion makes [N, V] logits of 31,744 x 100,352; their float32
+    copy, log-softmax and exp are 12.7 GB each. Here each chunk of rows (float32 ``[rows, V]`` of at most
+    ``chunk_bytes``) is computed under activation checkpointing: the forward keeps only the chunk's inputs,
+    and the backward recomputes the chunk's logits before using them (one more head matmul per token, a few
+    percent of the model's FLOPs). Batches that fit in one chunk (the demo's) run ``score_tokens`` as before.
+
+    Args:
+        x: [N, H] hidden states (with ``head``) or [N, V] logits (without).
+        targets: [N] token ids.
+        temperature: the logits are divided by it.
+        need_entropy: as ``score_tokens``.
+        head: the output projection (e.g. ``model.lm_head``), or None when ``x`` is already logits.
+        chunk_bytes: the most float32 logits one chunk may hold.
+
+    Returns:
+        (log-probs [N], entropy [N] or None), equal to ``score_tokens(head(x), ...)`` to float rounding.
+    """
+    vocab = head.weight.shape[0] if head is not None else x.shape[-1]
+    rows = max(1, chunk_bytes // (4 * vocab))
+    if x.shape[0] <= rows:
+        return _head_scores(x, targets, head, temperature, need_entropy)
+    logps, entropy = [], []
+    # split (not slicing in a loop): its backward writes every chunk's gradient into one [N, ...] tensor.
+    for x_part, t_part in zip(x.split(rows), targets.split(rows), strict=True):
+        if torch.is_grad_enabled():
+            lp, ent = checkpoint(_head_scores, x_part, t_part, head, temperature, need_entropy, use_reentrant=False)
+        else:
+            lp, ent = _head_scores(x_part, t_part, head, temperature, need_entropy)
+        logps.append(lp)
+        entropy.append(ent)
+    return torch.cat(logps), (torch.cat(entropy) if need_entropy else None)
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:
@@ -31,10 +95,10 @@ def sft_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
         micro-batch by the step's total token count gives the same loss as one big batch, whatever the
         gradient-accumulation split (a per-micro-batch mean would weight short batches more).
     """
-    target = shift_labels(labels)  # [B, T]
-    nll = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX,
-                          reduction="sum")
-    return nll, int((target != IGNORE_INDEX).sum())
+    target = shift_labels(labels).flatten()  # [B*T]
+    labelled = target != IGNORE_INDEX
+    logps, _ = chunked_score(logits.flatten(0, 1), target.clamp(min=0), 1.0, False)  # [B*T]
+    return -(logps * labelled).sum(), int(labelled.sum())
 
 
 def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -47,8 +111,9 @@ def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     Returns:
         [B, T-1]: entry t is log p(input_ids[:, t+1] | input_ids[:, :t+1]).
     """
-    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [B, T-1, V]
-    return logps.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # [B, T-1]
+    # Row by row: logits[b, :-1] is contiguous, so no [B, T-1, V] copy is made (see chunked_score).
+    return torch.stack([chunked_score(row[:-1], ids[1:], 1.0, False)[0]
+                        for row, ids in zip(logits, input_ids, strict=True)])  # [B, T-1]
 
 
 def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:

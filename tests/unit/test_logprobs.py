@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from thinktune.logprobs import CHUNK_BYTES, PromptCache, _score, chunked_score, length_sorted_chunks
-from thinktune.losses import entropy_from_logits, token_logps
+from thinktune.logprobs import PromptCache, length_sorted_chunks
+from thinktune.losses import CHUNK_BYTES, chunked_score, entropy_from_logits, score_tokens, token_logps
 from thinktune.models import build_tiny_model
 
 SHAPE = dict(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64,
@@ -106,7 +106,7 @@ def test_no_grad_cache_scores_without_building_a_graph(char_tokenizer):
 @pytest.mark.parametrize("with_head", [True, False])
 @pytest.mark.parametrize("need_entropy", [False, True, "grad"])
 def test_chunked_score_equals_scoring_all_rows_at_once(with_head, need_entropy):
-    """Values, entropies and gradients (of the rows and of the head's weight and bias) match ``_score`` on
+    """Values, entropies and gradients (of the rows and of the head's weight and bias) match ``score_tokens`` on
     the whole [N, V] logits, with N = 11 rows in chunks of 4, 4 and 3."""
     torch.manual_seed(0)
     n, hidden, vocab, temperature = 11, 6, 9, 0.7
@@ -120,7 +120,7 @@ def test_chunked_score_equals_scoring_all_rows_at_once(with_head, need_entropy):
         params = [x] + (list(head.parameters()) if head else [])
         return logps, entropy, torch.autograd.grad(loss, params)
 
-    ref = loss_and_grads(lambda: _score(head(x) if head else x, targets, temperature, need_entropy))
+    ref = loss_and_grads(lambda: score_tokens(head(x) if head else x, targets, temperature, need_entropy))
     got = loss_and_grads(lambda: chunked_score(x, targets, temperature, need_entropy, head, chunk_bytes=4 * 4 * vocab))
     torch.testing.assert_close(got[0], ref[0])
     if need_entropy:
