@@ -239,3 +239,31 @@ def test_free_memory_reads_the_host_on_linux():
 
     free = runtime.free_memory(torch.device("cpu"))
     assert isinstance(free, int) and 0 < free <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.parametrize("decoder", ["lean", "hf"])
+def test_every_eos_of_the_generation_config_ends_a_completion(char_tokenizer, prompts, decoder):
+    """A chat model's generation config may list several end ids (``<|im_end|>``, ``<|endoftext|>``); sampling
+    stops at each, as ``generate`` and vLLM do. The greedy first token of a prompt, made an extra EOS, ends
+    that completion after one token, reported as "eos" and left out of the text."""
+    model = build_tiny_model("phi3", char_tokenizer, **SMALL).eval()
+    eos = char_tokenizer.convert_tokens_to_ids(IM_END)
+    first = run(model, char_tokenizer, prompts[:1], greedy=True, max_new_tokens=6, decoder=decoder)[0][0].token_ids[0]
+    assert first != eos  # else the test below would pass without the generation config
+    model.generation_config.eos_token_id = [eos, first]
+    c = run(model, char_tokenizer, prompts[:1], greedy=True, max_new_tokens=6, decoder=decoder)[0][0]
+    assert c.token_ids == [first] and c.finish_reason == "eos" and c.finished and c.text == ""
+
+
+def test_end_token_ids_unions_tokenizer_config_and_extra_ids(model, char_tokenizer):
+    from thinktune.rollout.sampler import end_token_ids
+
+    eos = char_tokenizer.convert_tokens_to_ids(IM_END)
+    saved = model.generation_config.eos_token_id
+    try:
+        model.generation_config.eos_token_id = 7
+        assert end_token_ids(model, char_tokenizer, (9, eos)) == [eos, 7, 9]
+        model.generation_config.eos_token_id = None
+        assert end_token_ids(model, char_tokenizer) == [eos]
+    finally:
+        model.generation_config.eos_token_id = saved

@@ -33,6 +33,7 @@ between samples while decoding (each sample holds its own copy). For vLLM, see `
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -193,7 +194,7 @@ class RolloutEngine:
         if any(len(p) == 0 for p in prompts) or batch_size < 1:
             raise ConfigError(f"every prompt needs at least one token and batch_size={batch_size} must be >= 1")
         tok = self.tokenizer
-        eos_ids = [tok.convert_tokens_to_ids(tok.eos_token), *params.stop_token_ids]
+        eos_ids = end_token_ids(self.model, tok, params.stop_token_ids)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
         stops = _Stops(eos=torch.tensor(eos_ids, device=self.device), strings=params.stop,
                        window=4 * max((len(s) for s in params.stop), default=0) + 1)
@@ -301,6 +302,25 @@ def sample(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: 
     """
     engine = RolloutEngine(model, tokenizer, decoder=decoder)
     return engine.sample(prompts, params, seed=seed, batch_size=batch_size, show_progress=show_progress)
+
+
+def end_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, extra: Sequence[int] = ()
+                  ) -> list[int]:
+    """The ids that end a completion: the tokenizer's EOS first, then every ``eos_token_id`` of the model's
+    generation config (chat models often list several, e.g. ``<|im_end|>`` and ``<|endoftext|>``, and
+    ``generate`` and vLLM stop at each), then ``extra``; without duplicates.
+
+    Raises:
+        ConfigError: there is none at all.
+    """
+    ids = [] if tokenizer.eos_token is None else [tokenizer.convert_tokens_to_ids(tokenizer.eos_token)]
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += [config_eos] if isinstance(config_eos, int) else list(config_eos or [])
+    ids = list(dict.fromkeys([*ids, *extra]))
+    if not ids:
+        raise ConfigError("no end-of-sequence token: the tokenizer has no eos_token and the model's generation "
+                          "config no eos_token_id; set tokenizer.eos_token (or pass stop_token_ids)")
+    return ids
 
 
 def make_completion(tokenizer: PreTrainedTokenizerBase, tokens: list[int], logps: list[float],

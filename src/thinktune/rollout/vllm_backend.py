@@ -14,8 +14,8 @@ Differences from thinktune's sampler, stated rather than hidden:
   ours; vLLM computes them in its own kernels, so they match a teacher-forced pass only to within its
   numerics. ``sampling_logprobs`` is None: vLLM returns one kind per engine.
 - Seeds are per prompt (``request_seed``): reproducible, but not the same draws as ours.
-- vLLM also stops at the ``eos_token_id`` entries of the model's generation config; ours stops at the
-  tokenizer's EOS and ``stop_token_ids`` only.
+- Both stop at the tokenizer's EOS, every ``eos_token_id`` of the model's generation config (vLLM reads it
+  itself; ours through ``sampler.end_token_ids``) and ``stop_token_ids``.
 
 Tested in ``tests/integration/test_rollout_vllm.py`` and ``test_recipes_vllm.py`` (GRPO, evaluate and a curation
 verb on vLLM) where vllm and CUDA exist, skipped elsewhere; thinktune's own logic here (seeds, finish reasons,
