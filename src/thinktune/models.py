@@ -102,12 +102,16 @@ def add_phi4_format(tok: PreTrainedTokenizerBase) -> None:
 
 
 def sync_special_tokens(model: torch.nn.Module, tok: PreTrainedTokenizerBase) -> None:
-    """Keep the model's config and generation config in step with the tokenizer's EOS and PAD."""
+    """Keep the model's config and generation config in step with the tokenizer's EOS and PAD. The generation
+    config keeps the end ids it already lists after the tokenizer's EOS: a chat model may end a turn with
+    either of two (``<|im_end|>``, ``<|endoftext|>``), and sampling, ``generate`` and vLLM stop at each."""
     eos, pad = tok.convert_tokens_to_ids(tok.eos_token), tok.pad_token_id
     model.config.eos_token_id = eos
     model.config.pad_token_id = pad
     if model.generation_config is not None:
-        model.generation_config.eos_token_id = eos
+        listed = model.generation_config.eos_token_id
+        ids = list(dict.fromkeys([eos, *([listed] if isinstance(listed, int) else listed or [])]))
+        model.generation_config.eos_token_id = ids[0] if len(ids) == 1 else ids
         model.generation_config.pad_token_id = pad
 
 

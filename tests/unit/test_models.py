@@ -168,6 +168,20 @@ def test_load_grows_embeddings_for_added_format_tokens(tmp_path: Path) -> None:
     assert torch.equal(loaded.get_input_embeddings().weight[:4], model.get_input_embeddings().weight)
 
 
+def test_load_keeps_the_generation_configs_other_end_ids_after_the_tokenizers_eos(tmp_path: Path,
+                                                                                 char_tokenizer) -> None:
+    """A saved generation config listing two end ids (a chat model's <|im_end|> and <|endoftext|>) keeps both
+    on load, the tokenizer's EOS first; the model config takes the tokenizer's alone."""
+    model = build_tiny_model("phi3", char_tokenizer, **SMALL)
+    eos = char_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.eos_token_id = [7, eos]
+    save_pretrained_atomic(model, char_tokenizer, tmp_path / "m")
+    cfg = ModelConfig(path=str(tmp_path / "m"), chat_template="model")
+    loaded = load_model(cfg, load_tokenizer(cfg), torch.device("cpu"), torch.float32)
+    assert loaded.generation_config.eos_token_id == [eos, 7]
+    assert loaded.config.eos_token_id == eos
+
+
 def test_model_chat_template_without_one_is_a_config_error(tmp_path: Path) -> None:
     bare = bare_tokenizer()
     bare.save_pretrained(tmp_path / "t")
