@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -95,19 +96,56 @@ def memory_metrics(device: torch.device) -> dict[str, float]:
 
 
 def free_memory(device: torch.device) -> int | None:
-    """Bytes free for new tensors on ``device``: the GPU's free memory, the host's MemAvailable on Linux CPUs,
-    None where it cannot be read."""
+    """Bytes free for new tensors on ``device``: the GPU's free memory; on a Linux CPU the host's MemAvailable,
+    or less where this process's cgroup (a container's memory limit) leaves less; None where it cannot be read."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    if device.type == "cpu":
-        try:
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
+    if device.type != "cpu":
+        return None
+    host, limited = host_available_memory(), cgroup_free_memory()
+    return host if limited is None or host is None else min(host, limited)
+
+
+def host_available_memory() -> int | None:
+    """The host's MemAvailable in bytes (Linux), None elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")), None)
+    except OSError:
+        return None
+
+
+def cgroup_free_memory(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Bytes left under the memory limit of the cgroup at ``root`` (v2, or v1's ``memory/``): the limit less the
+    usage, counting inactive page cache as free, since the kernel reclaims it first (as ``docker stats`` does).
+    None when there is no limit or nothing can be read."""
+    v2, v1 = root / "memory.max", root / "memory" / "memory.limit_in_bytes"
+    try:
+        if v2.exists():
+            limit_text = v2.read_text().strip()
+            if limit_text == "max":
+                return None
+            limit, usage = int(limit_text), int((root / "memory.current").read_text())
+            cache = _stat(root / "memory.stat", "inactive_file")
+        elif v1.exists():
+            limit, usage = int(v1.read_text()), int((root / "memory" / "memory.usage_in_bytes").read_text())
+            if limit >= 1 << 60:  # v1 writes "no limit" as a page-rounded 2**63 - 1
+                return None
+            cache = _stat(root / "memory" / "memory.stat", "total_inactive_file")
+        else:
             return None
-    return None
+    except (OSError, ValueError):
+        return None
+    return max(0, limit - usage + cache)
+
+
+def _stat(path: Path, key: str) -> int:
+    """One counter of a cgroup ``memory.stat`` file (0 if absent)."""
+    for line in path.read_text().splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
+    return 0
 
 
 def seed_everything(seed: int) -> None:

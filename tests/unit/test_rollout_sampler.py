@@ -267,3 +267,38 @@ def test_end_token_ids_unions_tokenizer_config_and_extra_ids(model, char_tokeniz
         assert end_token_ids(model, char_tokenizer) == [eos]
     finally:
         model.generation_config.eos_token_id = saved
+
+
+def test_cgroup_free_memory_reads_v2_and_v1_limits(tmp_path):
+    """A container's limit bounds the free memory: limit - usage + inactive page cache (reclaimable), in cgroup
+    v2's and v1's file layouts; no limit ("max", or v1's 2**63 rounded to a page) or no files: None."""
+    from thinktune.runtime import cgroup_free_memory
+
+    gib = 2**30
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "memory.max").write_text(f"{8 * gib}\n")
+    (v2 / "memory.current").write_text(f"{6 * gib}\n")
+    (v2 / "memory.stat").write_text(f"anon {5 * gib}\nfile {gib}\ninactive_file {gib // 2}\n")
+    assert cgroup_free_memory(v2) == 8 * gib - 6 * gib + gib // 2
+    (v2 / "memory.max").write_text("max\n")
+    assert cgroup_free_memory(v2) is None
+
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text(f"{4 * gib}\n")
+    (v1 / "memory" / "memory.usage_in_bytes").write_text(f"{3 * gib}\n")
+    (v1 / "memory" / "memory.stat").write_text(f"inactive_file 1\ntotal_inactive_file {gib}\n")
+    assert cgroup_free_memory(v1) == 4 * gib - 3 * gib + gib
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert cgroup_free_memory(v1) is None
+    assert cgroup_free_memory(tmp_path / "absent") is None
+
+
+def test_free_memory_is_the_smaller_of_host_and_cgroup(monkeypatch):
+    from thinktune import runtime
+
+    monkeypatch.setattr(runtime, "host_available_memory", lambda: 5000)
+    for cgroup, free in ((1234, 1234), (9999, 5000), (None, 5000)):
+        monkeypatch.setattr(runtime, "cgroup_free_memory", lambda cgroup=cgroup: cgroup)
+        assert runtime.free_memory(torch.device("cpu")) == free
