@@ -10,8 +10,11 @@ import pytest
 import torch
 
 from thinktune.errors import ConfigError
+from thinktune.rollout.sampler import SamplingParams
 from thinktune.rollout.vllm_backend import (
     VLLMSampler,
+    _count_parameters,
+    _load_weights,
     finish_reason,
     request_seed,
     resolve_backend,
@@ -20,27 +23,43 @@ from thinktune.rollout.vllm_backend import (
 
 
 class RecordingLLM:
-    """Stands in for ``vllm.LLM`` to record what ``push_weights`` sends it (the tensors loaded, the calls)."""
+    """Stands in for ``vllm.LLM`` to record what ``VLLMSampler`` asks of it: the weights loaded, in which calls,
+    and every sleep, wake-up and prefix-cache reset, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, parameters: int = 10) -> None:
         self.calls: list[list[tuple[str, torch.Tensor]]] = []
-        self.resets = 0
+        self.events: list[str] = []
+        self.parameters = parameters  # what the engine's model has; a load of "wK" writes parameter "pK"
+        self.resets_succeed = True
 
-    def collective_rpc(self, fn, args):
+    def collective_rpc(self, fn, args=()):
+        if fn is _count_parameters:
+            return [self.parameters]
+        assert fn is _load_weights
         (chunk,) = args
         self.calls.append(list(chunk))
-        return [len(chunk)]
+        self.events.append("load")
+        return [[f"p{name[1:]}" for name, _ in chunk]]
 
     def reset_prefix_cache(self) -> bool:
-        self.resets += 1
+        self.events.append("reset")
         return self.resets_succeed
 
-    resets_succeed = True
+    def sleep(self, level: int) -> None:
+        self.events.append(f"sleep{level}")
+
+    def wake_up(self, tags: list[str]) -> None:
+        self.events.append("wake:" + ",".join(tags))
+
+
+def fake_engine(sleep_mode: bool = False, parameters: int = 10) -> VLLMSampler:
+    engine = object.__new__(VLLMSampler)  # no vLLM here: only thinktune's side of the calls is under test
+    engine.llm, engine.sleep_mode, engine.asleep = RecordingLLM(parameters), sleep_mode, False
+    return engine
 
 
 def test_pushed_weights_go_in_bounded_chunks_and_all_arrive():
-    engine = object.__new__(VLLMSampler)  # no vLLM here: only the chunking is under test
-    engine.llm = RecordingLLM()
+    engine = fake_engine()
     weights = [(f"w{i}", torch.zeros(256)) for i in range(10)]  # 1 KiB each
     consumed = []
 
@@ -52,10 +71,38 @@ def test_pushed_weights_go_in_bounded_chunks_and_all_arrive():
     assert engine.push_weights(lazily(), chunk_bytes=3 * 1024) == 10
     assert [len(c) for c in engine.llm.calls] == [3, 3, 3, 1]  # a chunk closes once it reaches 3 KiB
     assert [n for c in engine.llm.calls for n, _ in c] == consumed == [n for n, _ in weights]
-    assert engine.llm.resets == 1  # the prefix cache is dropped once, after every weight is in
+    assert engine.llm.events.count("reset") == 1  # the prefix cache is dropped once, after every weight is in
     engine.llm.resets_succeed = False
     with pytest.raises(RuntimeError, match="prefix cache"):
         engine.push_weights(iter(weights))
+
+
+def test_a_sleeping_engine_wakes_weights_then_loads_then_wakes_its_cache():
+    """Sleep discards the weights (level 2); the next push wakes the weights' memory, loads every weight, drops
+    the prefix cache and only then wakes the KV cache, so the two never need memory at once."""
+    engine = fake_engine(sleep_mode=True, parameters=4)
+    weights = [(f"w{i}", torch.zeros(256)) for i in range(4)]
+    engine.sleep()
+    assert engine.asleep and engine.llm.events == ["sleep2"]
+    with pytest.raises(RuntimeError, match="asleep"):
+        engine.sample([[1, 2]], SamplingParams())
+    assert engine.push_weights(iter(weights), chunk_bytes=2 * 1024) == 4
+    assert engine.llm.events == ["sleep2", "wake:weights", "load", "load", "reset", "wake:kv_cache"]
+    assert not engine.asleep
+
+
+def test_a_push_after_sleep_must_cover_every_parameter():
+    engine = fake_engine(sleep_mode=True, parameters=5)
+    engine.sleep()
+    with pytest.raises(RuntimeError, match="wrote 4 of the vLLM engine's 5 parameters"):
+        engine.push_weights([(f"w{i}", torch.zeros(4)) for i in range(4)])
+    awake = fake_engine(parameters=5)  # awake, a partial push is an update of some weights: allowed
+    assert awake.push_weights([(f"w{i}", torch.zeros(4)) for i in range(4)]) == 4
+
+
+def test_an_engine_built_without_sleep_mode_refuses_to_sleep():
+    with pytest.raises(RuntimeError, match="without sleep_mode"):
+        fake_engine().sleep()
 
 
 def test_request_seeds_give_every_sample_its_own_stream():

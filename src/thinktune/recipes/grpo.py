@@ -18,7 +18,9 @@ with it the update's first pass, made on the weights that sampled, supplies them
 
 Rollouts: ``rollout_backend=auto`` samples with vLLM where it is installed and a GPU exists (the policy's
 weights are pushed into the engine before every step; needed at the paper's 32k-token budget, where a
-static cache per row does not fit), else with thinktune's sampler (``thinktune.rollout``).
+static cache per row does not fit), else with thinktune's sampler (``thinktune.rollout``). With
+``vllm_sleep`` (default) the engine discards its weights and KV cache after sampling, so the update has the
+whole GPU, and the next push brings them back.
 
 Scale: under ``torchrun`` each rank samples its contiguous share of the step's prompts (whole groups, so
 advantages stay local) from an unsharded copy of the policy, and the FSDP2-sharded policy and reference
@@ -102,6 +104,7 @@ class GRPOConfig:
     rollout_batch_size: int = 256  # sequences decoded together (thinktune's sampler; vLLM schedules its own)
     rollout_backend: str = "auto"  # auto: vLLM where it is installed and a GPU exists, else thinktune's sampler
     vllm_gpu_memory_utilization: float = 0.4  # vLLM's share of the GPU; the rest is left to training
+    vllm_sleep: bool = True  # vLLM frees its GPU memory (weights, KV cache) while the policy updates
     max_steps: int = 90
     dump_every: int = 10  # steps between rollout dumps to samples/ (0: never)
     seed: int = 0
@@ -249,7 +252,7 @@ def rollout_engine(cfg: GRPOConfig, backend: str, model, rollout_model, tokenize
         return RolloutEngine(lora.decodable(rollout_model), tokenizer)
     check_vocab(cfg.model.path, model.get_input_embeddings().num_embeddings, exact=True)
     return engine_for(cfg.model.path, tokenizer, cfg.model.dtype, cfg.vllm_gpu_memory_utilization,
-                      longest_prompt + cfg.max_new_tokens)
+                      longest_prompt + cfg.max_new_tokens, sleep_mode=cfg.vllm_sleep)
 
 
 def reference_model(cfg: GRPOConfig, model, tokenizer, rt: runtime.Runtime):
@@ -360,6 +363,8 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
         params = SamplingParams(n=cfg.samples_per_prompt, temperature=temperature, max_new_tokens=cfg.max_new_tokens)
         groups = engine.sample(step_prompts, params, seed=rank_seed, batch_size=cfg.rollout_batch_size,
                                show_progress=False)
+        if isinstance(engine, VLLMSampler) and cfg.vllm_sleep:  # the update gets the GPU; the next push wakes it
+            engine.sleep()
         timer["time/generate"] = time.perf_counter() - t
 
         t = time.perf_counter()

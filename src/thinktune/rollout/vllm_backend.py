@@ -82,7 +82,7 @@ def check_vocab(model_path: str, tokens: int, exact: bool) -> None:
 
 
 def engine_for(model_path: str, tokenizer: PreTrainedTokenizerBase, dtype: str, gpu_memory_utilization: float,
-               max_model_len: int | None = None) -> VLLMSampler:
+               max_model_len: int | None = None, sleep_mode: bool = False) -> VLLMSampler:
     """A ``VLLMSampler`` for a thinktune run: ``dtype`` is ``model.dtype`` ("fp32" | "bf16"); ``max_model_len``
     (prompt plus new tokens) is capped at the model's context, where a sequence then stops, since vLLM refuses
     a longer one; None leaves the model's own. Under torchrun every rank holds its own engine on its own GPU
@@ -96,7 +96,7 @@ def engine_for(model_path: str, tokenizer: PreTrainedTokenizerBase, dtype: str, 
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         kwargs["distributed_executor_backend"] = "external_launcher"
     return VLLMSampler(model_path, tokenizer, dtype={"bf16": "bfloat16", "fp32": "float32"}[dtype],
-                       gpu_memory_utilization=gpu_memory_utilization, **kwargs)
+                       gpu_memory_utilization=gpu_memory_utilization, sleep_mode=sleep_mode, **kwargs)
 
 
 # A vLLM request's n samples draw with seeds seed + 0..n-1, so prompt seeds are spaced this far apart.
@@ -122,10 +122,15 @@ def finish_reason(output) -> str:
     raise RuntimeError(f"vLLM ended a completion with finish_reason={output.finish_reason!r}")
 
 
-def _load_weights(worker, weights: list[tuple[str, torch.Tensor]]) -> int:
-    """Runs inside vLLM's worker (``collective_rpc``): load HF-named tensors into its model. Returns how many
-    of vLLM's own (possibly packed, e.g. ``qkv_proj``) parameters they touched."""
-    return len(worker.get_model().load_weights(weights))
+def _load_weights(worker, weights: list[tuple[str, torch.Tensor]]) -> list[str]:
+    """Runs inside vLLM's worker (``collective_rpc``): load HF-named tensors into its model. Returns the names
+    of vLLM's own (possibly packed, e.g. ``qkv_proj``) parameters they wrote."""
+    return sorted(worker.get_model().load_weights(weights))
+
+
+def _count_parameters(worker) -> int:
+    """Runs inside vLLM's worker: how many parameters its model has (what a full weight push must write)."""
+    return sum(1 for _ in worker.get_model().named_parameters())
 
 
 class VLLMSampler:
@@ -136,6 +141,8 @@ class VLLMSampler:
         tokenizer: its tokenizer (EOS, decoding).
         dtype: vLLM's weight dtype.
         gpu_memory_utilization: the share of GPU memory vLLM may take (leave room for training).
+        sleep_mode: allow ``sleep``: between samplings the engine gives its GPU memory (weights and KV cache)
+            back to training, and the next ``push_weights`` restores it (vLLM's sleep mode, CUDA only).
         **engine_kwargs: passed to ``vllm.LLM`` (``max_model_len``, ``enforce_eager``, ...).
 
     Raises:
@@ -143,7 +150,7 @@ class VLLMSampler:
     """
 
     def __init__(self, model_path: str, tokenizer: PreTrainedTokenizerBase, dtype: str = "bfloat16",
-                 gpu_memory_utilization: float = 0.4, **engine_kwargs) -> None:
+                 gpu_memory_utilization: float = 0.4, sleep_mode: bool = False, **engine_kwargs) -> None:
         if not vllm_available():
             raise UserError("vllm is not installed: pip install 'thinktune[vllm]' (it needs a CUDA GPU)")
         # One process: push_weights hands its tensors to the model object by reference (with vLLM's worker in
@@ -152,16 +159,31 @@ class VLLMSampler:
         from vllm import LLM
 
         self.tokenizer = tokenizer
+        self.sleep_mode, self.asleep = sleep_mode, False
         # vLLM reseeds the process's global RNGs (Python, NumPy, torch) with its seed while it starts: keep
         # the caller's state, which resumable runs save in their checkpoints.
         state = rng_state()
         self.llm = LLM(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
-                       enable_prefix_caching=True, **engine_kwargs)
+                       enable_prefix_caching=True, enable_sleep_mode=sleep_mode, **engine_kwargs)
         set_rng_state(state)
+
+    def sleep(self) -> None:
+        """Give the engine's GPU memory back until the next ``push_weights``: its weights and KV cache are
+        discarded (vLLM's sleep level 2: a GRPO step pushes every weight before it samples again anyway, so
+        keeping a CPU copy, level 1, would only cost host memory and two copies per step).
+
+        Raises:
+            RuntimeError: the engine was built without ``sleep_mode``.
+        """
+        if not self.sleep_mode:
+            raise RuntimeError("this vLLM engine was built without sleep_mode=True, so it cannot sleep")
+        self.llm.sleep(level=2)
+        self.asleep = True
 
     def push_weights(self, weights: Iterable[tuple[str, torch.Tensor]], chunk_bytes: int = 2**30) -> int:
         """Load ``(HF name, tensor)`` pairs into the engine (after every optimizer step), then drop the prefix
-        cache, whose entries were computed with the old weights.
+        cache, whose entries were computed with the old weights. An engine asleep wakes first its weights'
+        memory, then, once every weight is in, its KV cache (so the two never need memory at once).
 
         ``weights`` is consumed a chunk of about ``chunk_bytes`` at a time, so a lazy source (the policy's
         parameters all-gathered one by one under FSDP: ``distributed.full_parameters``) never needs a whole
@@ -171,20 +193,32 @@ class VLLMSampler:
             how many of vLLM's parameters were written (its packed ones, such as ``qkv_proj``, count once).
 
         Raises:
-            RuntimeError: vLLM could not drop its prefix cache (a request still holds blocks).
+            RuntimeError: after a sleep, the weights did not cover every parameter of the engine (the rest
+                would hold garbage); or vLLM could not drop its prefix cache (a request still holds blocks).
         """
-        loaded, chunk, size = 0, [], 0
+        if self.asleep:
+            self.llm.wake_up(tags=["weights"])
+        loaded: set[str] = set()
+        chunk, size = [], 0
         for name, tensor in weights:
             chunk.append((name, tensor))
             size += tensor.numel() * tensor.element_size()
             if size >= chunk_bytes:
-                loaded += int(self.llm.collective_rpc(_load_weights, args=(chunk,))[0])
+                loaded.update(self.llm.collective_rpc(_load_weights, args=(chunk,))[0])
                 chunk, size = [], 0
         if chunk:
-            loaded += int(self.llm.collective_rpc(_load_weights, args=(chunk,))[0])
+            loaded.update(self.llm.collective_rpc(_load_weights, args=(chunk,))[0])
+        if self.asleep:
+            total = int(self.llm.collective_rpc(_count_parameters)[0])
+            if len(loaded) < total:
+                raise RuntimeError(f"the pushed weights wrote {len(loaded)} of the vLLM engine's {total} parameters, "
+                                   "and its sleep discarded the rest; push every weight, or set vllm_sleep=false")
         if not self.llm.reset_prefix_cache():  # stale entries would serve keys computed with the old weights
             raise RuntimeError("vLLM could not reset its prefix cache after a weight update")
-        return loaded
+        if self.asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.asleep = False
+        return len(loaded)
 
     def sample(self, prompts: list[list[int]], params: SamplingParams, seed: int = 0, batch_size: int | None = None,
                show_progress: bool = True) -> list[list[Completion]]:
@@ -192,6 +226,8 @@ class VLLMSampler:
 
         ``batch_size`` is accepted for ``RolloutEngine``'s signature and unused: vLLM schedules its own batches.
         """
+        if self.asleep:
+            raise RuntimeError("the vLLM engine is asleep (its weights were discarded): push_weights before sampling")
         from vllm import SamplingParams as VLLMParams
         from vllm import TokensPrompt
 
