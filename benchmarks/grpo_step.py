@@ -2,18 +2,23 @@
 
 Run (TRL lives only in the benchmark's own environment, never in thinktune's dependencies):
     make bench-grpo          # creates .venv-bench with thinktune + trl, then runs this file
-    .venv-bench/bin/python benchmarks/grpo_step.py [--steps 12] [--no-compile]
+    .venv-bench/bin/python benchmarks/grpo_step.py [--rounds 5] [--steps 8] [--no-compile]
 
 Both sides train the same Qwen2 built from a config (hidden 128, 4 layers, 4 heads, random weights, the demo's
 character tokenizer) on the embedded world's level-3 prompts, the same 16 prompts at the same step on both
 sides, 8 samples each, at most 64 new tokens, temperature 1.0, no KL, every group kept, one policy update per
 batch of rollouts, the same learning rate and a 0/1 correctness reward through thinktune's verifier. Both keep
-fp32. The first step of each side is a warm-up and is not counted (for thinktune it includes torch.compile's
-compile; ``--no-compile`` runs thinktune eager). Prints, for each side, ``seconds_per_step`` (the median over
-the timed steps, so that one step slowed by the machine does not move it) and ``completion_tokens_per_s``
-(mean completion tokens per step over that median), each side's time split (the median of each phase; TRL's
-"update" is its step minus its sampling call and the reward function), the middle half of its step times (on a
-shared machine, speed drifts between the two sides' runs: read the ratio against those ranges), and the ratio.
+fp32.
+
+A shared machine's speed drifts by tens of percent over a minute, so the sides alternate: ``--rounds`` rounds,
+each a fresh thinktune run then a fresh TRL run from the same starting model, ``--steps`` steps each. The first
+step of every run is a warm-up and is not counted (thinktune's first includes torch.compile's compile in round 1;
+``--no-compile`` runs thinktune eager). Prints, per round, each side's ``seconds_per_step`` (the median over the
+round's timed steps, so that one step slowed by the machine does not move it) and the round's ratio; then, over
+all rounds, each side's ``seconds_per_step`` and ``completion_tokens_per_s`` (mean completion tokens per step over
+that median), its time split (the median of each phase; TRL's "update" is its step minus its sampling call and
+the reward function) and the middle half of its step times, and ``speedup_vs_trl``: the median of the rounds'
+ratios, with their range.
 
 Where thinktune's time goes less: the lean decoder samples (each prompt prefilled once for its 8
 samples); the update forwards each prompt once and every completion token once, unpadded
@@ -38,7 +43,8 @@ from thinktune.data.order import step_units
 from thinktune.recipes import build_model, grpo
 from thinktune.recipes.synth import SynthConfig
 from thinktune.recipes.synth import run as run_synth
-from thinktune.rewards import RewardResult
+from thinktune.rewards import RewardResult, verify
+from thinktune.rewards.pool import get_pool
 from thinktune.rewards.verify import is_correct
 from thinktune.tasks.benchmarks import load_prompts
 
@@ -60,8 +66,16 @@ def setup(root: Path) -> Path:
     return root
 
 
-def thinktune_side(root: Path, steps: int, compile: bool) -> dict:
-    out = root / "thinktune"
+def cold_scoring() -> None:
+    """Forget every answer checked so far and restart math-verify's workers, so that no run scores with
+    what an earlier run (its own side's or the other's, on the same prompts) left cached."""
+    verify._math_verify_outcome.cache_clear()
+    get_pool().close()
+
+
+def thinktune_side(root: Path, steps: int, compile: bool, run: int) -> list[dict]:
+    """One fresh thinktune GRPO run of ``steps`` steps; per timed step, its phases and completion tokens."""
+    out = root / f"thinktune-{run}"
     cfg = load_config(grpo.GRPOConfig, None, [
         f"model.path={root / 'model'}", "model.system_prompt=", f"data.prompts={root / 'data' / 'train_prompts.jsonl'}",
         "data.difficulties=[3]", "reward.name=grpo_step:correctness", f"prompts_per_step={PROMPTS}",
@@ -70,16 +84,16 @@ def thinktune_side(root: Path, steps: int, compile: bool) -> dict:
         f"micro_batch_size={MICRO_BATCH}", f"model.compile={str(compile).lower()}", f"max_steps={steps}",
         "log.log_every=1", "log.save_every=0", "log.progress=false", "dump_every=0", f"seed={SEED}",
         f"output_dir={out}"])
+    cold_scoring()
     grpo.run(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
-    phases = ("time/generate", "time/score", "time/update")
-    split = {k: statistics.median(r[k] for r in rows) for k in phases}
-    totals = [sum(r[k] for k in phases) for r in rows]
-    tokens = statistics.fmean(r["rollout/length_mean"] for r in rows) * PROMPTS * GROUP
-    return summary(totals, tokens) | split
+    return [{"time/generate": r["time/generate"], "time/score": r["time/score"], "time/update": r["time/update"],
+             "total": r["time/generate"] + r["time/score"] + r["time/update"],
+             "tokens": r["rollout/length_mean"] * PROMPTS * GROUP} for r in rows]
 
 
-def trl_side(root: Path, steps: int) -> dict:
+def trl_side(root: Path, steps: int, run: int) -> list[dict]:
+    """One fresh TRL GRPOTrainer run of ``steps`` steps; per timed step, its phases and completion tokens."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -124,7 +138,7 @@ def trl_side(root: Path, steps: int) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(root / "model")
     model = AutoModelForCausalLM.from_pretrained(root / "model")
     args = GRPOConfig(
-        output_dir=str(root / "trl"), per_device_train_batch_size=PROMPTS * GROUP, num_generations=GROUP,
+        output_dir=str(root / f"trl-{run}"), per_device_train_batch_size=PROMPTS * GROUP, num_generations=GROUP,
         max_completion_length=NEW_TOKENS, temperature=1.0, top_p=1.0, beta=0.0, num_iterations=1,
         gradient_accumulation_steps=1, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=0.0, max_steps=steps, logging_steps=1, report_to="none", use_cpu=True, save_strategy="no",
@@ -133,19 +147,21 @@ def trl_side(root: Path, steps: int) -> dict:
         bf16=False, fp16=False, gradient_checkpointing=False)
     trainer = TimedGRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
                                processing_class=tokenizer, callbacks=[Timer()])
+    cold_scoring()
     trainer.train()
-    timed = rows_by_step[1:]
-    tokens = statistics.fmean(lengths[1:]) * PROMPTS * GROUP
-    split = {f"time/{k}": statistics.median(r[k] for r in timed) for k in ("generate", "score")}
-    split["time/update"] = statistics.median(r["total"] - r["generate"] - r["score"] for r in timed)
-    return summary([r["total"] for r in timed], tokens) | split
+    return [{"time/generate": r["generate"], "time/score": r["score"],
+             "time/update": r["total"] - r["generate"] - r["score"], "total": r["total"],
+             "tokens": length * PROMPTS * GROUP} for r, length in zip(rows_by_step, lengths, strict=True)][1:]
 
 
-def summary(step_seconds: list[float], tokens_per_step: float) -> dict:
-    """The median step, its interquartile range (how much the machine moved the steps), and tokens/s."""
-    q1, median, q3 = statistics.quantiles(step_seconds, n=4)
-    return {"seconds_per_step": median, "spread": (q1, q3), "completion_tokens_per_s": tokens_per_step / median,
-            "tokens_per_step": tokens_per_step}
+def summary(steps: list[dict]) -> dict:
+    """Median step time and phases, the steps' interquartile range (how much the machine moved them), and
+    completion tokens per second (mean tokens per step over the median step)."""
+    q1, median, q3 = statistics.quantiles([r["total"] for r in steps], n=4)
+    tokens = statistics.fmean(r["tokens"] for r in steps)
+    phases = {k: statistics.median(r[k] for r in steps) for k in ("time/generate", "time/score", "time/update")}
+    return {"seconds_per_step": median, "spread": (q1, q3), "completion_tokens_per_s": tokens / median,
+            "tokens_per_step": tokens} | phases
 
 
 def report(name: str, side: dict) -> None:
@@ -157,25 +173,43 @@ def report(name: str, side: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=5, help="alternations of a thinktune run and a TRL run")
+    parser.add_argument("--steps", type=int, default=8, help="steps per run, the first a warm-up")
     parser.add_argument("--no-compile", action="store_true", help="thinktune without torch.compile")
     args = parser.parse_args()
+    if args.steps < 4:
+        parser.error("--steps: at least 4 (one warm-up, then enough steps for a median and quartiles)")
     _quiet_transformers()
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))  # so "grpo_step:correctness" imports this file
     root = setup(Path(tempfile.mkdtemp(prefix="grpo-step-")))
     print(f"device cpu, {torch.get_num_threads()} threads; Qwen2 h128 L4; {PROMPTS} prompts x {GROUP} samples, "
-          f"<= {NEW_TOKENS} new tokens, T=1.0, no KL, one update per batch; {args.steps - 1} timed steps each")
-    ours = thinktune_side(root, args.steps, not args.no_compile)
-    report("thinktune", ours)
+          f"<= {NEW_TOKENS} new tokens, T=1.0, no KL, one update per batch; {args.rounds} rounds of "
+          f"{args.steps - 1} timed steps per side")
     try:
-        theirs = trl_side(root, args.steps)
+        import trl  # noqa: F401
     except ImportError:
+        trl = None
+    ours, theirs, ratios = [], [], []
+    for run in range(args.rounds):
+        ours_run = thinktune_side(root, args.steps, not args.no_compile, run)
+        ours += ours_run
+        if trl is None:
+            continue
+        theirs_run = trl_side(root, args.steps, run)
+        theirs += theirs_run
+        a, b = summary(ours_run), summary(theirs_run)
+        ratios.append(a["completion_tokens_per_s"] / b["completion_tokens_per_s"])
+        print(f"round {run + 1}: thinktune {a['seconds_per_step']:.3f} s/step, trl {b['seconds_per_step']:.3f} "
+              f"s/step, ratio {ratios[-1]:.2f}", flush=True)
+    report("thinktune", summary(ours))
+    if trl is None:
         print("trl is not installed in this environment: run `make bench-grpo` (it creates .venv-bench)")
         return
-    report("trl", theirs)
-    print(f"speedup_vs_trl: {ours['completion_tokens_per_s'] / theirs['completion_tokens_per_s']:.2f}")
+    report("trl", summary(theirs))
+    print(f"speedup_vs_trl: {statistics.median(ratios):.2f} (median of {len(ratios)} rounds; "
+          f"range {min(ratios):.2f}-{max(ratios):.2f})")
 
 
 if __name__ == "__main__":
