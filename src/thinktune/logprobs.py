@@ -184,9 +184,14 @@ class PromptCache:
         targets = torch.tensor([t for c in completions for t in c], device=self.device)  # [N]
         index = torch.tensor(list(prompt_index), device=self.device)
         prefix = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.leaves]
+        prefix_mask = self.head_mask.index_select(0, index).bool()  # [B, L]
+        real = {len(self.prompts[p]) - 1 for p in prompt_index}
+        if len(real) == 1:  # equally long prompts: keep their real columns (left padded: the last ones), no mask
+            start = self.width - real.pop()
+            prefix, prefix_mask = [(k[:, :, start:], v[:, :, start:]) for k, v in prefix], None
         with self._autocast():
             hidden = self.unpadded_fn(self.model, tokens, heads[row] + col, row, col, int(lengths.max()), prefix,
-                                      self.head_mask.index_select(0, index).bool())  # [N, hidden]
+                                      prefix_mask)  # [N, hidden]
             flat_logps, flat_entropy = chunked_score(hidden, targets, temperature, need_entropy,
                                                      self.model.get_output_embeddings(), self.chunk_bytes)  # [N] each
 

@@ -55,7 +55,7 @@ def _qkv(attn: torch.nn.Module, x: torch.Tensor, heads: int, kv_heads: int, dim:
 
 def forward(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor, row: torch.Tensor,
             col: torch.Tensor, width: int, prefix: list[tuple[torch.Tensor, torch.Tensor]],
-            prefix_mask: torch.Tensor) -> torch.Tensor:
+            prefix_mask: torch.Tensor | None) -> torch.Tensor:
     """Final hidden states of every token of a batch of sequences that continue cached prompts: the input of
     ``model.lm_head``, which the caller applies (``logprobs.chunked_score`` does, a chunk of tokens at a time).
 
@@ -66,7 +66,11 @@ def forward(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tenso
         row, col: [N] each token's sequence b < B and its index within that sequence (< ``width``).
         width: T, the longest sequence.
         prefix: per layer, (keys, values) [B, kv_heads, L, D] of each sequence's prompt, rotary applied.
-        prefix_mask: [B, L] bool, True on the prompt's real (not padding) columns.
+        prefix_mask: [B, L] bool, True on the prompt's real (not padding) columns; None when every column is
+            real for every sequence (their prompts are equally long). Then attention needs no mask: it runs as
+            square causal attention over ``prefix + sequence``, with L zero queries in front whose outputs
+            are dropped, which lets CUDA use its flash kernel (a mask rules it out, and at 32k tokens the
+            mask itself is gigabytes); the Phi-4 configs' one-sequence micro-batches always take this path.
 
     Returns:
         [N, hidden] states after the final norm.
@@ -75,17 +79,20 @@ def forward(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tenso
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
     dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     rotate = sys.modules[type(inner.layers[0].self_attn).__module__].apply_rotary_pos_emb
-    batch = prefix_mask.shape[0]
+    batch, length = prefix[0][0].shape[0], prefix[0][0].shape[2]  # B, L
 
     h = inner.embed_tokens(tokens)  # [N, hidden]
     cos, sin = inner.rotary_emb(h, positions)  # [N, R] each
-    causal = torch.ones(width, width, dtype=torch.bool, device=h.device).tril()  # [T, T]
-    valid = torch.zeros(batch, width, dtype=torch.bool, device=h.device)  # [B, T]
-    valid[row, col] = True
-    own = causal & valid[:, None, :]  # [B, T, T]: earlier real tokens of the same sequence
-    # A padding query also sees itself (a zero key) so no softmax row is empty: no NaN, even in backward.
-    own = own | torch.eye(width, dtype=torch.bool, device=h.device)
-    mask = torch.cat([prefix_mask[:, None, :].expand(-1, width, -1), own], dim=-1)[:, None]  # [B, 1, T, L+T]
+    mask = None
+    if prefix_mask is not None:
+        causal = torch.ones(width, width, dtype=torch.bool, device=h.device).tril()  # [T, T]
+        valid = torch.zeros(batch, width, dtype=torch.bool, device=h.device)  # [B, T]
+        valid[row, col] = True
+        own = causal & valid[:, None, :]  # [B, T, T]: earlier real tokens of the same sequence
+        # A padding query also sees itself (a zero key) so no softmax row is empty: no NaN, even in backward.
+        own = own | torch.eye(width, dtype=torch.bool, device=h.device)
+        mask = torch.cat([prefix_mask[:, None, :].expand(-1, width, -1), own], dim=-1)[:, None]  # [B, 1, T, L+T]
+    # Without a mask, a real query never sees a padding key: padding sits after every real token of its row.
 
     def padded(x: torch.Tensor) -> torch.Tensor:  # [N, H, D] -> [B, H, T, D], zeros where no token is
         out = x.new_zeros(batch, width, *x.shape[1:])
@@ -97,8 +104,13 @@ def forward(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tenso
         q, k = rotate(q, k, cos, sin, unsqueeze_dim=1)
         keys = torch.cat([prefix_k, padded(k)], dim=2)  # [B, K, L+T, D]
         values = torch.cat([prefix_v, padded(v)], dim=2)
-        out = F.scaled_dot_product_attention(padded(q), keys, values, attn_mask=mask, scale=attn.scaling,
-                                             enable_gqa=heads != kv_heads)  # [B, H, T, D]
+        if mask is None:  # L zero queries in front make it square: top-left causal is then the right one
+            queries = torch.cat([q.new_zeros(batch, heads, length, dim), padded(q)], dim=2)  # [B, H, L+T, D]
+            out = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, scale=attn.scaling,
+                                                 enable_gqa=heads != kv_heads)[:, :, length:]  # [B, H, T, D]
+        else:
+            out = F.scaled_dot_product_attention(padded(q), keys, values, attn_mask=mask, scale=attn.scaling,
+                                                 enable_gqa=heads != kv_heads)  # [B, H, T, D]
         h = h + attn.o_proj(out.transpose(1, 2)[row, col].reshape(-1, heads * dim))
         h = h + layer.mlp(layer.post_attention_layernorm(h))
     return inner.norm(h)  # [N, hidden]

@@ -71,6 +71,37 @@ def test_logps_entropy_and_gradients_match_forwarding_each_sequence_alone(char_t
         torch.testing.assert_close(param.grad, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("arch", ["phi3", "qwen2"])
+def test_micro_batches_of_equally_long_prompts_run_without_a_mask_and_match(char_tokenizer, arch):
+    """A micro-batch whose prompts are equally long (the Phi-4 configs' single sequences, or one prompt's
+    samples) runs the unpadded forward with no attention mask (square causal attention over prompt +
+    completion), with the same log-probs, entropies and gradients; prompts of 1 token (no cached columns at
+    all), 2, 9 and 17 tokens, in a cache padded to 16 columns."""
+    model = build_tiny_model(arch, char_tokenizer, **SHAPE).float()
+    prompts, index, completions = _case(len(char_tokenizer), seed=3)
+    ref_logps, ref_entropy = _alone(model, prompts, index, completions, 0.7)
+    torch.stack([lp.sum() for lp in ref_logps]).sum().backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    cache = PromptCache(model, prompts, char_tokenizer.pad_token_id)
+    masks = []
+    inner = cache.unpadded_fn
+    cache.unpadded_fn = lambda *args: masks.append(args[-1]) or inner(*args)
+    for p in range(len(prompts)):
+        chunk = [i for i in range(len(index)) if index[i] == p]  # one prompt's 3 completions
+        logps, entropy, mask = cache.logps([p] * len(chunk), [completions[i] for i in chunk], 0.7, "grad")
+        (logps * mask).sum().backward()
+        for b, i in enumerate(chunk):
+            n = len(completions[i])
+            torch.testing.assert_close(logps[b, :n], ref_logps[i], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(entropy[b, :n], ref_entropy[i], atol=1e-5, rtol=1e-5)
+    cache.backward_prompts()
+    assert masks == [None] * len(prompts)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_without_backward_prompts_the_prompt_part_of_the_gradient_is_missing(char_tokenizer):
     """The prompt forward's share of the gradient arrives only through backward_prompts: a check that the
     test above cannot pass with the prompt gradient silently dropped."""
@@ -171,10 +202,11 @@ def test_empty_prompt_or_completion_is_an_error(char_tokenizer):
 @pytest.mark.slow
 def test_compiled_unpadded_forward_matches_eager(char_tokenizer):
     """model.compile runs the unpadded forward under torch.compile (dynamic shapes): the same log-probs as
-    eager, for a second batch of another shape too."""
+    eager, for a second batch of another shape too, and for one prompt's samples (no mask)."""
     model = build_tiny_model("qwen2", char_tokenizer, **SHAPE).float()
     prompts, index, completions = _case(len(char_tokenizer), seed=2)
-    for chunk in (list(range(12)), list(range(5))):  # two shapes: the second reuses the dynamic graph
+    one_prompt = [i for i in range(12) if index[i] == 2]
+    for chunk in (list(range(12)), list(range(5)), one_prompt):  # the second reuses the dynamic graph
         args = ([index[i] for i in chunk], [completions[i] for i in chunk], 0.7)
         eager = PromptCache(model, prompts, char_tokenizer.pad_token_id).logps(*args)[0]
         compiled = PromptCache(model, prompts, char_tokenizer.pad_token_id, compile=True).logps(*args)[0]
