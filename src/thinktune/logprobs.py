@@ -29,6 +29,7 @@ Output layout: ``[B, T]`` with T the longest completion of the micro-batch; colu
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from contextlib import nullcontext
 
@@ -59,6 +60,13 @@ def right_padded(rows: Sequence[Sequence[float]], pad: float, device: torch.devi
         out[b, :len(r)] = torch.tensor(r, dtype=dtype)
         mask[b, :len(r)] = 1
     return out.to(device), mask.to(device)
+
+
+def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the model's forward (a peft wrapper's base model's) takes ``logits_to_keep`` (transformers' causal
+    LMs do; a remote-code model may not)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(type(base).forward).parameters
 
 
 def _cache_unusable(model: torch.nn.Module) -> bool:
@@ -157,12 +165,19 @@ class PromptCache:
         else:
             rows = [self.prompts[p] + list(c) for p, c in zip(prompt_index, completions, strict=True)]
             ids, _ = right_padded(rows, self.pad_id, self.device)  # right padding needs no attention mask
+            starts = [len(self.prompts[p]) - 1 for p in prompt_index]  # the column predicting completion token 0
+            first, width = min(starts), max(len(c) for c in completions)  # T
+            # Logits from the first predicting column on only: the prompts' other columns predict nothing.
+            keep = {"logits_to_keep": ids.shape[1] - first} if _takes_logits_to_keep(self.model) else {}
             with self._autocast():
-                logits = self.model(input_ids=ids).logits  # [B, W, V]
-            start = torch.tensor([len(self.prompts[p]) - 1 for p in prompt_index], device=self.device)
-            width = max(len(c) for c in completions)  # T
-            cols = (start[:, None] + torch.arange(width, device=self.device)).clamp(max=ids.shape[1] - 1)  # [B, T]
-            picked = logits.gather(1, cols[..., None].expand(-1, -1, logits.shape[-1]))  # [B, T, V]
+                logits = self.model(input_ids=ids, **keep).logits  # [B, W', V], column j is ids' column W - W' + j
+            offset = ids.shape[1] - logits.shape[1]
+            if len(rows) == 1:  # a slice, not a [1, T, V] copy (the Phi-4 configs' one-sequence micro-batches)
+                picked = logits[:, starts[0] - offset:starts[0] - offset + width]  # [1, T, V]
+            else:
+                start = torch.tensor(starts, device=self.device) - offset
+                cols = (start[:, None] + torch.arange(width, device=self.device)).clamp(max=logits.shape[1] - 1)
+                picked = logits.gather(1, cols[..., None].expand(-1, -1, logits.shape[-1]))  # [B, T, V]
         targets, mask = right_padded([list(c) for c in completions], self.pad_id, self.device)  # [B, T]
         flat_logps, flat_entropy = chunked_score(picked.flatten(0, 1), targets.flatten(), temperature,
                                                  need_entropy, chunk_bytes=self.chunk_bytes)  # [B*T] each

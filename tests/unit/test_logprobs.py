@@ -102,6 +102,31 @@ def test_micro_batches_of_equally_long_prompts_run_without_a_mask_and_match(char
         torch.testing.assert_close(param.grad, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_full_forward_of_one_sequence_keeps_only_the_completions_logits(char_tokenizer):
+    """Without a prompt cache (FSDP, gradient checkpointing) each sequence is forwarded whole; the model is asked
+    for logits from the first predicting column on only (``logits_to_keep``), and a one-sequence micro-batch
+    (the Phi-4 configs') reads them without a copy. Log-probs, entropies and gradients are unchanged."""
+    model = build_tiny_model("qwen2", char_tokenizer, **SHAPE).float()
+    prompts, index, completions = _case(len(char_tokenizer), seed=4)
+    ref_logps, ref_entropy = _alone(model, prompts, index, completions, 0.7)
+    torch.stack([lp.sum() for lp in ref_logps]).sum().backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    kept = []
+    forward = model.forward
+    model.forward = lambda *args, **kw: kept.append(kw.get("logits_to_keep")) or forward(*args, **kw)
+    cache = PromptCache(model, prompts, char_tokenizer.pad_token_id, share_prompt=False)
+    for i in range(len(completions)):
+        logps, entropy, mask = cache.logps([index[i]], [completions[i]], 0.7, "grad")
+        (logps * mask).sum().backward()
+        torch.testing.assert_close(logps[0], ref_logps[i], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(entropy[0], ref_entropy[i], atol=1e-5, rtol=1e-5)
+    assert kept == [len(c) + 1 for c in completions]  # the prompt's last column, then every completion token
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_without_backward_prompts_the_prompt_part_of_the_gradient_is_missing(char_tokenizer):
     """The prompt forward's share of the gradient arrives only through backward_prompts: a check that the
     test above cannot pass with the prompt gradient silently dropped."""
