@@ -98,7 +98,8 @@ def sft_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     target = shift_labels(labels).flatten()  # [B*T]
     labelled = target != IGNORE_INDEX
     logps, _ = chunked_score(logits.flatten(0, 1), target.clamp(min=0), 1.0, False)  # [B*T]
-    return -(logps * labelled).sum(), int(labelled.sum())
+    # where, not a product: an unlabelled position's log-prob (of a stand-in target) never enters, even if inf
+    return -torch.where(labelled, logps, 0.0).sum(), int(labelled.sum())
 
 
 def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
