@@ -39,6 +39,7 @@ from transformers import DynamicCache
 
 from thinktune import unpadded
 from thinktune.losses import CHUNK_BYTES, chunked_score
+from thinktune.rollout import lean
 
 
 def length_sorted_chunks(lengths: Sequence[int], size: int) -> list[list[int]]:
@@ -67,6 +68,35 @@ def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
     LMs do; a remote-code model may not)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(type(base).forward).parameters
+
+
+def _plain_head(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s forward returns ``lm_head``'s output untouched as its logits (no soft-capping or
+    scaling after it), so that a stand-in head may return log-probs in their place: the architectures
+    ``thinktune.unpadded`` implements, with a plain linear head."""
+    return model.config.model_type in lean.ARCHS and type(getattr(model, "lm_head", None)) is torch.nn.Linear
+
+
+class _ScoringHead(torch.nn.Module):
+    """Stands in for ``lm_head`` during one forward: from the final hidden states [B, W', H] it scores each
+    completion's tokens (``columns(W')`` [B, T] says where they are predicted) with the real head, a chunk at
+    a time (``chunked_score``), and returns [B, T, 1] log-probs, or [B, T, 2] with the entropy, as "logits".
+    It runs inside the model's forward, where FSDP has the head's weight gathered; under checkpointing the
+    backward recomputes each chunk, after FSDP's pre-backward hook has gathered the weight again."""
+
+    def __init__(self, head: torch.nn.Linear, columns, targets: torch.Tensor, temperature: float,
+                 need_entropy: bool | str, chunk_bytes: int) -> None:
+        super().__init__()
+        self.head, self.columns, self.targets = head, columns, targets
+        self.temperature, self.need_entropy, self.chunk_bytes = temperature, need_entropy, chunk_bytes
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        cols = self.columns(hidden.shape[1])  # [B, T]
+        picked = hidden.gather(1, cols[..., None].expand(-1, -1, hidden.shape[-1]))  # [B, T, H]
+        logps, entropy = chunked_score(picked.flatten(0, 1), self.targets.flatten(), self.temperature,
+                                       self.need_entropy, self.head, self.chunk_bytes)  # [B*T] each
+        parts = [logps] if entropy is None else [logps, entropy]
+        return torch.stack(parts, dim=-1).view(*self.targets.shape, len(parts))
 
 
 def _cache_unusable(model: torch.nn.Module) -> bool:
@@ -163,26 +193,49 @@ class PromptCache:
                 picked = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
                                     cache=cache).logits  # [B, T, V]: column k predicts completion token k
         else:
-            rows = [self.prompts[p] + list(c) for p, c in zip(prompt_index, completions, strict=True)]
-            ids, _ = right_padded(rows, self.pad_id, self.device)  # right padding needs no attention mask
-            starts = [len(self.prompts[p]) - 1 for p in prompt_index]  # the column predicting completion token 0
-            first, width = min(starts), max(len(c) for c in completions)  # T
-            # Logits from the first predicting column on only: the prompts' other columns predict nothing.
-            keep = {"logits_to_keep": ids.shape[1] - first} if _takes_logits_to_keep(self.model) else {}
-            with self._autocast():
-                logits = self.model(input_ids=ids, **keep).logits  # [B, W', V], column j is ids' column W - W' + j
-            offset = ids.shape[1] - logits.shape[1]
-            if len(rows) == 1:  # a slice, not a [1, T, V] copy (the Phi-4 configs' one-sequence micro-batches)
-                picked = logits[:, starts[0] - offset:starts[0] - offset + width]  # [1, T, V]
-            else:
-                start = torch.tensor(starts, device=self.device) - offset
-                cols = (start[:, None] + torch.arange(width, device=self.device)).clamp(max=logits.shape[1] - 1)
-                picked = logits.gather(1, cols[..., None].expand(-1, -1, logits.shape[-1]))  # [B, T, V]
+            return self._logps_whole(prompt_index, completions, temperature, need_entropy)
         targets, mask = right_padded([list(c) for c in completions], self.pad_id, self.device)  # [B, T]
         flat_logps, flat_entropy = chunked_score(picked.flatten(0, 1), targets.flatten(), temperature,
                                                  need_entropy, chunk_bytes=self.chunk_bytes)  # [B*T] each
         logps = flat_logps.view_as(targets)
         entropy = None if flat_entropy is None else flat_entropy.view_as(targets)
+        mask = mask.float()
+        return logps * mask, entropy, mask
+
+    def _logps_whole(self, prompt_index: Sequence[int], completions: Sequence[Sequence[int]], temperature: float,
+                     need_entropy: bool | str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Each ``prompt + completion`` forwarded whole (FSDP, gradient checkpointing, ``share_prompt=False``)."""
+        rows = [self.prompts[p] + list(c) for p, c in zip(prompt_index, completions, strict=True)]
+        ids, _ = right_padded(rows, self.pad_id, self.device)  # right padding needs no attention mask
+        targets, mask = right_padded([list(c) for c in completions], self.pad_id, self.device)  # [B, T]
+        starts = [len(self.prompts[p]) - 1 for p in prompt_index]  # the column predicting completion token 0
+        width = targets.shape[1]  # T
+        # Outputs from the first predicting column on only: the prompts' other columns predict nothing.
+        keep = {"logits_to_keep": ids.shape[1] - min(starts)} if _takes_logits_to_keep(self.model) else {}
+
+        def columns(kept: int) -> torch.Tensor:  # [B, T]: where each completion token's prediction is among the kept
+            start = torch.tensor(starts, device=self.device) - (ids.shape[1] - kept)
+            return (start[:, None] + torch.arange(width, device=self.device)).clamp(max=kept - 1)
+
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        if _plain_head(base):  # the head scores inside the forward: no [B, W, V] logits at all
+            head = _ScoringHead(base.lm_head, columns, targets, temperature, need_entropy, self.chunk_bytes)
+            base.lm_head = head
+            try:
+                with self._autocast():
+                    scored = self.model(input_ids=ids, **keep).logits  # [B, T, 1 or 2]: log-prob (, entropy)
+            finally:
+                base.lm_head = head.head
+            logps, entropy = scored[..., 0], (scored[..., 1] if need_entropy else None)
+        else:
+            with self._autocast():
+                logits = self.model(input_ids=ids, **keep).logits  # [B, W', V]
+            cols = columns(logits.shape[1])
+            picked = logits.gather(1, cols[..., None].expand(-1, -1, logits.shape[-1]))  # [B, T, V]
+            flat_logps, flat_entropy = chunked_score(picked.flatten(0, 1), targets.flatten(), temperature,
+                                                     need_entropy, chunk_bytes=self.chunk_bytes)  # [B*T] each
+            logps = flat_logps.view_as(targets)
+            entropy = None if flat_entropy is None else flat_entropy.view_as(targets)
         mask = mask.float()
         return logps * mask, entropy, mask
 

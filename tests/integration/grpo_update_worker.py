@@ -9,13 +9,15 @@ uneven (5 and 3 sequences, so 3 and 2 micro-batches of 2), which exercises the f
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import torch
 
-from thinktune import distributed, models, runtime
+from thinktune import distributed, logprobs, models, runtime
 from thinktune.advantages import group_advantages
 from thinktune.config import load_config
+from thinktune.logprobs import PromptCache
 from thinktune.recipes import grpo
 
 NUM_SEQS, GROUP, RANK_SHARES = 8, 4, {1: [list(range(8))], 2: [[0, 1, 2, 3, 4], [5, 6, 7]]}
@@ -57,7 +59,18 @@ def main(model_dir: str, out_file: str) -> None:
     # fp32 noise on near-zero gradients into whole steps; with SGD the weights change by lr x the gradient.
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     ro = subset(fixed_rollouts(len(tokenizer)), RANK_SHARES[rt.world_size][rt.rank])
-    metrics = grpo.update(model, reference, optimizer, ro, cfg, 1.0, tokenizer.pad_token_id, rt)
+    # Log-probs in chunks of 3 tokens. Under FSDP each sequence is forwarded whole and a stand-in head scores
+    # inside the forward: the backward then recomputes every chunk's head with the weight FSDP gathers again,
+    # and the gradient must still equal the one-process run's.
+    scored = []
+    head_forward = logprobs._ScoringHead.forward
+    grpo.PromptCache = functools.partial(PromptCache, chunk_bytes=3 * 4 * len(tokenizer))
+    logprobs._ScoringHead.forward = lambda self, hidden: scored.append(hidden.shape[0]) or head_forward(self, hidden)
+    try:
+        metrics = grpo.update(model, reference, optimizer, ro, cfg, 1.0, tokenizer.pad_token_id, rt)
+    finally:  # main also runs inside the test process, for one rank
+        grpo.PromptCache, logprobs._ScoringHead.forward = PromptCache, head_forward
+    assert bool(scored) == (rt.world_size > 1), scored  # FSDP: the whole-sequence path with the stand-in head
     state = distributed.full_state_dict(model)
     # What vLLM rollouts push every step: each parameter gathered whole, on every rank, in step.
     pushed = {name: t.cpu().clone() for name, t in distributed.full_parameters(model)}

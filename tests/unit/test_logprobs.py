@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from thinktune import logprobs
 from thinktune.logprobs import PromptCache, length_sorted_chunks
 from thinktune.losses import CHUNK_BYTES, chunked_score, entropy_from_logits, score_tokens, token_logps
 from thinktune.models import build_tiny_model
@@ -102,11 +103,17 @@ def test_micro_batches_of_equally_long_prompts_run_without_a_mask_and_match(char
         torch.testing.assert_close(param.grad, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_full_forward_of_one_sequence_keeps_only_the_completions_logits(char_tokenizer):
-    """Without a prompt cache (FSDP, gradient checkpointing) each sequence is forwarded whole; the model is asked
-    for logits from the first predicting column on only (``logits_to_keep``), and a one-sequence micro-batch
-    (the Phi-4 configs') reads them without a copy. Log-probs, entropies and gradients are unchanged."""
+@pytest.mark.parametrize("scoring_head", [True, False])
+def test_whole_sequence_forward_keeps_only_the_completions_columns(char_tokenizer, monkeypatch, scoring_head):
+    """Without a prompt cache (FSDP, gradient checkpointing) each sequence is forwarded whole, from the first
+    predicting column on only (``logits_to_keep``), one sequence per micro-batch as in the Phi-4 configs. With
+    a plain head (this architecture) a stand-in head scores inside the forward, in 2-token chunks here, so no
+    [B, W, V] logits exist; otherwise the logits are scored. Log-probs, entropies and gradients are unchanged,
+    and the model has its own head back afterwards."""
+    if not scoring_head:
+        monkeypatch.setattr(logprobs, "_plain_head", lambda model: False)
     model = build_tiny_model("qwen2", char_tokenizer, **SHAPE).float()
+    head = model.lm_head
     prompts, index, completions = _case(len(char_tokenizer), seed=4)
     ref_logps, ref_entropy = _alone(model, prompts, index, completions, 0.7)
     torch.stack([lp.sum() for lp in ref_logps]).sum().backward()
@@ -116,13 +123,15 @@ def test_full_forward_of_one_sequence_keeps_only_the_completions_logits(char_tok
     kept = []
     forward = model.forward
     model.forward = lambda *args, **kw: kept.append(kw.get("logits_to_keep")) or forward(*args, **kw)
-    cache = PromptCache(model, prompts, char_tokenizer.pad_token_id, share_prompt=False)
+    cache = PromptCache(model, prompts, char_tokenizer.pad_token_id, share_prompt=False,
+                        chunk_bytes=2 * 4 * len(char_tokenizer))
     for i in range(len(completions)):
         logps, entropy, mask = cache.logps([index[i]], [completions[i]], 0.7, "grad")
         (logps * mask).sum().backward()
         torch.testing.assert_close(logps[0], ref_logps[i], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(entropy[0], ref_entropy[i], atol=1e-5, rtol=1e-5)
     assert kept == [len(c) + 1 for c in completions]  # the prompt's last column, then every completion token
+    assert model.lm_head is head
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
