@@ -180,27 +180,36 @@ class PromptCache:
         longest = max(len(self.prompts[p]) + len(c) for p, c in zip(prompt_index, completions, strict=True))
         if self.share and self.unpadded and not unpadded.unsupported_reason(self.model, longest):
             return self._logps_unpadded(prompt_index, completions, temperature, need_entropy)
-        if self.share:  # column k of row b: the token before completion token k
-            rows = [self.prompts[p][-1:] + list(c[:-1]) for p, c in zip(prompt_index, completions, strict=True)]
-            ids, mask = right_padded(rows, self.pad_id, self.device)  # [B, T]
-            index = torch.tensor(list(prompt_index), device=self.device)
-            heads = [len(self.prompts[p]) - 1 for p in prompt_index]
-            positions = torch.tensor(heads, device=self.device)[:, None] + torch.arange(ids.shape[1], device=self.device)
-            cache = DynamicCache(ddp_cache_data=[(k.index_select(0, index), v.index_select(0, index))
-                                                 for k, v in self.leaves])
-            attention = torch.cat([self.head_mask[index], mask], dim=1)  # [B, L+T]
-            with self._autocast():
-                picked = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
-                                    cache=cache).logits  # [B, T, V]: column k predicts completion token k
-        else:
-            return self._logps_whole(prompt_index, completions, temperature, need_entropy)
+        if self.share:
+            return self._logps_cached(prompt_index, completions, temperature, need_entropy)
+        return self._logps_whole(prompt_index, completions, temperature, need_entropy)
+
+    def _logps_cached(self, prompt_index: Sequence[int], completions: Sequence[Sequence[int]], temperature: float,
+                      need_entropy: bool | str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Completions through the HF forward on the prompts' cached keys and values, padded to the longest."""
+        # Column k of row b: the token before completion token k.
+        rows = [self.prompts[p][-1:] + list(c[:-1]) for p, c in zip(prompt_index, completions, strict=True)]
+        ids, mask = right_padded(rows, self.pad_id, self.device)  # [B, T]
+        index = torch.tensor(list(prompt_index), device=self.device)
+        heads = [len(self.prompts[p]) - 1 for p in prompt_index]
+        positions = torch.tensor(heads, device=self.device)[:, None] + torch.arange(ids.shape[1], device=self.device)
+        cache = DynamicCache(ddp_cache_data=[(k.index_select(0, index), v.index_select(0, index))
+                                             for k, v in self.leaves])
+        attention = torch.cat([self.head_mask[index], mask], dim=1)  # [B, L+T]
+        with self._autocast():
+            picked = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
+                                cache=cache).logits  # [B, T, V]: column k predicts completion token k
         targets, mask = right_padded([list(c) for c in completions], self.pad_id, self.device)  # [B, T]
-        flat_logps, flat_entropy = chunked_score(picked.flatten(0, 1), targets.flatten(), temperature,
-                                                 need_entropy, chunk_bytes=self.chunk_bytes)  # [B*T] each
-        logps = flat_logps.view_as(targets)
-        entropy = None if flat_entropy is None else flat_entropy.view_as(targets)
+        logps, entropy = self._score_logits(picked, targets, temperature, need_entropy)
         mask = mask.float()
         return logps * mask, entropy, mask
+
+    def _score_logits(self, logits: torch.Tensor, targets: torch.Tensor, temperature: float,
+                      need_entropy: bool | str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``chunked_score`` of [B, T, V] logits against [B, T] targets: ([B, T], [B, T] or None)."""
+        flat_logps, flat_entropy = chunked_score(logits.flatten(0, 1), targets.flatten(), temperature,
+                                                 need_entropy, chunk_bytes=self.chunk_bytes)  # [B*T] each
+        return flat_logps.view_as(targets), None if flat_entropy is None else flat_entropy.view_as(targets)
 
     def _logps_whole(self, prompt_index: Sequence[int], completions: Sequence[Sequence[int]], temperature: float,
                      need_entropy: bool | str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -232,10 +241,7 @@ class PromptCache:
                 logits = self.model(input_ids=ids, **keep).logits  # [B, W', V]
             cols = columns(logits.shape[1])
             picked = logits.gather(1, cols[..., None].expand(-1, -1, logits.shape[-1]))  # [B, T, V]
-            flat_logps, flat_entropy = chunked_score(picked.flatten(0, 1), targets.flatten(), temperature,
-                                                     need_entropy, chunk_bytes=self.chunk_bytes)  # [B*T] each
-            logps = flat_logps.view_as(targets)
-            entropy = None if flat_entropy is None else flat_entropy.view_as(targets)
+            logps, entropy = self._score_logits(picked, targets, temperature, need_entropy)
         mask = mask.float()
         return logps * mask, entropy, mask
 
