@@ -38,7 +38,8 @@ from torch.distributed.fsdp import FSDPModule
 from transformers import DynamicCache
 
 from thinktune import unpadded
-from thinktune.losses import CHUNK_BYTES, chunked_score
+from thinktune.data.chat import IGNORE_INDEX
+from thinktune.losses import CHUNK_BYTES, chunked_score, shift_labels
 from thinktune.rollout import lean
 
 
@@ -74,29 +75,78 @@ def _plain_head(model: torch.nn.Module) -> bool:
     """Whether ``model``'s forward returns ``lm_head``'s output untouched as its logits (no soft-capping or
     scaling after it), so that a stand-in head may return log-probs in their place: the architectures
     ``thinktune.unpadded`` implements, with a plain linear head."""
-    return model.config.model_type in lean.ARCHS and type(getattr(model, "lm_head", None)) is torch.nn.Linear
+    model_type = getattr(getattr(model, "config", None), "model_type", None)  # None: a wrapper (lora.ReferenceView)
+    return model_type in lean.ARCHS and type(getattr(model, "lm_head", None)) is torch.nn.Linear
 
 
 class _ScoringHead(torch.nn.Module):
-    """Stands in for ``lm_head`` during one forward: from the final hidden states [B, W', H] it scores each
-    completion's tokens (``columns(W')`` [B, T] says where they are predicted) with the real head, a chunk at
-    a time (``chunked_score``), and returns [B, T, 1] log-probs, or [B, T, 2] with the entropy, as "logits".
-    It runs inside the model's forward, where FSDP has the head's weight gathered; under checkpointing the
-    backward recomputes each chunk, after FSDP's pre-backward hook has gathered the weight again."""
+    """Stands in for ``lm_head`` during one forward: from the final hidden states [B, W, H] it takes each
+    target's predicting column (``pick``: [B, W, H] -> [B, T, H]), scores the targets with the real head, a
+    chunk at a time (``chunked_score``), and returns [B, T, 1] log-probs, or [B, T, 2] with the entropy, as
+    "logits". It runs inside the model's forward, where FSDP has the head's weight gathered; under
+    checkpointing the backward recomputes each chunk after FSDP's pre-backward hook has gathered it again."""
 
-    def __init__(self, head: torch.nn.Linear, columns, targets: torch.Tensor, temperature: float,
+    def __init__(self, head: torch.nn.Linear, pick, targets: torch.Tensor, temperature: float,
                  need_entropy: bool | str, chunk_bytes: int) -> None:
         super().__init__()
-        self.head, self.columns, self.targets = head, columns, targets
+        self.head, self.pick, self.targets = head, pick, targets
         self.temperature, self.need_entropy, self.chunk_bytes = temperature, need_entropy, chunk_bytes
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        cols = self.columns(hidden.shape[1])  # [B, T]
-        picked = hidden.gather(1, cols[..., None].expand(-1, -1, hidden.shape[-1]))  # [B, T, H]
+        picked = self.pick(hidden)  # [B, T, H]
         logps, entropy = chunked_score(picked.flatten(0, 1), self.targets.flatten(), self.temperature,
                                        self.need_entropy, self.head, self.chunk_bytes)  # [B*T] each
         parts = [logps] if entropy is None else [logps, entropy]
         return torch.stack(parts, dim=-1).view(*self.targets.shape, len(parts))
+
+
+def model_logps(model: torch.nn.Module, inputs: dict, targets: torch.Tensor, columns=None, temperature: float = 1.0,
+                need_entropy: bool | str = False, chunk_bytes: int = CHUNK_BYTES
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``model(**inputs)``, and the log-prob of ``targets[b, t]`` under the output at column ``columns(W)[b, t]``
+    of the W the model returned (``columns`` None: column t), with the entropy there if asked.
+
+    Where the head is plain (``_plain_head``) a stand-in head scores inside the forward, a chunk of tokens at a
+    time, so no [B, W, V] logits exist (under FSDP the head's weight is gathered only inside the forward);
+    otherwise the model's logits are scored a chunk at a time. The caller sets autocast.
+
+    Returns:
+        (log-probs [B, T], entropy [B, T] or None).
+    """
+    def pick(x: torch.Tensor) -> torch.Tensor:  # [B, W, C] -> [B, T, C]
+        if columns is None:
+            return x[:, :targets.shape[1]]
+        cols = columns(x.shape[1])
+        return x.gather(1, cols[..., None].expand(-1, -1, x.shape[-1]))
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if _plain_head(base):
+        head = _ScoringHead(base.lm_head, pick, targets, temperature, need_entropy, chunk_bytes)
+        base.lm_head = head
+        try:
+            scored = model(**inputs).logits  # [B, T, 1 or 2]: log-prob (, entropy)
+        finally:
+            base.lm_head = head.head
+        return scored[..., 0], (scored[..., 1] if need_entropy else None)
+    return _score_logits(pick(model(**inputs).logits), targets, temperature, need_entropy, chunk_bytes)
+
+
+def _score_logits(logits: torch.Tensor, targets: torch.Tensor, temperature: float, need_entropy: bool | str,
+                  chunk_bytes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``chunked_score`` of [B, T, V] logits against [B, T] targets: ([B, T], [B, T] or None)."""
+    flat_logps, flat_entropy = chunked_score(logits.flatten(0, 1), targets.flatten(), temperature, need_entropy,
+                                             chunk_bytes=chunk_bytes)  # [B*T] each
+    return flat_logps.view_as(targets), None if flat_entropy is None else flat_entropy.view_as(targets)
+
+
+def next_token_logps(model: torch.nn.Module, inputs: dict, labels: torch.Tensor, chunk_bytes: int = CHUNK_BYTES
+                     ) -> torch.Tensor:
+    """[B, T]: entry t is log p(labels[:, t+1]) under ``model(**inputs)`` where that label is set, else 0
+    (``IGNORE_INDEX``: prompt, padding, and the last column). SFT's loss is minus its sum; DPO's sequence
+    log-prob is its sum over a row. No [B, T, V] logits exist where the head is plain (``model_logps``)."""
+    target = shift_labels(labels)  # [B, T]
+    logps, _ = model_logps(model, inputs, target.clamp(min=0), chunk_bytes=chunk_bytes)
+    return torch.where(target != IGNORE_INDEX, logps, 0.0)
 
 
 def _cache_unusable(model: torch.nn.Module) -> bool:
@@ -200,16 +250,9 @@ class PromptCache:
             picked = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
                                 cache=cache).logits  # [B, T, V]: column k predicts completion token k
         targets, mask = right_padded([list(c) for c in completions], self.pad_id, self.device)  # [B, T]
-        logps, entropy = self._score_logits(picked, targets, temperature, need_entropy)
+        logps, entropy = _score_logits(picked, targets, temperature, need_entropy, self.chunk_bytes)
         mask = mask.float()
         return logps * mask, entropy, mask
-
-    def _score_logits(self, logits: torch.Tensor, targets: torch.Tensor, temperature: float,
-                      need_entropy: bool | str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``chunked_score`` of [B, T, V] logits against [B, T] targets: ([B, T], [B, T] or None)."""
-        flat_logps, flat_entropy = chunked_score(logits.flatten(0, 1), targets.flatten(), temperature,
-                                                 need_entropy, chunk_bytes=self.chunk_bytes)  # [B*T] each
-        return flat_logps.view_as(targets), None if flat_entropy is None else flat_entropy.view_as(targets)
 
     def _logps_whole(self, prompt_index: Sequence[int], completions: Sequence[Sequence[int]], temperature: float,
                      need_entropy: bool | str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -226,22 +269,9 @@ class PromptCache:
             start = torch.tensor(starts, device=self.device) - (ids.shape[1] - kept)
             return (start[:, None] + torch.arange(width, device=self.device)).clamp(max=kept - 1)
 
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        if _plain_head(base):  # the head scores inside the forward: no [B, W, V] logits at all
-            head = _ScoringHead(base.lm_head, columns, targets, temperature, need_entropy, self.chunk_bytes)
-            base.lm_head = head
-            try:
-                with self._autocast():
-                    scored = self.model(input_ids=ids, **keep).logits  # [B, T, 1 or 2]: log-prob (, entropy)
-            finally:
-                base.lm_head = head.head
-            logps, entropy = scored[..., 0], (scored[..., 1] if need_entropy else None)
-        else:
-            with self._autocast():
-                logits = self.model(input_ids=ids, **keep).logits  # [B, W', V]
-            cols = columns(logits.shape[1])
-            picked = logits.gather(1, cols[..., None].expand(-1, -1, logits.shape[-1]))  # [B, T, V]
-            logps, entropy = self._score_logits(picked, targets, temperature, need_entropy)
+        with self._autocast():
+            logps, entropy = model_logps(self.model, {"input_ids": ids, **keep}, targets, columns, temperature,
+                                         need_entropy, self.chunk_bytes)  # [B, T] each
         mask = mask.float()
         return logps * mask, entropy, mask
 

@@ -86,6 +86,9 @@ def shift_labels(labels: torch.Tensor) -> torch.Tensor:
 def sft_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Summed next-token negative log-likelihood over the labelled tokens.
 
+    The definition on logits: SFT computes the same without them (``logprobs.next_token_logps``), and the
+    tests hold the two equal.
+
     Args:
         logits: [B, T, V] model outputs.
         labels: [B, T] token ids, IGNORE_INDEX where no loss is taken (prompt, padding).
@@ -119,6 +122,9 @@ def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
 
 def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
     """Summed log-probability of the completion tokens of each sequence.
+
+    The definition on logits: DPO computes the same without them (``logprobs.next_token_logps``), and the
+    tests hold the two equal.
 
     Args:
         logits: [B, T, V].

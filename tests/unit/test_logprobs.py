@@ -8,8 +8,17 @@ import pytest
 import torch
 
 from thinktune import logprobs
-from thinktune.logprobs import PromptCache, length_sorted_chunks
-from thinktune.losses import CHUNK_BYTES, chunked_score, entropy_from_logits, score_tokens, token_logps
+from thinktune.data.chat import IGNORE_INDEX
+from thinktune.logprobs import PromptCache, length_sorted_chunks, next_token_logps
+from thinktune.losses import (
+    CHUNK_BYTES,
+    chunked_score,
+    entropy_from_logits,
+    score_tokens,
+    sequence_logps,
+    sft_nll_sum,
+    token_logps,
+)
 from thinktune.models import build_tiny_model
 
 SHAPE = dict(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64,
@@ -134,6 +143,37 @@ def test_whole_sequence_forward_keeps_only_the_completions_columns(char_tokenize
     assert model.lm_head is head
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("scoring_head", [True, False])
+def test_next_token_logps_give_the_sft_and_dpo_losses_of_the_logits(char_tokenizer, monkeypatch, scoring_head):
+    """SFT's summed NLL and DPO's sequence log-probs from ``next_token_logps`` (stand-in head, or the logits where
+    the head is not plain; 3-token chunks) equal ``sft_nll_sum`` and ``sequence_logps`` of the model's logits,
+    gradients included, on a right-padded batch whose labels skip a prompt and the padding."""
+    if not scoring_head:
+        monkeypatch.setattr(logprobs, "_plain_head", lambda model: False)
+    model = build_tiny_model("phi3", char_tokenizer, **SHAPE).float()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, len(char_tokenizer), (3, 10), generator=g)  # [B, T]
+    attention = torch.ones_like(ids)
+    attention[1, 7:] = 0  # row 1: 7 real tokens, then padding
+    labels = ids.clone()
+    labels[:, :4] = IGNORE_INDEX  # a 4-token prompt
+    labels[attention == 0] = IGNORE_INDEX
+    inputs = {"input_ids": ids, "attention_mask": attention}
+
+    logits = model(**inputs).logits
+    ref_nll, ref_count = sft_nll_sum(logits, labels)
+    ref_seq = sequence_logps(logits, ids, (labels != IGNORE_INDEX).long())
+    ref_grads = torch.autograd.grad(ref_nll + ref_seq.sum(), list(model.parameters()))
+
+    logps = next_token_logps(model, inputs, labels, chunk_bytes=3 * 4 * len(char_tokenizer))  # [B, T]
+    torch.testing.assert_close(-logps.sum(), ref_nll)
+    assert int((labels[:, 1:] != IGNORE_INDEX).sum()) == ref_count
+    torch.testing.assert_close(logps.sum(-1), ref_seq)
+    grads = torch.autograd.grad(-logps.sum() + logps.sum(-1).sum(), list(model.parameters()))
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
 def test_without_backward_prompts_the_prompt_part_of_the_gradient_is_missing(char_tokenizer):

@@ -37,7 +37,8 @@ from thinktune.data.chat import Example, pad_batch, prompt_messages, render_sft
 from thinktune.data.io import read_jsonl, write_json
 from thinktune.data.order import step_units
 from thinktune.errors import ConfigError, DataError
-from thinktune.losses import chosen_nll, dpo_loss, sequence_logps
+from thinktune.logprobs import next_token_logps
+from thinktune.losses import chosen_nll, dpo_loss
 from thinktune.optim import build_optimizer, build_scheduler
 from thinktune.tracking import MetricsLogger, plot_curves, progress
 
@@ -109,12 +110,11 @@ def load_pairs(path: str, tokenizer, cfg: DPOConfig) -> tuple[list[Pair], dict[s
 
 def pair_logps(model, pairs: list[Pair], pad_id: int, rt: runtime.Runtime) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs of chosen and rejected, one forward pass over both. Returns ([B], [B])."""
-    batch = pad_batch([p[0] for p in pairs] + [p[1] for p in pairs], pad_id)
-    mask = (batch.pop("labels") != -100).long()  # [2B, T]
-    batch = {k: v.to(rt.device) for k, v in batch.items()}
+    batch = {k: v.to(rt.device) for k, v in pad_batch([p[0] for p in pairs] + [p[1] for p in pairs], pad_id).items()}
+    labels = batch.pop("labels")  # [2B, T]: the completion's tokens, IGNORE_INDEX elsewhere
     with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.dtype != torch.float32):
-        logits = model(**batch).logits  # [2B, T, V]
-    logps = sequence_logps(logits, batch["input_ids"], mask.to(rt.device))  # [2B]
+        # losses.sequence_logps of the logits, computed without them where the head allows
+        logps = next_token_logps(model, batch, labels).sum(-1)  # [2B]
     return logps[: len(pairs)], logps[len(pairs):]
 
 

@@ -33,11 +33,11 @@ import torch
 
 from thinktune import checkpoint, distributed, lora, models, runtime
 from thinktune.config import LogConfig, ModelConfig, OptimConfig, save_config
-from thinktune.data.chat import Example, pack_examples, packed_batch, pad_batch, render_sft
+from thinktune.data.chat import IGNORE_INDEX, Example, pack_examples, packed_batch, pad_batch, render_sft
 from thinktune.data.io import read_jsonl, write_json
 from thinktune.data.order import step_units
 from thinktune.errors import ConfigError, DataError
-from thinktune.losses import sft_nll_sum
+from thinktune.logprobs import next_token_logps
 from thinktune.optim import build_optimizer, build_scheduler
 from thinktune.rewards.verify import is_correct
 from thinktune.tracking import MetricsLogger, plot_curves, progress
@@ -119,10 +119,12 @@ def collate(units: list[list[Example]], pad_id: int, packing: bool) -> dict[str,
 
 
 def forward_loss(model, batch: dict[str, torch.Tensor], rt: runtime.Runtime) -> tuple[torch.Tensor, int]:
+    """(summed NLL of the labelled tokens, their count): ``losses.sft_nll_sum`` of the model's logits, computed
+    without them where the head allows (``logprobs.next_token_logps``)."""
     labels = batch.pop("labels")
     with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.dtype != torch.float32):
-        logits = model(**batch).logits  # [B, T, V]
-    return sft_nll_sum(logits, labels)
+        logps = next_token_logps(model, batch, labels)  # [B, T]
+    return -logps.sum(), int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 @torch.no_grad()
