@@ -64,11 +64,15 @@ def right_padded(rows: Sequence[Sequence[float]], pad: float, device: torch.devi
     return out.to(device), mask.to(device)
 
 
+def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model itself: a peft wrapper's base model, else ``model``."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
-    """Whether the model's forward (a peft wrapper's base model's) takes ``logits_to_keep`` (transformers' causal
-    LMs do; a remote-code model may not)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(type(base).forward).parameters
+    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do; a remote-code model
+    may not)."""
+    return "logits_to_keep" in inspect.signature(type(_hf_model(model)).forward).parameters
 
 
 def _plain_head(model: torch.nn.Module) -> bool:
@@ -119,7 +123,7 @@ def model_logps(model: torch.nn.Module, inputs: dict, targets: torch.Tensor, col
         cols = columns(x.shape[1])
         return x.gather(1, cols[..., None].expand(-1, -1, x.shape[-1]))
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _hf_model(model)
     if _plain_head(base):
         head = _ScoringHead(base.lm_head, pick, targets, temperature, need_entropy, chunk_bytes)
         base.lm_head = head
