@@ -79,7 +79,7 @@ def _plain_head(model: torch.nn.Module) -> bool:
     """Whether ``model``'s forward returns ``lm_head``'s output untouched as its logits (no soft-capping or
     scaling after it), so that a stand-in head may return log-probs in their place: the architectures
     ``thinktune.unpadded`` implements, with a plain linear head."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)  # None: a wrapper (lora.ReferenceView)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)  # None: not a transformers model
     return model_type in lean.ARCHS and type(getattr(model, "lm_head", None)) is torch.nn.Linear
 
 

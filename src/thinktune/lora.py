@@ -125,3 +125,8 @@ class ReferenceView(torch.nn.Module):
 
     def get_input_embeddings(self) -> torch.nn.Module:
         return self.policy[0].get_input_embeddings()
+
+    def get_base_model(self) -> torch.nn.Module:
+        """The transformers model under the adapters, as peft's own ``get_base_model`` (``logprobs`` swaps its
+        head for one that scores inside the forward)."""
+        return self.policy[0].get_base_model()

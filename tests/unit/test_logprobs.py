@@ -176,6 +176,30 @@ def test_next_token_logps_give_the_sft_and_dpo_losses_of_the_logits(char_tokeniz
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
+def test_a_lora_reference_view_scores_through_the_stand_in_head(char_tokenizer, monkeypatch):
+    """DPO's and GRPO's reference for a LoRA policy (the policy with its adapters disabled) scores through the
+    stand-in head of the model under the adapters, with the values its logits give; the adapters matter."""
+    from peft import LoraConfig, get_peft_model
+
+    from thinktune.lora import ReferenceView
+
+    policy = get_peft_model(build_tiny_model("qwen2", char_tokenizer, **SHAPE).float(),
+                            LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    reference = ReferenceView(policy)
+    ids = torch.randint(3, len(char_tokenizer), (2, 8), generator=torch.Generator().manual_seed(0))
+    inputs, labels = {"input_ids": ids}, ids.clone()
+    labels[:, :3] = IGNORE_INDEX
+
+    scored = []
+    head_forward = logprobs._ScoringHead.forward
+    monkeypatch.setattr(logprobs._ScoringHead, "forward", lambda self, h: scored.append(1) or head_forward(self, h))
+    got = next_token_logps(reference, inputs, labels)
+    assert scored and type(policy.get_base_model().lm_head) is torch.nn.Linear  # used, then given back
+    monkeypatch.setattr(logprobs, "_plain_head", lambda model: False)
+    torch.testing.assert_close(got, next_token_logps(reference, inputs, labels))  # through the logits
+    assert not torch.allclose(got, next_token_logps(policy, inputs, labels).detach(), atol=1e-4)
+
+
 def test_without_backward_prompts_the_prompt_part_of_the_gradient_is_missing(char_tokenizer):
     """The prompt forward's share of the gradient arrives only through backward_prompts: a check that the
     test above cannot pass with the prompt gradient silently dropped."""
