@@ -21,7 +21,11 @@ does the same math with less work:
 Log-probs and gradients equal those of a full forward of every ``prompt + completion`` (tested to float
 rounding). ``share_prompt=False`` does exactly that full forward instead, for models whose attention
 cannot take a ready-made cache; it is also what runs with gradient checkpointing (HF then runs without a
-cache) and under FSDP2 (see ``_cache_unusable``). The output layout is the same.
+cache) and under FSDP2 (see ``_cache_unusable``). The output layout is the same. That path, and SFT's and
+DPO's losses (``next_token_logps``), go through ``model_logps``: for the architectures whose forward returns
+its head's output untouched, the head is swapped for the one call for ``_ScoringHead``, which scores the
+hidden states a chunk at a time inside the forward (where FSDP has the head's weight gathered), so the
+model never makes its [B, T, V] logits.
 
 Output layout: ``[B, T]`` with T the longest completion of the micro-batch; column k is
 ``log p(completion[k] | prompt, completion[:k])`` and ``mask`` is 1 on real tokens.
