@@ -86,8 +86,8 @@ def shift_labels(labels: torch.Tensor) -> torch.Tensor:
 def sft_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Summed next-token negative log-likelihood over the labelled tokens.
 
-    The definition on logits: SFT computes the same without them (``logprobs.next_token_logps``), and the
-    tests hold the two equal.
+    The plain definition on logits: SFT computes the same without them (``logprobs.next_token_logps``), and
+    the tests hold the two equal.
 
     Args:
         logits: [B, T, V] model outputs.
@@ -98,11 +98,10 @@ def sft_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
         micro-batch by the step's total token count gives the same loss as one big batch, whatever the
         gradient-accumulation split (a per-micro-batch mean would weight short batches more).
     """
-    target = shift_labels(labels).flatten()  # [B*T]
-    labelled = target != IGNORE_INDEX
-    logps, _ = chunked_score(logits.flatten(0, 1), target.clamp(min=0), 1.0, False)  # [B*T]
-    # where, not a product: an unlabelled position's log-prob (of a stand-in target) never enters, even if inf
-    return -torch.where(labelled, logps, 0.0).sum(), int(labelled.sum())
+    target = shift_labels(labels)  # [B, T]
+    nll = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX,
+                          reduction="sum")
+    return nll, int((target != IGNORE_INDEX).sum())
 
 
 def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -115,16 +114,15 @@ def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     Returns:
         [B, T-1]: entry t is log p(input_ids[:, t+1] | input_ids[:, :t+1]).
     """
-    # Row by row: logits[b, :-1] is contiguous, so no [B, T-1, V] copy is made (see chunked_score).
-    return torch.stack([chunked_score(row[:-1], ids[1:], 1.0, False)[0]
-                        for row, ids in zip(logits, input_ids, strict=True)])  # [B, T-1]
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [B, T-1, V]
+    return logps.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # [B, T-1]
 
 
 def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
     """Summed log-probability of the completion tokens of each sequence.
 
-    The definition on logits: DPO computes the same without them (``logprobs.next_token_logps``), and the
-    tests hold the two equal.
+    The plain definition on logits: DPO computes the same without them (``logprobs.next_token_logps``), and
+    the tests hold the two equal.
 
     Args:
         logits: [B, T, V].
