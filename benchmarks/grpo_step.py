@@ -8,7 +8,8 @@ Both sides train the same Qwen2 built from a config (hidden 128, 4 layers, 4 hea
 character tokenizer) on the embedded world's level-3 prompts, the same 16 prompts at the same step on both
 sides, 8 samples each, at most 64 new tokens, temperature 1.0, no KL, every group kept, one policy update per
 batch of rollouts, the same learning rate and a 0/1 correctness reward through thinktune's verifier. Both keep
-fp32.
+fp32. Where CUDA exists both run on the GPU, each sampling with its own decoder (TRL's ``generate``, thinktune's
+lean decoder with CUDA graphs; neither with vLLM).
 
 A shared machine's speed drifts by tens of percent over a minute, so the sides alternate: ``--rounds`` rounds,
 each a fresh thinktune run then a fresh TRL run from the same starting model, ``--steps`` steps each. The first
@@ -83,6 +84,7 @@ def thinktune_side(root: Path, steps: int, compile: bool, run: int) -> list[dict
         "updates_per_batch=1", f"optim.lr={LR}", "optim.warmup_steps=0", "optim.weight_decay=0",
         f"micro_batch_size={MICRO_BATCH}", f"model.compile={str(compile).lower()}", f"max_steps={steps}",
         "log.log_every=1", "log.save_every=0", "log.progress=false", "dump_every=0", f"seed={SEED}",
+        "rollout_backend=thinktune",
         f"output_dir={out}"])
     cold_scoring()
     grpo.run(cfg)
@@ -141,7 +143,7 @@ def trl_side(root: Path, steps: int, run: int) -> list[dict]:
         output_dir=str(root / f"trl-{run}"), per_device_train_batch_size=PROMPTS * GROUP, num_generations=GROUP,
         max_completion_length=NEW_TOKENS, temperature=1.0, top_p=1.0, beta=0.0, num_iterations=1,
         gradient_accumulation_steps=1, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
-        weight_decay=0.0, max_steps=steps, logging_steps=1, report_to="none", use_cpu=True, save_strategy="no",
+        weight_decay=0.0, max_steps=steps, logging_steps=1, report_to="none", use_cpu=not torch.cuda.is_available(), save_strategy="no",
         shuffle_dataset=False, seed=SEED,
         # TRL's defaults turn on bf16 autocast and gradient checkpointing; thinktune runs neither here.
         bf16=False, fp16=False, gradient_checkpointing=False)
@@ -184,7 +186,8 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).parent))  # so "grpo_step:correctness" imports this file
     root = setup(Path(tempfile.mkdtemp(prefix="grpo-step-")))
-    print(f"device cpu, {torch.get_num_threads()} threads; Qwen2 h128 L4; {PROMPTS} prompts x {GROUP} samples, "
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads"
+    print(f"device {device} (both sides); Qwen2 h128 L4; {PROMPTS} prompts x {GROUP} samples, "
           f"<= {NEW_TOKENS} new tokens, T=1.0, no KL, one update per batch; {args.rounds} rounds of "
           f"{args.steps - 1} timed steps per side")
     try:
