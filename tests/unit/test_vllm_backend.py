@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from thinktune.errors import ConfigError
+from thinktune.rollout import vllm_backend
 from thinktune.rollout.sampler import SamplingParams
 from thinktune.rollout.vllm_backend import (
     VLLMSampler,
@@ -77,17 +78,22 @@ def test_pushed_weights_go_in_bounded_chunks_and_all_arrive():
         engine.push_weights(iter(weights))
 
 
-def test_a_sleeping_engine_wakes_weights_then_loads_then_wakes_its_cache():
+def test_a_sleeping_engine_wakes_weights_then_loads_then_wakes_its_cache(monkeypatch):
     """Sleep discards the weights (level 2); the next push wakes the weights' memory, loads every weight, drops
-    the prefix cache and only then wakes the KV cache, so the two never need memory at once."""
+    the prefix cache and only then wakes the KV cache, so the two never need memory at once. Before each wake
+    this process's garbage is collected and PyTorch's cached blocks are freed, for vLLM's cuMem pools."""
     engine = fake_engine(sleep_mode=True, parameters=4)
+    monkeypatch.setattr(vllm_backend.gc, "collect", lambda: engine.llm.events.append("gc"))
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: engine.llm.events.append("empty_cache"))
     weights = [(f"w{i}", torch.zeros(256)) for i in range(4)]
     engine.sleep()
     assert engine.asleep and engine.llm.events == ["sleep2"]
     with pytest.raises(RuntimeError, match="asleep"):
         engine.sample([[1, 2]], SamplingParams())
     assert engine.push_weights(iter(weights), chunk_bytes=2 * 1024) == 4
-    assert engine.llm.events == ["sleep2", "wake:weights", "load", "load", "reset", "wake:kv_cache"]
+    assert engine.llm.events == ["sleep2", "gc", "empty_cache", "wake:weights", "load", "load", "reset",
+                                 "gc", "empty_cache", "wake:kv_cache"]
     assert not engine.asleep
 
 

@@ -24,6 +24,7 @@ how pushed weights are chunked) in ``tests/unit/test_vllm_backend.py``.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 from collections.abc import Iterable
@@ -128,6 +129,20 @@ def _load_weights(worker, weights: list[tuple[str, torch.Tensor]]) -> list[str]:
     return sorted(worker.get_model().load_weights(weights))
 
 
+def _release_cached_memory() -> None:
+    """Hand the memory PyTorch's caching allocator holds in this process back to the driver before vLLM wakes.
+
+    The trainer's freed tensors (activations, gradients, optimizer temporaries) stay reserved by the caching
+    allocator, invisible to anything that asks the driver for memory; vLLM's wake maps its pools with cuMem
+    calls that do exactly that, so with trainer and engine on one GPU it can run out of memory while this
+    process holds plenty. ``gc.collect`` first, so that tensors kept alive only by reference cycles are freed
+    and their blocks can be returned too. Without CUDA initialised the allocator holds nothing.
+    """
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def _count_parameters(worker) -> int:
     """Runs inside vLLM's worker: how many parameters its model has (what a full weight push must write)."""
     return sum(1 for _ in worker.get_model().named_parameters())
@@ -183,7 +198,8 @@ class VLLMSampler:
     def push_weights(self, weights: Iterable[tuple[str, torch.Tensor]], chunk_bytes: int = 2**30) -> int:
         """Load ``(HF name, tensor)`` pairs into the engine (after every optimizer step), then drop the prefix
         cache, whose entries were computed with the old weights. An engine asleep wakes first its weights'
-        memory, then, once every weight is in, its KV cache (so the two never need memory at once).
+        memory, then, once every weight is in, its KV cache (so the two never need memory at once); before
+        each wake this process's cached GPU memory goes back to the driver (``_release_cached_memory``).
 
         ``weights`` is consumed a chunk of about ``chunk_bytes`` at a time, so a lazy source (the policy's
         parameters all-gathered one by one under FSDP: ``distributed.full_parameters``) never needs a whole
@@ -197,6 +213,7 @@ class VLLMSampler:
                 would hold garbage); or vLLM could not drop its prefix cache (a request still holds blocks).
         """
         if self.asleep:
+            _release_cached_memory()
             self.llm.wake_up(tags=["weights"])
         loaded: set[str] = set()
         chunk, size = [], 0
@@ -216,6 +233,7 @@ class VLLMSampler:
         if not self.llm.reset_prefix_cache():  # stale entries would serve keys computed with the old weights
             raise RuntimeError("vLLM could not reset its prefix cache after a weight update")
         if self.asleep:
+            _release_cached_memory()
             self.llm.wake_up(tags=["kv_cache"])
             self.asleep = False
         return len(loaded)
