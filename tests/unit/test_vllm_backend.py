@@ -14,8 +14,8 @@ from thinktune.rollout import vllm_backend
 from thinktune.rollout.sampler import SamplingParams
 from thinktune.rollout.vllm_backend import (
     VLLMSampler,
-    _count_parameters,
     _load_weights,
+    _parameter_names,
     finish_reason,
     request_seed,
     resolve_backend,
@@ -34,8 +34,8 @@ class RecordingLLM:
         self.resets_succeed = True
 
     def collective_rpc(self, fn, args=()):
-        if fn is _count_parameters:
-            return [self.parameters]
+        if fn is _parameter_names:
+            return [sorted(f"p{i}" for i in range(self.parameters))]
         assert fn is _load_weights
         (chunk,) = args
         self.calls.append(list(chunk))
@@ -100,8 +100,19 @@ def test_a_sleeping_engine_wakes_weights_then_loads_then_wakes_its_cache(monkeyp
 def test_a_push_after_sleep_must_cover_every_parameter():
     engine = fake_engine(sleep_mode=True, parameters=5)
     engine.sleep()
-    with pytest.raises(RuntimeError, match="wrote 4 of the vLLM engine's 5 parameters"):
+    with pytest.raises(RuntimeError, match=r"left 1 of the vLLM engine's 5 parameters unwritten \(p4\).*"
+                                           r"push every weight, or set vllm_sleep=false"):
         engine.push_weights([(f"w{i}", torch.zeros(4)) for i in range(4)])
+    # as many names as the engine has parameters, but one of them not the engine's: p4 is still missing
+    with pytest.raises(RuntimeError, match=r"left 1 of .* unwritten \(p4\)"):
+        engine.push_weights([(f"w{i}", torch.zeros(4)) for i in [0, 1, 2, 3, 9]])
+    with pytest.raises(RuntimeError, match=r"left 4 of .* unwritten \(p1, p2, p3, p4\)"):
+        engine.push_weights([("w0", torch.zeros(4))])
+    many = fake_engine(sleep_mode=True, parameters=10)
+    many.sleep()
+    with pytest.raises(RuntimeError, match=r"left 9 of the vLLM engine's 10 parameters unwritten "
+                                           r"\(p1, p2, p3, p4, p5, \.\.\.\)"):  # the first five named
+        many.push_weights([("w0", torch.zeros(4))])
     awake = fake_engine(parameters=5)  # awake, a partial push is an update of some weights: allowed
     assert awake.push_weights([(f"w{i}", torch.zeros(4)) for i in range(4)]) == 4
 

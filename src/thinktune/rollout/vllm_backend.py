@@ -143,9 +143,28 @@ def _release_cached_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _count_parameters(worker) -> int:
-    """Runs inside vLLM's worker: how many parameters its model has (what a full weight push must write)."""
-    return sum(1 for _ in worker.get_model().named_parameters())
+def _parameter_names(worker) -> list[str]:
+    """Runs inside vLLM's worker: the names of its model's parameters (what a full weight push must write), in
+    the namespace ``load_weights`` reports them in."""
+    return sorted(name for name, _ in worker.get_model().named_parameters())
+
+
+def check_every_parameter_written(engine_names: list[str], loaded: set[str]) -> None:
+    """Refuse a push after a level-2 sleep that left some of the engine's parameters (``engine_names``, from
+    ``_parameter_names``) out of ``loaded`` (what ``load_weights`` reported writing): the sleep discarded their
+    memory, so they would hold garbage. Names, not counts, are compared, so a name the engine lacks cannot
+    stand in for one it missed.
+
+    Raises:
+        RuntimeError: naming the first few missing parameters and how many there are.
+    """
+    missing = sorted(set(engine_names) - loaded)
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise RuntimeError(f"the pushed weights left {len(missing)} of the vLLM engine's {len(engine_names)} "
+                           f"parameters unwritten ({shown}), and its sleep discarded them, so they would hold "
+                           "garbage; push every weight, or set vllm_sleep=false in the GRPO config to keep the "
+                           "engine's weights resident")
 
 
 class VLLMSampler:
@@ -226,10 +245,7 @@ class VLLMSampler:
         if chunk:
             loaded.update(self.llm.collective_rpc(_load_weights, args=(chunk,))[0])
         if self.asleep:
-            total = int(self.llm.collective_rpc(_count_parameters)[0])
-            if len(loaded) < total:
-                raise RuntimeError(f"the pushed weights wrote {len(loaded)} of the vLLM engine's {total} parameters, "
-                                   "and its sleep discarded the rest; push every weight, or set vllm_sleep=false")
+            check_every_parameter_written(self.llm.collective_rpc(_parameter_names)[0], loaded)
         if not self.llm.reset_prefix_cache():  # stale entries would serve keys computed with the old weights
             raise RuntimeError("vLLM could not reset its prefix cache after a weight update")
         if self.asleep:
