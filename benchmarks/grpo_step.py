@@ -50,7 +50,9 @@ from thinktune.rewards.verify import is_correct
 from thinktune.tasks.benchmarks import load_prompts
 
 PROMPTS, GROUP, NEW_TOKENS, LR, SEED = 16, 8, 64, 1e-5, 0
-MICRO_BATCH = 32  # thinktune's update: completions per forward (every one of the 128 still enters the update)
+# thinktune's update: completions per forward (all 128 enter every update). A GPU takes them in one forward, as
+# TRL does; this CPU runs 32 faster than 128 (0.30 against 0.35-0.40 s per update).
+MICRO_BATCH = {"cuda": 128, "cpu": 32}
 
 
 def correctness(completion: str, answer: str, num_tokens: int, finished: bool, cfg, mode: str) -> RewardResult:
@@ -74,7 +76,7 @@ def cold_scoring() -> None:
     get_pool().close()
 
 
-def thinktune_side(root: Path, steps: int, compile: bool, run: int) -> list[dict]:
+def thinktune_side(root: Path, steps: int, compile: bool, run: int, micro_batch: int) -> list[dict]:
     """One fresh thinktune GRPO run of ``steps`` steps; per timed step, its phases and completion tokens."""
     out = root / f"thinktune-{run}"
     cfg = load_config(grpo.GRPOConfig, None, [
@@ -82,7 +84,7 @@ def thinktune_side(root: Path, steps: int, compile: bool, run: int) -> list[dict
         "data.difficulties=[3]", "reward.name=grpo_step:correctness", f"prompts_per_step={PROMPTS}",
         f"samples_per_prompt={GROUP}", f"max_new_tokens={NEW_TOKENS}", "temperature=1.0", "beta=0", "gamma=0",
         "updates_per_batch=1", f"optim.lr={LR}", "optim.warmup_steps=0", "optim.weight_decay=0",
-        f"micro_batch_size={MICRO_BATCH}", f"model.compile={str(compile).lower()}", f"max_steps={steps}",
+        f"micro_batch_size={micro_batch}", f"model.compile={str(compile).lower()}", f"max_steps={steps}",
         "log.log_every=1", "log.save_every=0", "log.progress=false", "dump_every=0", f"seed={SEED}",
         "rollout_backend=thinktune",
         f"output_dir={out}"])
@@ -177,6 +179,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="alternations of a thinktune run and a TRL run")
     parser.add_argument("--steps", type=int, default=8, help="steps per run, the first a warm-up")
+    parser.add_argument("--micro-batch", type=int, default=None,
+                        help="thinktune's completions per update forward (default: 128 on a GPU, 32 on a CPU)")
     parser.add_argument("--no-compile", action="store_true", help="thinktune without torch.compile")
     args = parser.parse_args()
     if args.steps < 4:
@@ -185,18 +189,19 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))  # so "grpo_step:correctness" imports this file
+    micro_batch = args.micro_batch or MICRO_BATCH["cuda" if torch.cuda.is_available() else "cpu"]
     root = setup(Path(tempfile.mkdtemp(prefix="grpo-step-")))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads"
     print(f"device {device} (both sides); Qwen2 h128 L4; {PROMPTS} prompts x {GROUP} samples, "
-          f"<= {NEW_TOKENS} new tokens, T=1.0, no KL, one update per batch; {args.rounds} rounds of "
-          f"{args.steps - 1} timed steps per side")
+          f"<= {NEW_TOKENS} new tokens, T=1.0, no KL, one update per batch (thinktune: {micro_batch} completions "
+          f"per forward); {args.rounds} rounds of {args.steps - 1} timed steps per side")
     try:
         import trl  # noqa: F401
     except ImportError:
         trl = None
     ours, theirs, ratios = [], [], []
     for run in range(args.rounds):
-        ours_run = thinktune_side(root, args.steps, not args.no_compile, run)
+        ours_run = thinktune_side(root, args.steps, not args.no_compile, run, micro_batch)
         ours += ours_run
         if trl is None:
             continue
