@@ -24,6 +24,7 @@ from thinktune.rewards import (
     REWARDS,
     RewardConfig,
     RewardResult,
+    StreamingScorer,
     length_reward,
     load_reward_fn,
     phi4_reward,
@@ -233,6 +234,30 @@ def test_score_batch_matches_score_in_order() -> None:
     assert score_batch(completions, answers, lengths, finished, CFG, workers=4) == expected
     modes = ["integer"] * 64
     assert score_batch(completions, answers, lengths, finished, CFG, modes=modes) == expected
+
+
+def test_streaming_scorer_returns_results_by_key_whatever_the_order_submitted() -> None:
+    completions, answers, lengths, finished = _batch(32)
+    expected = [score(c, a, n, f, CFG) for c, a, n, f in zip(completions, answers, lengths, finished, strict=True)]
+    order = list(range(32))
+    random.Random(2).shuffle(order)  # completions end in any order
+    with StreamingScorer(CFG, workers=4) as scorer:
+        for i in order:
+            scorer.submit(("row", i), completions[i], answers[i], lengths[i], finished[i])
+        with pytest.raises(ValueError, match="not collected"):
+            scorer.submit(("row", order[0]), "x", "1", 1, True)
+        assert scorer.results(("row", i) for i in range(32)) == expected
+        with pytest.raises(KeyError):  # collected keys are forgotten
+            scorer.results([("row", 0)])
+
+
+def test_streaming_scorer_raises_a_reward_error_when_collected() -> None:
+    with StreamingScorer(CFG, workers=2) as scorer:
+        scorer.submit(0, "\\boxed{3}", "three", 10, True, mode="integer")  # not an integer gold: DataError
+        scorer.submit(1, "\\boxed{3}", "3", 10, True, mode="integer")
+        with pytest.raises(DataError, match="three"):
+            scorer.results([0])
+        assert scorer.results([1]) == [score("\\boxed{3}", "3", 10, True, CFG, "integer")]
 
 
 def test_score_batch_checks_lengths() -> None:

@@ -117,6 +117,36 @@ def test_stops_and_finished_rows_cost_nothing(model, char_tokenizer, prompts):
     assert engine.stats["decoded_rows"] == sum(len(c.token_ids) - 1 for c in completions)
 
 
+
+@pytest.mark.parametrize("decoder", ["lean", "hf"])
+def test_on_complete_reports_each_completion_when_it_ends(model, char_tokenizer, prompts, decoder):
+    engine = RolloutEngine(model, char_tokenizer, decoder=decoder)
+    reported = []  # (p, j, completion, decode steps taken so far)
+
+    def on_complete(p, j, c):
+        reported.append((p, j, c, engine.stats["steps"]))
+
+    # 24 rows in batches of 10: the last batch has 4; rows end at different steps.
+    out = engine.sample(prompts, SamplingParams(n=8, temperature=4.0, max_new_tokens=20), show_progress=False,
+                        batch_size=10, on_complete=on_complete)
+    assert sorted((p, j) for p, j, _, _ in reported) == [(p, j) for p in range(3) for j in range(8)]
+    assert all(c is out[p][j] for p, j, c, _ in reported)
+
+    # Requests run sample j of every prompt before sample j + 1, 10 to a batch; a batch's decode steps start
+    # where the previous batch's last report left engine.stats["steps"].
+    def batch(p, j):
+        return (j * len(prompts) + p) // 10
+
+    start = [0]
+    for b in (1, 2):
+        start.append(max(steps for p, j, _, steps in reported if batch(p, j) == b - 1))
+    # A completion of k tokens ends at decode step k - 1 of its batch (its first token comes from the prefill)
+    # and is reported then, before its batch decodes any further.
+    for p, j, c, steps in reported:
+        assert steps - start[batch(p, j)] == len(c.token_ids) - 1, (p, j, c.token_ids, steps, start)
+    assert any(c.finished for _, _, c, _ in reported) and not all(c.finished for _, _, c, _ in reported)
+
+
 @pytest.mark.parametrize("decoder", ["lean", "hf"])
 def test_samples_of_a_prompt_share_one_prefill(model, char_tokenizer, prompts, decoder):
     engine = RolloutEngine(model, char_tokenizer, decoder=decoder)

@@ -55,7 +55,7 @@ from thinktune.errors import ConfigError
 from thinktune.logprobs import PromptCache, length_sorted_chunks, right_padded
 from thinktune.losses import LOSS_AGGREGATIONS, aggregate, grpo_token_loss
 from thinktune.optim import build_optimizer, build_scheduler
-from thinktune.rewards import RewardConfig, score_batch
+from thinktune.rewards import RewardConfig, StreamingScorer
 from thinktune.rollout.sampler import Completion, RolloutEngine, SamplingParams
 from thinktune.rollout.vllm_backend import (
     VLLMSampler,
@@ -347,6 +347,7 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
                    f"{reward_cfg.name}; lr {cfg.optim.lr}, beta {cfg.beta}, gamma {cfg.gamma}; balance {cfg.balance}")
 
     bar = progress(cfg.max_steps, start, "grpo", cfg.log.progress and rt.is_main)
+    scorer = StreamingScorer(reward_cfg)
     for step in range(start, cfg.max_steps):
         timer = {"time/generate": 0.0, "time/score": 0.0, "time/update": 0.0}
         temperature = cfg.temperature_at(step)
@@ -361,19 +362,20 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
         else:  # the engine re-reads the copy's weights by itself
             distributed.sync_rollout_copy(rollout_model, model, trainable_only=step > start)
         params = SamplingParams(n=cfg.samples_per_prompt, temperature=temperature, max_new_tokens=cfg.max_new_tokens)
+
+        def start_scoring(p: int, j: int, c: Completion, rows: list[dict] = step_rows) -> None:
+            scorer.submit((p, j), c.text, str(rows[p]["answer"]), len(c.token_ids), c.finished, rows[p].get("mode"))
+
+        # Each completion is scored as soon as it ends, behind the decode of the others.
         groups = engine.sample(step_prompts, params, seed=rank_seed, batch_size=cfg.rollout_batch_size,
-                               show_progress=False)
+                               show_progress=False, on_complete=start_scoring)
         if isinstance(engine, VLLMSampler) and cfg.vllm_sleep:  # the update gets the GPU; the next push wakes it
             engine.sleep()
         timer["time/generate"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        flat = [(r, c) for r, g in zip(step_rows, groups, strict=True) for c in g]
-        scored = score_batch([c.text for _, c in flat], [str(r["answer"]) for r, _ in flat],
-                             [len(c.token_ids) for _, c in flat], [c.finished for _, c in flat], reward_cfg,
-                             modes=[r.get("mode") for r, _ in flat])
+        t = time.perf_counter()  # the scoring left when sampling ends
         g = cfg.samples_per_prompt
-        results = [scored[i * g:(i + 1) * g] for i in range(len(groups))]
+        results = [scorer.results((p, j) for j in range(g)) for p in range(len(groups))]
         rewards = [[r.reward for r in rs] for rs in results]
         correct = [[bool(r.components.get("accuracy", 0.0) > 0) for r in rs] for rs in results]
         timer["time/score"] = time.perf_counter() - t
@@ -409,6 +411,7 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
                             {"position": done * cfg.prompts_per_step}, cfg.log.keep_checkpoints,
                             cfg.log.lora_merged_checkpoints)
     bar.close()
+    scorer.close()
 
     checkpoint.export(model, tokenizer, out / "final")
     summary = {"steps": cfg.max_steps, "prompts": len(rows)}

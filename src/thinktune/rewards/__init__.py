@@ -5,6 +5,10 @@
     results = score_batch(texts, answers, num_tokens, finished, cfg)  # [P*G] RewardResult
     rewards = [r.reward for r in results]; metrics from r.components
 
+    scorer = StreamingScorer(cfg)        # or score while sampling: submit each completion as it ends
+    scorer.submit(key, text, answer, num_tokens, finished)  # e.g. from RolloutEngine.sample's on_complete
+    results = scorer.results(keys)       # waits only for the checks still running
+
 ``RewardConfig.name`` chooses the function (a dict literal below, plus a dotted-path escape hatch for
 user rewards, as TRL's grpo script allows). Every reward has the signature of ``phi4.phi4_reward``:
 ``fn(completion, answer, num_tokens, finished, cfg, mode) -> RewardResult``.
@@ -17,7 +21,8 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from thinktune.errors import ConfigError
 from thinktune.rewards.phi4 import (
@@ -35,8 +40,8 @@ RewardFn = Callable[[str, str, int, bool, RewardConfig, str], RewardResult]
 REWARDS: dict[str, RewardFn] = {"phi4": phi4_reward, "phi4-mini": phi4_mini_reward}
 
 __all__ = [
-    "REWARDS", "RewardConfig", "RewardResult", "length_reward", "load_reward_fn", "phi4_mini_reward",
-    "phi4_reward", "repetition_penalty", "scale_to_context", "score", "score_batch",
+    "REWARDS", "RewardConfig", "RewardResult", "StreamingScorer", "length_reward", "load_reward_fn",
+    "phi4_mini_reward", "phi4_reward", "repetition_penalty", "scale_to_context", "score", "score_batch",
 ]
 
 
@@ -124,3 +129,45 @@ def score_batch(completions: Sequence[str], answers: Sequence[str], num_tokens: 
         return score(completions[i], answers[i], num_tokens[i], finished[i], cfg, mode_list[i])
 
     return threaded_map(one, n, workers)
+
+
+class StreamingScorer:
+    """``score`` for completions handed in one at a time while the rest are still being sampled, so that the
+    answer checks run behind the decode loop instead of after it (GRPO's ``on_complete``).
+
+    ``submit`` starts scoring at once, in one of ``workers`` threads (math-verify runs in the worker pool's
+    processes, so threads overlap the checks); ``results`` returns the results of the given keys in that
+    order, waiting only for those still running. Results equal ``score_batch``'s. An exception from a
+    reward is raised by ``results``. Call ``close`` (or use ``with``) to stop the threads.
+    """
+
+    def __init__(self, cfg: RewardConfig, workers: int = MAX_WORKERS) -> None:
+        self.cfg = cfg
+        self.executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="score")
+        self.pending: dict[Hashable, Future[RewardResult]] = {}
+
+    def submit(self, key: Hashable, completion: str, answer: str, num_tokens: int, finished: bool,
+               mode: str | None = None) -> None:
+        """Start scoring one completion (arguments as for ``score``) under ``key``, unique until collected."""
+        if key in self.pending:
+            raise ValueError(f"StreamingScorer.submit: key {key!r} was submitted and not collected yet")
+        self.pending[key] = self.executor.submit(score, completion, answer, num_tokens, finished, self.cfg, mode)
+
+    def results(self, keys: Iterable[Hashable]) -> list[RewardResult]:
+        """The results for ``keys``, in order; each key is forgotten once collected.
+
+        Raises:
+            KeyError: a key that was never submitted (or was collected already).
+        """
+        futures = [self.pending.pop(k) for k in keys]
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.pending.clear()
+
+    def __enter__(self) -> StreamingScorer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -33,7 +33,7 @@ between samples while decoding (each sample holds its own copy). For vLLM, see `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -88,6 +88,9 @@ class Completion:
     logprobs: list[float] = field(default_factory=list)  # model log-probs (T=1, no filter), per token
     sampling_logprobs: list[float] | None = None  # under the distribution sampled; None if a backend lacks them
     finish_reason: str = "length"  # "eos" | "stop" | "length"
+
+
+OnComplete = Callable[[int, int, Completion], None]  # (prompt index, sample index, the completion just ended)
 
 
 class Decoder(Protocol):
@@ -180,8 +183,11 @@ class RolloutEngine:
                 "(pip install 'thinktune[vllm]')")
 
     def sample(self, prompts: list[list[int]], params: SamplingParams, seed: int = 0, batch_size: int = 64,
-               show_progress: bool = True) -> list[list[Completion]]:
+               show_progress: bool = True, on_complete: OnComplete | None = None) -> list[list[Completion]]:
         """Sample ``params.n`` completions for each tokenized prompt, ``batch_size`` rows at a time.
+
+        ``on_complete(p, j, completion)``, if given, is called from the decode loop as soon as completion ``j``
+        of prompt ``p`` has ended, while the rest are still decoding: GRPO starts scoring it there.
 
         Returns:
             ``out[p][j]`` is completion ``j`` of prompt ``p``.
@@ -211,19 +217,23 @@ class RolloutEngine:
             self.stats = {"decoder": type(decoder).__name__, "steps": 0, "decoded_rows": 0}
             for start in range(0, len(requests), rows):
                 chunk = requests[start:start + rows]
-                results = self._run_batch(decoder, [prompts[p] for p, _ in chunk], params, stops, pad_id,
-                                          generator)
-                for (p, j), row in zip(chunk, results, strict=True):
+
+                def done(i: int, row: _Row, chunk: list[tuple[int, int]] = chunk) -> None:  # batch row i ended
+                    p, j = chunk[i]
                     out[p][j] = make_completion(self.tokenizer, row.tokens, row.logps, row.sampling_logps,
                                                  row.reason, params.stop)
+                    if on_complete is not None:
+                        on_complete(p, j, out[p][j])
+
+                self._run_batch(decoder, [prompts[p] for p, _ in chunk], params, stops, pad_id, generator, done)
                 bar.update(len(chunk))
         bar.close()
         self.model.train(was_training)
         return out  # type: ignore[return-value]
 
     def _run_batch(self, decoder: Decoder, prompts: list[list[int]], params: SamplingParams, stops: _Stops,
-                   pad_id: int, generator: torch.Generator) -> list[_Row]:
-        """Decode one batch of prompts to the end; returns one row per prompt, in order."""
+                   pad_id: int, generator: torch.Generator, done: Callable[[int, _Row], None]) -> None:
+        """Decode one batch of prompts to the end, calling ``done(i, row)`` for batch row ``i`` as it ends."""
         # The n samples of a prompt share its prefill: each distinct prompt is prefilled once and its cache
         # rows are then copied to every row that samples from it.
         distinct: dict[tuple[int, ...], int] = {}
@@ -253,9 +263,10 @@ class RolloutEngine:
                 _flush(segment, slots, rows)
                 for i, reason in ended.items():
                     rows[slots[i]].reason = reason
+                    done(slots[i], rows[slots[i]])
                 keep = _compaction(len(slots), ended)
                 if not keep:
-                    return rows
+                    return
                 index = torch.tensor(keep, device=self.device)  # [m']
                 decoder.reorder(index)
                 slots = [slots[i] for i in keep]
@@ -266,7 +277,8 @@ class RolloutEngine:
         _flush(segment, slots, rows)
         for i, reason in ended.items():
             rows[slots[i]].reason = reason
-        return rows
+        for slot in slots:  # ended at the last step, or cut at max_new_tokens
+            done(slot, rows[slot])
 
     def _ended(self, tok: torch.Tensor, slots: list[int], rows: list[_Row], segment: tuple[list, list, list],
                stops: _Stops) -> dict[int, str]:

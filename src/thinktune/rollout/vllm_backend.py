@@ -33,7 +33,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from thinktune.errors import ConfigError, UserError
-from thinktune.rollout.sampler import Completion, SamplingParams, make_completion
+from thinktune.rollout.sampler import Completion, OnComplete, SamplingParams, make_completion
 from thinktune.runtime import rng_state, set_rng_state
 
 BACKENDS = ("auto", "thinktune", "vllm")
@@ -255,10 +255,11 @@ class VLLMSampler:
         return len(loaded)
 
     def sample(self, prompts: list[list[int]], params: SamplingParams, seed: int = 0, batch_size: int | None = None,
-               show_progress: bool = True) -> list[list[Completion]]:
+               show_progress: bool = True, on_complete: OnComplete | None = None) -> list[list[Completion]]:
         """Sample ``params.n`` completions per tokenized prompt; ``out[p][j]`` is completion ``j`` of ``p``.
 
         ``batch_size`` is accepted for ``RolloutEngine``'s signature and unused: vLLM schedules its own batches.
+        ``on_complete(p, j, completion)`` is called for every completion once ``generate`` returns them all.
         """
         if self.asleep:
             raise RuntimeError("the vLLM engine is asleep (its weights were discarded): push_weights before sampling")
@@ -276,11 +277,13 @@ class VLLMSampler:
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], per_prompt,
                                     use_tqdm=show_progress)
         result = []
-        for out in outputs:
+        for p, out in enumerate(outputs):
             group = []
-            for c in out.outputs:
+            for j, c in enumerate(out.outputs):
                 tokens = list(c.token_ids)
                 logps = [lp[t].logprob for lp, t in zip(c.logprobs, tokens, strict=True)]
                 group.append(make_completion(self.tokenizer, tokens, logps, None, finish_reason(c), params.stop))
+                if on_complete is not None:
+                    on_complete(p, j, group[-1])
             result.append(group)
         return result
