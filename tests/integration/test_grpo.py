@@ -66,6 +66,19 @@ def test_grpo_steps_log_dump_and_resume_exactly(world, tmp_path, monkeypatch):
         assert a["update/kl"] == pytest.approx(b["update/kl"], rel=1e-5, abs=1e-9), a["step"]
 
 
+def test_scoring_behind_the_decode_gives_the_same_run(world, tmp_path, monkeypatch):
+    # On a GPU each completion is scored from the sampler's on_complete while others still decode; here on the
+    # CPU scoring waits for the decode. Both must give the same rewards, hence the same updates.
+    monkeypatch.syspath_prepend(str(ASSETS))
+    args = {"reward.name": "toy_rewards:ones_share", "max_steps": 2, "log.save_every": 0, "dump_every": 0}
+    grpo.run(load_config(grpo.GRPOConfig, None, grpo_args(world, tmp_path / "after", **args)))
+    monkeypatch.setattr(grpo, "scores_behind_decode", lambda device: True)
+    grpo.run(load_config(grpo.GRPOConfig, None, grpo_args(world, tmp_path / "behind", **args)))
+    for a, b in zip(metrics(tmp_path / "after"), metrics(tmp_path / "behind"), strict=True):
+        for key in ("rollout/reward_mean", "reward/ones", "rollout/length_mean", "update/kl", "update/grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (a["step"], key)
+
+
 def test_balance_drops_groups_without_a_positive(world, tmp_path):
     # A random model never answers right: with rebalancing every prompt has no positive and is dropped.
     out = tmp_path / "balanced"
