@@ -25,6 +25,14 @@ TINY_PHI3 = dict(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=4, inte
                  max_position_embeddings=128)
 
 
+@pytest.fixture(autouse=True)
+def cpu_unless_marked_gpu(request, monkeypatch):
+    """Runs pick CPU in every test not marked ``gpu``, also on a machine with a GPU: the tests' numbers and
+    tolerances are the CPU's (float32, deterministic kernels), and the 2-rank tests run gloo on CPU."""
+    if request.node.get_closest_marker("gpu") is None:
+        monkeypatch.setenv("THINKTUNE_DEVICE", "cpu")
+
+
 @pytest.fixture(scope="session")
 def char_tokenizer():
     return train_char_tokenizer(CORPUS)

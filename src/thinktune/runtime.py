@@ -1,6 +1,6 @@
 """Device, dtype, process group and seeding: decided in one place, with the reason printed.
 
-Device order is cuda > mps > cpu. ``dtype`` strings map to torch dtypes here and nowhere else; bf16 is
+Device order is cuda > mps > cpu, unless ``THINKTUNE_DEVICE`` (cpu | cuda | mps) names one. ``dtype`` strings map to torch dtypes here and nowhere else; bf16 is
 checked against the hardware, and fp16 is refused until a GradScaler exists. Under ``torchrun``
 (``WORLD_SIZE`` > 1 in the environment) ``init`` joins the process group: NCCL on CUDA, gloo on CPU; the
 rank and world size come from torchrun's variables only, and every seed is offset by the rank.
@@ -34,12 +34,22 @@ class Runtime:
         return self.rank == 0
 
 
+DEVICE_ENV = "THINKTUNE_DEVICE"
+
+
 def pick_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """cuda (this rank's GPU) > mps > cpu, or the type ``THINKTUNE_DEVICE`` names (e.g. ``cpu`` to keep a run,
+    or the test suite, off a machine's GPU).
+
+    Raises:
+        ConfigError: ``THINKTUNE_DEVICE`` names an unknown device type or one this machine lacks.
+    """
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    chosen = os.environ.get(DEVICE_ENV, "").strip().lower() or next(k for k, ok in available.items() if ok)
+    if not available.get(chosen, False):
+        raise ConfigError(f"{DEVICE_ENV}={chosen!r}: " + (f"this machine has no {chosen} device" if chosen in
+                          available else f"choose one of {', '.join(available)}") + f", or unset {DEVICE_ENV}")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if chosen == "cuda" else torch.device(chosen)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

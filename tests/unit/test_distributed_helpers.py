@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from thinktune import distributed, lora
 from thinktune.config import LoRAConfig, ModelConfig, load_config
 from thinktune.errors import ConfigError
 from thinktune.recipes import sft
-from thinktune.runtime import Runtime
+from thinktune.runtime import Runtime, pick_device
 
 CPU = torch.device("cpu")
 
@@ -73,3 +75,23 @@ def test_merged_export_leaves_the_training_weights_alone(tiny_model_dir, char_to
     assert all(torch.equal(v, before[k]) for k, v in policy.state_dict().items())
     ids = torch.tensor([[3, 4, 5, 6]])
     torch.testing.assert_close(merged(ids).logits, policy(input_ids=ids).logits, rtol=1e-5, atol=1e-6)
+
+
+def test_thinktune_device_picks_the_device_or_says_what_is_wrong(monkeypatch):
+    monkeypatch.setenv("THINKTUNE_DEVICE", "CPU")
+    assert pick_device() == torch.device("cpu")
+    monkeypatch.setenv("THINKTUNE_DEVICE", "tpu")
+    with pytest.raises(ConfigError, match="THINKTUNE_DEVICE='tpu': choose one of cuda, mps, cpu"):
+        pick_device()
+    monkeypatch.delenv("THINKTUNE_DEVICE")
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert pick_device().type == expected
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("THINKTUNE_DEVICE", "cuda")
+        with pytest.raises(ConfigError, match="this machine has no cuda device"):
+            pick_device()
+
+
+def test_tests_not_marked_gpu_run_on_the_cpu():
+    # conftest's cpu_unless_marked_gpu: the suite's tolerances are the CPU's, also on a machine with a GPU
+    assert os.environ.get("THINKTUNE_DEVICE") == "cpu" and pick_device() == torch.device("cpu")

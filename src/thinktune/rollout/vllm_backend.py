@@ -34,7 +34,7 @@ from transformers import PreTrainedTokenizerBase
 
 from thinktune.errors import ConfigError, UserError
 from thinktune.rollout.sampler import Completion, OnComplete, SamplingParams, make_completion
-from thinktune.runtime import rng_state, set_rng_state
+from thinktune.runtime import pick_device, rng_state, set_rng_state
 
 BACKENDS = ("auto", "thinktune", "vllm")
 
@@ -50,13 +50,14 @@ def check_backend(name: str) -> None:
 
 
 def resolve_backend(name: str) -> str:
-    """``"auto"`` -> ``"vllm"`` when vllm is installed and CUDA is present, else ``"thinktune"``.
+    """``"auto"`` -> ``"vllm"`` when vllm is installed and runs pick CUDA (``runtime.pick_device``), else
+    ``"thinktune"``.
 
     Raises:
         ConfigError: an unknown name, or ``"vllm"`` where it cannot run.
     """
     check_backend(name)
-    usable = vllm_available() and torch.cuda.is_available()
+    usable = vllm_available() and pick_device().type == "cuda"
     if name == "vllm" and not usable:
         raise ConfigError("rollout backend vllm needs `pip install 'thinktune[vllm]'` and a CUDA GPU; "
                           "use rollout_backend=thinktune")
