@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -125,28 +125,70 @@ def host_available_memory() -> int | None:
         return None
 
 
-def cgroup_free_memory(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """Bytes left under the memory limit of the cgroup at ``root`` (v2, or v1's ``memory/``): the limit less the
+# Per cgroup version: the limit file, the usage file and memory.stat's inactive page cache counter.
+CGROUP_FILES = {
+    1: ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+    2: ("memory.max", "memory.current", "inactive_file"),
+}
+
+
+def cgroup_free_memory(
+    root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")
+) -> int | None:
+    """Bytes left under the tightest memory limit on this process's cgroup path (from ``proc_cgroup``), checked
+    at every level from its own cgroup up to the mount ``root`` (v2, or v1's ``memory/``): the limit less the
     usage, counting inactive page cache as free, since the kernel reclaims it first (as ``docker stats`` does).
-    None when there is no limit or nothing can be read."""
-    v2, v1 = root / "memory.max", root / "memory" / "memory.limit_in_bytes"
+    Levels or files that are missing are skipped. None when no level has a limit or nothing can be read."""
+    own = _own_cgroup(proc_cgroup)
+    if own is None:
+        return None
+    version, parts = own
+    levels = [root / "memory" if version == 1 else root]
+    for part in parts:
+        levels.append(levels[-1] / part)
+    free = [left for left in (_cgroup_level_free(level, version) for level in levels) if left is not None]
+    return max(0, min(free)) if free else None
+
+
+def _own_cgroup(proc_cgroup: Path) -> tuple[int, list[str]] | None:
+    """(cgroup version, path parts below the mount) of this process's memory cgroup, from a
+    ``/proc/self/cgroup`` file; None if it cannot be read or lists neither. A v1 line naming the ``memory``
+    controller wins over v2's ``0::`` line: a hybrid host lists both, and its v2 hierarchy has no controllers."""
     try:
-        if v2.exists():
-            limit_text = v2.read_text().strip()
-            if limit_text == "max":
-                return None
-            limit, usage = int(limit_text), int((root / "memory.current").read_text())
-            cache = _stat(root / "memory.stat", "inactive_file")
-        elif v1.exists():
-            limit, usage = int(v1.read_text()), int((root / "memory" / "memory.usage_in_bytes").read_text())
-            if limit >= 1 << 60:  # v1 writes "no limit" as a page-rounded 2**63 - 1
-                return None
-            cache = _stat(root / "memory" / "memory.stat", "total_inactive_file")
-        else:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if "memory" in controllers.split(","):
+            found = (1, path)
+            break
+        if hierarchy == "0" and not controllers:
+            found = (2, path)
+    if found is None:
+        return None
+    parts = list(PurePosixPath(found[1]).parts[1:])
+    # A cgroup outside this cgroup namespace reads as "/../x"; only the mount root is visible from here then.
+    return found[0], [] if ".." in parts else parts
+
+
+def _cgroup_level_free(directory: Path, version: int) -> int | None:
+    """limit - usage + inactive page cache of one cgroup directory; None without a limit or its files."""
+    limit_file, usage_file, cache_key = CGROUP_FILES[version]
+    try:
+        limit_text = (directory / limit_file).read_text().strip()
+        if limit_text == "max":
             return None
+        limit = int(limit_text)
+        if limit >= 1 << 60:  # v1 writes "no limit" as a page-rounded 2**63 - 1
+            return None
+        usage = int((directory / usage_file).read_text())
+        cache = _stat(directory / "memory.stat", cache_key)
     except (OSError, ValueError):
         return None
-    return max(0, limit - usage + cache)
+    return limit - usage + cache
 
 
 def _stat(path: Path, key: str) -> int:

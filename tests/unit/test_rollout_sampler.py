@@ -299,30 +299,80 @@ def test_end_token_ids_unions_tokenizer_config_and_extra_ids(model, char_tokeniz
         model.generation_config.eos_token_id = saved
 
 
-def test_cgroup_free_memory_reads_v2_and_v1_limits(tmp_path):
-    """A container's limit bounds the free memory: limit - usage + inactive page cache (reclaimable), in cgroup
-    v2's and v1's file layouts; no limit ("max", or v1's 2**63 rounded to a page) or no files: None."""
+GIB = 2**30
+V1_NO_LIMIT = 9223372036854771712  # v1's "no limit": 2**63 - 1 rounded down to a 4 KiB page
+
+
+def fake_cgroup(directory, limit, usage, inactive, v1=False):
+    """One level of a fake cgroup tree: v2's files (``limit`` may be "max"), or v1's with ``v1``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if v1:
+        (directory / "memory.limit_in_bytes").write_text(f"{limit}\n")
+        (directory / "memory.usage_in_bytes").write_text(f"{usage}\n")
+        (directory / "memory.stat").write_text(f"inactive_file 1\ntotal_inactive_file {inactive}\n")
+    else:
+        (directory / "memory.max").write_text(f"{limit}\n")
+        (directory / "memory.current").write_text(f"{usage}\n")
+        (directory / "memory.stat").write_text(f"anon {usage}\ninactive_file {inactive}\n")
+
+
+def proc_cgroup(tmp_path, text):
+    path = tmp_path / "proc_self_cgroup"
+    path.write_text(text)
+    return path
+
+
+def test_cgroup_free_memory_takes_the_tightest_level_of_a_nested_v2_cgroup(tmp_path):
+    """Each level's free memory is limit - usage + inactive page cache (reclaimable); the answer is the least
+    over this process's cgroup and its ancestors up to the mount root, whichever level holds it."""
     from thinktune.runtime import cgroup_free_memory
 
-    gib = 2**30
-    v2 = tmp_path / "v2"
-    v2.mkdir()
-    (v2 / "memory.max").write_text(f"{8 * gib}\n")
-    (v2 / "memory.current").write_text(f"{6 * gib}\n")
-    (v2 / "memory.stat").write_text(f"anon {5 * gib}\nfile {gib}\ninactive_file {gib // 2}\n")
-    assert cgroup_free_memory(v2) == 8 * gib - 6 * gib + gib // 2
-    (v2 / "memory.max").write_text("max\n")
-    assert cgroup_free_memory(v2) is None
+    root = tmp_path / "cg"
+    root.mkdir()
+    (root / "memory.stat").write_text("inactive_file 7\n")  # a v2 root has no memory.max: no limit there
+    own = proc_cgroup(tmp_path, "0::/job/task\n")
+    fake_cgroup(root / "job", 8 * GIB, 6 * GIB, GIB // 2)  # 8 - 6 + 0.5 = 2.5 GiB
+    fake_cgroup(root / "job" / "task", 2 * GIB, GIB, GIB // 4)  # 2 - 1 + 0.25 = 1.25 GiB: its own is tighter
+    assert cgroup_free_memory(root, own) == 2 * GIB - GIB + GIB // 4
+    fake_cgroup(root / "job" / "task", 4 * GIB, GIB, GIB // 4)  # 4 - 1 + 0.25 = 3.25 GiB: the parent's is
+    assert cgroup_free_memory(root, own) == 8 * GIB - 6 * GIB + GIB // 2
+    fake_cgroup(root / "job" / "task", "max", GIB, GIB // 4)  # no limit of its own: still the parent's
+    assert cgroup_free_memory(root, own) == 8 * GIB - 6 * GIB + GIB // 2
+    fake_cgroup(root / "job", "max", 6 * GIB, GIB // 2)
+    assert cgroup_free_memory(root, own) is None  # no level has a limit
+    assert cgroup_free_memory(root, tmp_path / "absent") is None
+
+
+def test_cgroup_free_memory_reads_v1_memory_controller_path(tmp_path):
+    """v1: the memory controller's line (here sharing its hierarchy, on a hybrid host that also lists v2's
+    "0::/") gives the path under ``memory/``; v1's page-rounded 2**63 is no limit."""
+    from thinktune.runtime import cgroup_free_memory
+
+    root = tmp_path / "cg"
+    fake_cgroup(root / "memory", V1_NO_LIMIT, 50 * GIB, GIB, v1=True)
+    fake_cgroup(root / "memory" / "x", 4 * GIB, 3 * GIB, GIB, v1=True)  # 4 - 3 + 1 = 2 GiB
+    own = proc_cgroup(tmp_path, "5:cpu,cpuacct:/elsewhere\n4:memory,foo:/x\n1:name=systemd:/\n0::/\n")
+    assert cgroup_free_memory(root, own) == 4 * GIB - 3 * GIB + GIB
+    fake_cgroup(root / "memory" / "x", V1_NO_LIMIT, 3 * GIB, GIB, v1=True)
+    assert cgroup_free_memory(root, own) is None
+
+
+def test_cgroup_free_memory_of_a_container_at_the_mount_root(tmp_path):
+    """Inside a container the path is often "/": the mount root is the process's own cgroup. A path whose
+    levels are missing under this mount (a container without its own cgroup namespace) falls back to the
+    levels that exist; usage over the limit plus cache clamps to 0."""
+    from thinktune.runtime import cgroup_free_memory
+
+    root = tmp_path / "cg"
+    fake_cgroup(root, 8 * GIB, 6 * GIB, GIB // 2)  # 8 - 6 + 0.5 = 2.5 GiB
+    assert cgroup_free_memory(root, proc_cgroup(tmp_path, "0::/\n")) == 8 * GIB - 6 * GIB + GIB // 2
+    assert cgroup_free_memory(root, proc_cgroup(tmp_path, "0::/docker/abc\n")) == 8 * GIB - 6 * GIB + GIB // 2
+    fake_cgroup(root, 8 * GIB, 9 * GIB, GIB // 2)  # 8 - 9 + 0.5 < 0
+    assert cgroup_free_memory(root, proc_cgroup(tmp_path, "0::/\n")) == 0
 
     v1 = tmp_path / "v1"
-    (v1 / "memory").mkdir(parents=True)
-    (v1 / "memory" / "memory.limit_in_bytes").write_text(f"{4 * gib}\n")
-    (v1 / "memory" / "memory.usage_in_bytes").write_text(f"{3 * gib}\n")
-    (v1 / "memory" / "memory.stat").write_text(f"inactive_file 1\ntotal_inactive_file {gib}\n")
-    assert cgroup_free_memory(v1) == 4 * gib - 3 * gib + gib
-    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
-    assert cgroup_free_memory(v1) is None
-    assert cgroup_free_memory(tmp_path / "absent") is None
+    fake_cgroup(v1 / "memory", 4 * GIB, 3 * GIB, GIB, v1=True)  # 4 - 3 + 1 = 2 GiB
+    assert cgroup_free_memory(v1, proc_cgroup(tmp_path, "4:memory:/\n")) == 4 * GIB - 3 * GIB + GIB
 
 
 def test_free_memory_is_the_smaller_of_host_and_cgroup(monkeypatch):
