@@ -105,7 +105,8 @@ class _ScoringHead(torch.nn.Module):
         logps, entropy = chunked_score(picked.flatten(0, 1), self.targets.flatten(), self.temperature,
                                        self.need_entropy, self.head, self.chunk_bytes)  # [B*T] each
         parts = [logps] if entropy is None else [logps, entropy]
-        return torch.stack(parts, dim=-1).view(*self.targets.shape, len(parts))
+        # Reshape before stacking, so the result is stack's fresh tensor: FSDP2 warns on a view returned here.
+        return torch.stack([part.view(self.targets.shape) for part in parts], dim=-1)  # [B, T, 1 or 2]
 
 
 def model_logps(model: torch.nn.Module, inputs: dict, targets: torch.Tensor, columns=None, temperature: float = 1.0,
