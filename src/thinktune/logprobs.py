@@ -79,12 +79,18 @@ def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(type(_hf_model(model)).forward).parameters
 
 
+# Causal LMs whose forward returns ``lm_head``'s output untouched as its logits, each checked in the tests
+# against its own logits: the ones ``thinktune.unpadded`` implements, and common students it does not. Not
+# Gemma 2/3 (soft-capped logits) or Granite (scaled): they take the logits path.
+PLAIN_HEAD_ARCHS = lean.ARCHS | {"mistral", "qwen3", "qwen3_moe", "olmo2"}
+
+
 def _plain_head(model: torch.nn.Module) -> bool:
     """Whether ``model``'s forward returns ``lm_head``'s output untouched as its logits (no soft-capping or
-    scaling after it), so that a stand-in head may return log-probs in their place: the architectures
-    ``thinktune.unpadded`` implements, with a plain linear head."""
+    scaling after it), so that a stand-in head may return log-probs in their place: an architecture of
+    ``PLAIN_HEAD_ARCHS`` with a plain linear head."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)  # None: not a transformers model
-    return model_type in lean.ARCHS and type(getattr(model, "lm_head", None)) is torch.nn.Linear
+    return model_type in PLAIN_HEAD_ARCHS and type(getattr(model, "lm_head", None)) is torch.nn.Linear
 
 
 class _ScoringHead(torch.nn.Module):

@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from thinktune import logprobs
 from thinktune.data.chat import IGNORE_INDEX
@@ -174,6 +175,34 @@ def test_next_token_logps_give_the_sft_and_dpo_losses_of_the_logits(char_tokeniz
     grads = torch.autograd.grad(-logps.sum() + logps.sum(-1).sum(), list(model.parameters()))
     for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+
+
+@pytest.mark.parametrize("arch", sorted(logprobs.PLAIN_HEAD_ARCHS - {"llama", "qwen2", "phi3"}) + ["granite"])
+def test_each_plain_head_architecture_scores_its_own_logits_through_the_stand_in_head(arch):
+    """An architecture listed as plain-headed gives, through the stand-in head, the log-probs and gradients of
+    its own logits; Granite, which scales its logits after the head, is not listed and takes the logits path."""
+    config = AutoConfig.for_model(arch, vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, head_dim=8, intermediate_size=64, max_position_embeddings=64,
+                                  pad_token_id=0, bos_token_id=1, eos_token_id=2, logits_scaling=4.0,
+                                  **(MOE if arch.endswith("moe") else {}))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).float()
+    assert logprobs._plain_head(model) == (arch != "granite")
+    ids = torch.randint(3, 40, (2, 9), generator=torch.Generator().manual_seed(1))  # [B, T]
+    labels = ids.clone()
+    labels[:, :3] = IGNORE_INDEX
+    ref = sequence_logps(model(input_ids=ids).logits, ids, (labels != IGNORE_INDEX).long())  # [B]
+    ref_grads = torch.autograd.grad(ref.sum(), list(model.parameters()), allow_unused=True)
+    got = next_token_logps(model, {"input_ids": ids}, labels, chunk_bytes=3 * 4 * 40).sum(-1)  # [B]
+    torch.testing.assert_close(got, ref)
+    grads = torch.autograd.grad(got.sum(), list(model.parameters()), allow_unused=True)
+    for g, want in zip(grads, ref_grads, strict=True):
+        assert (g is None) == (want is None)
+        if g is not None:
+            torch.testing.assert_close(g, want, atol=1e-5, rtol=1e-4)
 
 
 def test_a_lora_reference_view_scores_through_the_stand_in_head(char_tokenizer, monkeypatch):
