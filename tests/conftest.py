@@ -28,9 +28,12 @@ TINY_PHI3 = dict(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=4, inte
 @pytest.fixture(autouse=True)
 def cpu_unless_marked_gpu(request, monkeypatch):
     """Runs pick CPU in every test not marked ``gpu``, also on a machine with a GPU: the tests' numbers and
-    tolerances are the CPU's (float32, deterministic kernels), and the 2-rank tests run gloo on CPU."""
+    tolerances are the CPU's (float32, deterministic kernels), and the 2-rank tests run gloo on CPU. Tests
+    marked ``gpu`` pick the GPU, whatever the environment says."""
     if request.node.get_closest_marker("gpu") is None:
         monkeypatch.setenv("THINKTUNE_DEVICE", "cpu")
+    else:  # a THINKTUNE_DEVICE=cpu exported for other runs would turn the GPU tests' CUDA away
+        monkeypatch.delenv("THINKTUNE_DEVICE", raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -50,15 +50,11 @@ def test_greedy_is_deterministic(tiny_model_dir, tmp_path):
 
 
 def test_rollout_backend_is_checked(tiny_model_dir, tmp_path):
-    import torch
 
     from thinktune.errors import ConfigError
-    from thinktune.rollout.vllm_backend import vllm_available
 
     args = [f"model.path={tiny_model_dir}", "data.prompts=p.jsonl", f"output_dir={tmp_path / 'e'}"]
     with pytest.raises(ConfigError, match="rollout_backend='vlm'"):
         load_config(evaluate.EvalConfig, None, [*args, "rollout_backend=vlm"])
-    if vllm_available() and torch.cuda.is_available():
-        return  # vllm can run here: test_recipes_vllm.py covers it
     with pytest.raises(ConfigError, match="pip install 'thinktune\\[vllm\\]'"):
         evaluate.run(load_config(evaluate.EvalConfig, None, [*args, "rollout_backend=vllm"]))

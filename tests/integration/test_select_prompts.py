@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from thinktune.config import ModelConfig, load_config
 from thinktune.curation.passrate import load_student
 from thinktune.errors import ConfigError
 from thinktune.recipes import select_prompts
 from thinktune.rollout.sampler import RolloutEngine
-from thinktune.rollout.vllm_backend import vllm_available
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +36,6 @@ def test_curation_verbs_sample_on_the_backend_asked_for(tiny_model_dir):
     cfg = ModelConfig(path=str(tiny_model_dir), system_prompt="")
     engine, tokenizer = load_student(cfg, 0, "thinktune")
     assert isinstance(engine, RolloutEngine) and len(tokenizer) > 0
-    if vllm_available() and torch.cuda.is_available():
-        return  # vllm can run here: test_recipes_vllm.py covers it
     assert isinstance(load_student(cfg, 0, "auto")[0], RolloutEngine)
     with pytest.raises(ConfigError, match="needs `pip install 'thinktune\\[vllm\\]'`"):
         load_student(cfg, 0, "vllm")

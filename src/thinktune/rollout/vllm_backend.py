@@ -59,7 +59,8 @@ def resolve_backend(name: str) -> str:
     check_backend(name)
     usable = vllm_available() and pick_device().type == "cuda"
     if name == "vllm" and not usable:
-        raise ConfigError("rollout backend vllm needs `pip install 'thinktune[vllm]'` and a CUDA GPU; "
+        forced = " (THINKTUNE_DEVICE keeps this run off the GPU)" if torch.cuda.is_available() else ""
+        raise ConfigError(f"rollout backend vllm needs `pip install 'thinktune[vllm]'` and a CUDA GPU{forced}; "
                           "use rollout_backend=thinktune")
     if name == "auto":
         return "vllm" if usable else "thinktune"
@@ -245,6 +246,7 @@ class VLLMSampler:
                 chunk, size = [], 0
         if chunk:
             loaded.update(self.llm.collective_rpc(_load_weights, args=(chunk,))[0])
+        chunk = tensor = None  # under FSDP the last chunk is gathered copies: free them before the KV cache wakes
         if self.asleep:
             check_every_parameter_written(self.llm.collective_rpc(_parameter_names)[0], loaded)
         if not self.llm.reset_prefix_cache():  # stale entries would serve keys computed with the old weights
