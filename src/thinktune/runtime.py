@@ -209,7 +209,7 @@ def seed_everything(seed: int) -> None:
 def rng_state() -> dict:
     """Every RNG a run draws from, for checkpoints: restoring it makes a resumed run continue identically."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():  # a run on the GPU (one kept on the CPU never starts CUDA)
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
@@ -218,5 +218,5 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # on as many GPUs as both machines have
+        torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
