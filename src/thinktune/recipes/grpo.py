@@ -354,75 +354,81 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
                    f"{reward_cfg.name}; lr {cfg.optim.lr}, beta {cfg.beta}, gamma {cfg.gamma}; balance {cfg.balance}")
 
     bar = progress(cfg.max_steps, start, "grpo", cfg.log.progress and rt.is_main)
-    scorer = StreamingScorer(reward_cfg)
     score_behind_decode = scores_behind_decode(rt.device)
-    for step in range(start, cfg.max_steps):
-        timer = {"time/generate": 0.0, "time/score": 0.0, "time/update": 0.0}
-        temperature = cfg.temperature_at(step)
-        idx = step_units(step * cfg.prompts_per_step, cfg.prompts_per_step, len(rows), cfg.seed)
-        idx = distributed.shard(idx, rt)  # data-parallel rollouts: each rank samples its share of prompts
-        step_rows, step_prompts = [rows[i] for i in idx], [prompt_ids[i] for i in idx]
-        rank_seed = (cfg.seed * 1_000_003 + step) * rt.world_size + rt.rank  # = the one-process seed on 1 rank
+    with StreamingScorer(reward_cfg) as scorer:  # also closed (queued checks cancelled) when a step fails
+        for step in range(start, cfg.max_steps):
+            timer = {"time/generate": 0.0, "time/score": 0.0, "time/update": 0.0}
+            temperature = cfg.temperature_at(step)
+            idx = step_units(step * cfg.prompts_per_step, cfg.prompts_per_step, len(rows), cfg.seed)
+            idx = distributed.shard(idx, rt)  # data-parallel rollouts: each rank samples its share of prompts
+            step_rows, step_prompts = [rows[i] for i in idx], [prompt_ids[i] for i in idx]
+            # on 1 rank this is the one-process seed
+            rank_seed = (cfg.seed * 1_000_003 + step) * rt.world_size + rt.rank
 
-        t = time.perf_counter()
-        if isinstance(engine, VLLMSampler):  # gathered a parameter at a time under FSDP: no second copy
-            engine.push_weights(distributed.full_parameters(model))
-        else:  # the engine re-reads the copy's weights by itself
-            distributed.sync_rollout_copy(rollout_model, model, trainable_only=step > start)
-        params = SamplingParams(n=cfg.samples_per_prompt, temperature=temperature, max_new_tokens=cfg.max_new_tokens)
+            t = time.perf_counter()
+            if isinstance(engine, VLLMSampler):  # gathered a parameter at a time under FSDP: no second copy
+                engine.push_weights(distributed.full_parameters(model))
+            else:  # the engine re-reads the copy's weights by itself
+                distributed.sync_rollout_copy(rollout_model, model, trainable_only=step > start)
+            params = SamplingParams(n=cfg.samples_per_prompt, temperature=temperature,
+                                    max_new_tokens=cfg.max_new_tokens)
 
-        def start_scoring(p: int, j: int, c: Completion, rows: list[dict] = step_rows) -> None:
-            scorer.submit((p, j), c.text, str(rows[p]["answer"]), len(c.token_ids), c.finished, rows[p].get("mode"))
+            def start_scoring(p: int, j: int, c: Completion, rows: list[dict] = step_rows) -> None:
+                scorer.submit((p, j), c.text, str(rows[p]["answer"]), len(c.token_ids), c.finished,
+                              rows[p].get("mode"))
 
-        groups = engine.sample(step_prompts, params, seed=rank_seed, batch_size=cfg.rollout_batch_size,
-                               show_progress=False, on_complete=start_scoring if score_behind_decode else None)
-        if isinstance(engine, VLLMSampler) and cfg.vllm_sleep:  # the update gets the GPU; the next push wakes it
-            engine.sleep()
-        timer["time/generate"] = time.perf_counter() - t
+            groups = engine.sample(step_prompts, params, seed=rank_seed, batch_size=cfg.rollout_batch_size,
+                                   show_progress=False,
+                                   on_complete=start_scoring if score_behind_decode else None)
+            if isinstance(engine, VLLMSampler) and cfg.vllm_sleep:
+                engine.sleep()  # the update gets the GPU; the next push wakes it
+            timer["time/generate"] = time.perf_counter() - t
 
-        t = time.perf_counter()  # the scoring left when sampling ends
-        if not score_behind_decode:
-            for p, group in enumerate(groups):
-                for j, c in enumerate(group):
-                    start_scoring(p, j, c)
-        g = cfg.samples_per_prompt
-        results = [scorer.results((p, j) for j in range(g)) for p in range(len(groups))]
-        rewards = [[r.reward for r in rs] for rs in results]
-        correct = [[bool(r.components.get("accuracy", 0.0) > 0) for r in rs] for rs in results]
-        timer["time/score"] = time.perf_counter() - t
+            t = time.perf_counter()  # the scoring left when sampling ends
+            if not score_behind_decode:
+                for p, group in enumerate(groups):
+                    for j, c in enumerate(group):
+                        start_scoring(p, j, c)
+            g = cfg.samples_per_prompt
+            results = [scorer.results((p, j) for j in range(g)) for p in range(len(groups))]
+            rewards = [[r.reward for r in rs] for rs in results]
+            correct = [[bool(r.components.get("accuracy", 0.0) > 0) for r in rs] for rs in results]
+            timer["time/score"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        keep, counts = select(groups, correct, cfg, random.Random((cfg.seed * 7919 + step) * rt.world_size + rt.rank))
-        counts = dict(zip(counts, distributed.all_sum(*counts.values()), strict=True))
-        dumping = bool(cfg.dump_every) and ((step + 1) % cfg.dump_every == 0 or step == 0)
-        all_rows, all_groups, all_results, all_correct = gather_step(step_rows, groups, results, correct, dumping)
-        metrics = {**rollout_metrics(all_groups, all_results, all_correct),
-                   **{f"select/{k}": float(v) for k, v in counts.items()}, "rollout/temperature": temperature}
-        if distributed.any_rank(bool(keep)):  # a rank with nothing kept still joins FSDP's collectives
-            ro = build_rollouts(step_prompts, groups, rewards, keep, cfg)
-            metrics.update(update(model, reference, optimizer, ro, cfg, temperature, pad_id, rt))
-        with warnings.catch_warnings():
-            # A step whose every group was dropped makes no update; the schedule still counts RL steps.
-            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-            scheduler.step()
-        timer["time/update"] = time.perf_counter() - t
+            t = time.perf_counter()
+            keep, counts = select(groups, correct, cfg,
+                                  random.Random((cfg.seed * 7919 + step) * rt.world_size + rt.rank))
+            counts = dict(zip(counts, distributed.all_sum(*counts.values()), strict=True))
+            dumping = bool(cfg.dump_every) and ((step + 1) % cfg.dump_every == 0 or step == 0)
+            all_rows, all_groups, all_results, all_correct = gather_step(step_rows, groups, results, correct,
+                                                                         dumping)
+            metrics = {**rollout_metrics(all_groups, all_results, all_correct),
+                       **{f"select/{k}": float(v) for k, v in counts.items()},
+                       "rollout/temperature": temperature}
+            if distributed.any_rank(bool(keep)):  # a rank with nothing kept still joins FSDP's collectives
+                ro = build_rollouts(step_prompts, groups, rewards, keep, cfg)
+                metrics.update(update(model, reference, optimizer, ro, cfg, temperature, pad_id, rt))
+            with warnings.catch_warnings():
+                # A step whose every group was dropped makes no update; the schedule still counts RL steps.
+                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+                scheduler.step()
+            timer["time/update"] = time.perf_counter() - t
 
-        done = step + 1
-        metrics.update(timer | runtime.memory_metrics(rt.device))
-        metrics["train/lr"] = scheduler.get_last_lr()[0]
-        bar.update(1)
-        bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}", acc=f"{metrics['rollout/accuracy']:.2f}",
-                        T=f"{temperature:.2f}")
-        if done % cfg.log.log_every == 0 or done == cfg.max_steps:
-            logger.log(done, metrics)
-        if dumping and rt.is_main:
-            dump(out, done, all_rows, all_groups, all_results, all_correct)
-        if cfg.log.save_every and done % cfg.log.save_every == 0 and done < cfg.max_steps:
-            checkpoint.save(out, done, model, tokenizer, optimizer, scheduler,
-                            {"position": done * cfg.prompts_per_step}, cfg.log.keep_checkpoints,
-                            cfg.log.lora_merged_checkpoints)
+            done = step + 1
+            metrics.update(timer | runtime.memory_metrics(rt.device))
+            metrics["train/lr"] = scheduler.get_last_lr()[0]
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}",
+                            acc=f"{metrics['rollout/accuracy']:.2f}", T=f"{temperature:.2f}")
+            if done % cfg.log.log_every == 0 or done == cfg.max_steps:
+                logger.log(done, metrics)
+            if dumping and rt.is_main:
+                dump(out, done, all_rows, all_groups, all_results, all_correct)
+            if cfg.log.save_every and done % cfg.log.save_every == 0 and done < cfg.max_steps:
+                checkpoint.save(out, done, model, tokenizer, optimizer, scheduler,
+                                {"position": done * cfg.prompts_per_step}, cfg.log.keep_checkpoints,
+                                cfg.log.lora_merged_checkpoints)
     bar.close()
-    scorer.close()
 
     checkpoint.export(model, tokenizer, out / "final")
     summary = {"steps": cfg.max_steps, "prompts": len(rows)}
