@@ -8,8 +8,10 @@ Both sides train the same Qwen2 built from a config (hidden 128, 4 layers, 4 hea
 character tokenizer) on the embedded world's level-3 prompts, the same 16 prompts at the same step on both
 sides, 8 samples each, at most 64 new tokens, temperature 1.0, no KL, every group kept, one policy update per
 batch of rollouts, the same learning rate and a 0/1 correctness reward through thinktune's verifier. Both keep
-fp32. Where CUDA exists both run on the GPU, each sampling with its own decoder (TRL's ``generate``, thinktune's
-lean decoder with CUDA graphs; neither with vLLM).
+fp32. Where CUDA exists both run on the GPU (``THINKTUNE_DEVICE=cpu`` keeps both on the CPU), each sampling with
+its own decoder (TRL's ``generate``, thinktune's lean decoder with CUDA graphs; neither with vLLM). On a GPU
+thinktune scores each completion as soon as it ends, behind the decode of the rest: its "score" is then only
+the wait left after sampling, and the checks that ran earlier are inside its "generate".
 
 A shared machine's speed drifts by tens of percent over a minute, so the sides alternate: ``--rounds`` rounds,
 each a fresh thinktune run then a fresh TRL run from the same starting model, ``--steps`` steps each. The first
@@ -47,6 +49,7 @@ from thinktune.recipes.synth import run as run_synth
 from thinktune.rewards import RewardResult, verify
 from thinktune.rewards.pool import get_pool
 from thinktune.rewards.verify import is_correct
+from thinktune.runtime import pick_device
 from thinktune.tasks.benchmarks import load_prompts
 
 PROMPTS, GROUP, NEW_TOKENS, LR, SEED = 16, 8, 64, 1e-5, 0
@@ -96,7 +99,7 @@ def thinktune_side(root: Path, steps: int, compile: bool, run: int, micro_batch:
              "tokens": r["rollout/length_mean"] * PROMPTS * GROUP} for r in rows]
 
 
-def trl_side(root: Path, steps: int, run: int) -> list[dict]:
+def trl_side(root: Path, steps: int, run: int, on_gpu: bool) -> list[dict]:
     """One fresh TRL GRPOTrainer run of ``steps`` steps; per timed step, its phases and completion tokens."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -145,7 +148,7 @@ def trl_side(root: Path, steps: int, run: int) -> list[dict]:
         output_dir=str(root / f"trl-{run}"), per_device_train_batch_size=PROMPTS * GROUP, num_generations=GROUP,
         max_completion_length=NEW_TOKENS, temperature=1.0, top_p=1.0, beta=0.0, num_iterations=1,
         gradient_accumulation_steps=1, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
-        weight_decay=0.0, max_steps=steps, logging_steps=1, report_to="none", use_cpu=not torch.cuda.is_available(), save_strategy="no",
+        weight_decay=0.0, max_steps=steps, logging_steps=1, report_to="none", use_cpu=not on_gpu, save_strategy="no",
         shuffle_dataset=False, seed=SEED,
         # TRL's defaults turn on bf16 autocast and gradient checkpointing; thinktune runs neither here.
         bf16=False, fp16=False, gradient_checkpointing=False)
@@ -185,13 +188,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 4:
         parser.error("--steps: at least 4 (one warm-up, then enough steps for a median and quartiles)")
+    if args.micro_batch is not None and args.micro_batch < 1:
+        parser.error("--micro-batch: at least 1")
     _quiet_transformers()
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))  # so "grpo_step:correctness" imports this file
-    micro_batch = args.micro_batch or MICRO_BATCH["cuda" if torch.cuda.is_available() else "cpu"]
+    on_gpu = pick_device().type == "cuda"
+    micro_batch = args.micro_batch if args.micro_batch is not None else MICRO_BATCH["cuda" if on_gpu else "cpu"]
     root = setup(Path(tempfile.mkdtemp(prefix="grpo-step-")))
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads"
+    device = torch.cuda.get_device_name() if on_gpu else f"cpu, {torch.get_num_threads()} threads"
     print(f"device {device} (both sides); Qwen2 h128 L4; {PROMPTS} prompts x {GROUP} samples, "
           f"<= {NEW_TOKENS} new tokens, T=1.0, no KL, one update per batch (thinktune: {micro_batch} completions "
           f"per forward); {args.rounds} rounds of {args.steps - 1} timed steps per side")
@@ -205,7 +211,7 @@ def main() -> None:
         ours += ours_run
         if trl is None:
             continue
-        theirs_run = trl_side(root, args.steps, run)
+        theirs_run = trl_side(root, args.steps, run, on_gpu)
         theirs += theirs_run
         a, b = summary(ours_run), summary(theirs_run)
         ratios.append(a["completion_tokens_per_s"] / b["completion_tokens_per_s"])
