@@ -93,6 +93,15 @@ def _plain_head(model: torch.nn.Module) -> bool:
     return model_type in PLAIN_HEAD_ARCHS and type(getattr(model, "lm_head", None)) is torch.nn.Linear
 
 
+def _no_router_logits(model: torch.nn.Module) -> dict:
+    """Forward arguments that turn off a mixture-of-experts model's router logits where its config asks for them:
+    thinktune trains with no load-balancing loss, and with a cached prompt the auxiliary loss transformers
+    computes from them fails (its attention mask spans the prompt's columns, the router logits only the new
+    tokens)."""
+    return {"output_router_logits": False} if getattr(getattr(model, "config", None), "output_router_logits",
+                                                      False) else {}
+
+
 class _ScoringHead(torch.nn.Module):
     """Stands in for ``lm_head`` during one forward: from the final hidden states [B, W, H] it takes each
     target's predicting column (``pick``: [B, W, H] -> [B, T, H]), scores the targets with the real head, a
@@ -139,11 +148,12 @@ def model_logps(model: torch.nn.Module, inputs: dict, targets: torch.Tensor, col
         head = _ScoringHead(base.lm_head, pick, targets, temperature, need_entropy, chunk_bytes)
         base.lm_head = head
         try:
-            scored = model(**inputs).logits  # [B, T, 1 or 2]: log-prob (, entropy)
+            scored = model(**inputs, **_no_router_logits(model)).logits  # [B, T, 1 or 2]: log-prob (, entropy)
         finally:
             base.lm_head = head.head
         return scored[..., 0], (scored[..., 1] if need_entropy else None)
-    return _score_logits(pick(model(**inputs).logits), targets, temperature, need_entropy, chunk_bytes)
+    logits = model(**inputs, **_no_router_logits(model)).logits
+    return _score_logits(pick(logits), targets, temperature, need_entropy, chunk_bytes)
 
 
 def _score_logits(logits: torch.Tensor, targets: torch.Tensor, temperature: float, need_entropy: bool | str,
@@ -225,7 +235,7 @@ class PromptCache:
         positions = (self.head_mask.cumsum(-1) - 1).clamp(min=0)  # [P, L], what HF derives from the mask
         with self._autocast():
             out = self.model(input_ids=ids.to(self.device), attention_mask=self.head_mask, position_ids=positions,
-                             use_cache=True, logits_to_keep=1)
+                             use_cache=True, logits_to_keep=1, **_no_router_logits(self.model))
         self.kv = [(layer.keys, layer.values) for layer in out.cache.layers]
         grad = torch.is_grad_enabled()
         self.leaves = [(k.detach().requires_grad_(grad), v.detach().requires_grad_(grad)) for k, v in self.kv]
@@ -262,8 +272,8 @@ class PromptCache:
                                              for k, v in self.leaves])
         attention = torch.cat([self.head_mask[index], mask], dim=1)  # [B, L+T]
         with self._autocast():
-            picked = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
-                                cache=cache).logits  # [B, T, V]: column k predicts completion token k
+            picked = self.model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=cache,
+                                **_no_router_logits(self.model)).logits  # [B, T, V]: column k predicts token k
         targets, mask = right_padded([list(c) for c in completions], self.pad_id, self.device)  # [B, T]
         logps, entropy = _score_logits(picked, targets, temperature, need_entropy, self.chunk_bytes)
         mask = mask.float()

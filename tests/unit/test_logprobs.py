@@ -205,6 +205,24 @@ def test_each_plain_head_architecture_scores_its_own_logits_through_the_stand_in
             torch.testing.assert_close(g, want, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("share_prompt", [True, False])
+def test_a_moe_model_returning_router_logits_scores_like_forwarding_each_sequence_alone(char_tokenizer, share_prompt):
+    """Qwen3-MoE configured to return its router logits: with a cached prompt transformers' load-balancing loss
+    would fail (its mask spans the prompt, the router logits only the completion); thinktune turns them off."""
+    config = AutoConfig.for_model("qwen3_moe", vocab_size=len(char_tokenizer), hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=64,
+                                  max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                  output_router_logits=True, **MOE)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).float()
+    prompts, index, completions = _case(len(char_tokenizer))
+    ref_logps, _ = _alone(model, prompts, index, completions, 1.0)
+    cache = PromptCache(model, prompts, char_tokenizer.pad_token_id, share_prompt=share_prompt, unpadded_forward=False)
+    logps, _, mask = cache.logps(index, completions)
+    for b, ref in enumerate(ref_logps):
+        torch.testing.assert_close(logps[b, :len(completions[b])], ref, atol=1e-5, rtol=1e-5)
+
+
 def test_a_lora_reference_view_scores_through_the_stand_in_head(char_tokenizer, monkeypatch):
     """DPO's and GRPO's reference for a LoRA policy (the policy with its adapters disabled) scores through the
     stand-in head of the model under the adapters, with the values its logits give; the adapters matter."""
