@@ -132,11 +132,16 @@ def model_logps(model: torch.nn.Module, inputs: dict, targets: torch.Tensor, col
 
     Where the head is plain (``_plain_head``) a stand-in head scores inside the forward, a chunk of tokens at a
     time, so no [B, W, V] logits exist (under FSDP the head's weight is gathered only inside the forward);
-    otherwise the model's logits are scored a chunk at a time. The caller sets autocast.
+    otherwise the model's logits are scored a chunk at a time. The caller sets autocast. No KV cache is built
+    (unless ``inputs`` asks for one): it would hold every layer's keys and values, and under block-wise
+    ``torch.compile`` its update guards on the layer index, so each block recompiled until dynamo's limit (8)
+    left the rest eager.
 
     Returns:
         (log-probs [B, T], entropy [B, T] or None).
     """
+    inputs = {"use_cache": False, **inputs, **_no_router_logits(model)}
+
     def pick(x: torch.Tensor) -> torch.Tensor:  # [B, W, C] -> [B, T, C]
         if columns is None:
             return x[:, :targets.shape[1]]
@@ -148,12 +153,11 @@ def model_logps(model: torch.nn.Module, inputs: dict, targets: torch.Tensor, col
         head = _ScoringHead(base.lm_head, pick, targets, temperature, need_entropy, chunk_bytes)
         base.lm_head = head
         try:
-            scored = model(**inputs, **_no_router_logits(model)).logits  # [B, T, 1 or 2]: log-prob (, entropy)
+            scored = model(**inputs).logits  # [B, T, 1 or 2]: log-prob (, entropy)
         finally:
             base.lm_head = head.head
         return scored[..., 0], (scored[..., 1] if need_entropy else None)
-    logits = model(**inputs, **_no_router_logits(model)).logits
-    return _score_logits(pick(logits), targets, temperature, need_entropy, chunk_bytes)
+    return _score_logits(pick(model(**inputs).logits), targets, temperature, need_entropy, chunk_bytes)
 
 
 def _score_logits(logits: torch.Tensor, targets: torch.Tensor, temperature: float, need_entropy: bool | str,

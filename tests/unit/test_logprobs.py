@@ -223,6 +223,20 @@ def test_a_moe_model_returning_router_logits_scores_like_forwarding_each_sequenc
         torch.testing.assert_close(logps[b, :len(completions[b])], ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("scoring_head", [True, False])
+def test_training_forwards_build_no_kv_cache(char_tokenizer, monkeypatch, scoring_head):
+    # A cache costs every layer's keys and values, and under block-wise torch.compile each block recompiled on it.
+    if not scoring_head:
+        monkeypatch.setattr(logprobs, "_plain_head", lambda model: False)
+    model = build_tiny_model("qwen2", char_tokenizer, **SHAPE).float()
+    assert model.config.use_cache  # what HF would do unasked
+    caches = []
+    model.register_forward_hook(lambda module, args, out: caches.append(out.cache))
+    ids = torch.randint(3, len(char_tokenizer), (2, 8), generator=torch.Generator().manual_seed(0))
+    next_token_logps(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, ids).sum().backward()
+    assert caches == [None]
+
+
 def test_a_lora_reference_view_scores_through_the_stand_in_head(char_tokenizer, monkeypatch):
     """DPO's and GRPO's reference for a LoRA policy (the policy with its adapters disabled) scores through the
     stand-in head of the model under the adapters, with the values its logits give; the adapters matter."""
