@@ -1,9 +1,10 @@
 """Device, dtype, process group and seeding: decided in one place, with the reason printed.
 
-Device order is cuda > mps > cpu, unless ``THINKTUNE_DEVICE`` (cpu | cuda | mps) names one. ``dtype`` strings map to torch dtypes here and nowhere else; bf16 is
-checked against the hardware, and fp16 is refused until a GradScaler exists. Under ``torchrun``
-(``WORLD_SIZE`` > 1 in the environment) ``init`` joins the process group: NCCL on CUDA, gloo on CPU; the
-rank and world size come from torchrun's variables only, and every seed is offset by the rank.
+Device order is cuda > mps > cpu, unless ``THINKTUNE_DEVICE`` (cpu | cuda | mps) names one. ``dtype`` strings
+map to torch dtypes here and nowhere else; bf16 is checked against the hardware, and fp16 is refused until a
+GradScaler exists. Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) ``init`` joins the process group:
+NCCL on CUDA, gloo on CPU; the rank and world size come from torchrun's variables only, and every seed is
+offset by the rank.
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ def pick_device() -> torch.device:
     """
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     chosen = os.environ.get(DEVICE_ENV, "").strip().lower() or next(k for k, ok in available.items() if ok)
-    if not available.get(chosen, False):
-        raise ConfigError(f"{DEVICE_ENV}={chosen!r}: " + (f"this machine has no {chosen} device" if chosen in
-                          available else f"choose one of {', '.join(available)}") + f", or unset {DEVICE_ENV}")
+    if chosen not in available:
+        raise ConfigError(f"{DEVICE_ENV}={chosen!r}: choose one of {', '.join(available)}, or unset {DEVICE_ENV}")
+    if not available[chosen]:
+        raise ConfigError(f"{DEVICE_ENV}={chosen!r}: this machine has no {chosen} device; unset {DEVICE_ENV}")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if chosen == "cuda" else torch.device(chosen)
 
 
