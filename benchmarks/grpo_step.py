@@ -17,11 +17,11 @@ A shared machine's speed drifts by tens of percent over a minute, so the sides a
 each a fresh thinktune run then a fresh TRL run from the same starting model, ``--steps`` steps each. The first
 step of every run is a warm-up and is not counted (thinktune's first includes torch.compile's compile in round 1;
 ``--no-compile`` runs thinktune eager). Prints, per round, each side's ``seconds_per_step`` (the median over the
-round's timed steps, so that one step slowed by the machine does not move it) and the round's ratio; then, over
-all rounds, each side's ``seconds_per_step`` and ``completion_tokens_per_s`` (mean completion tokens per step over
-that median), its time split (the median of each phase; TRL's "update" is its step minus its sampling call and
+round's timed steps of the whole step's wall time, so that one step slowed by the machine does not move it)
+and the round's ratio; then, over all rounds, each side's ``seconds_per_step`` and ``completion_tokens_per_s``
+(mean completion tokens per step over that median), its time split (the median of each phase; TRL's "update" is its step minus its sampling call and
 the reward function) and the middle half of its step times, and ``speedup_vs_trl``: the median of the rounds'
-ratios, with their range.
+ratios, with their range. ``--json FILE`` also writes every timed step of both sides.
 
 Where thinktune's time goes less: the lean decoder samples (each prompt prefilled once for its 8
 samples); the update forwards each prompt once and every completion token once, unpadded
@@ -42,6 +42,7 @@ import torch
 
 from thinktune.cli import _quiet_transformers
 from thinktune.config import load_config
+from thinktune.data.io import write_json
 from thinktune.data.order import step_units
 from thinktune.recipes import build_model, grpo
 from thinktune.recipes.synth import SynthConfig
@@ -79,7 +80,8 @@ def cold_scoring() -> None:
     get_pool().close()
 
 
-def thinktune_side(root: Path, steps: int, compile: bool, run: int, micro_batch: int) -> list[dict]:
+def thinktune_side(root: Path, steps: int, compile: bool, run: int, micro_batch: int,
+                   score_behind_decode: bool | None) -> list[dict]:
     """One fresh thinktune GRPO run of ``steps`` steps; per timed step, its phases and completion tokens."""
     out = root / f"thinktune-{run}"
     cfg = load_config(grpo.GRPOConfig, None, [
@@ -89,14 +91,13 @@ def thinktune_side(root: Path, steps: int, compile: bool, run: int, micro_batch:
         "updates_per_batch=1", f"optim.lr={LR}", "optim.warmup_steps=0", "optim.weight_decay=0",
         f"micro_batch_size={micro_batch}", f"model.compile={str(compile).lower()}", f"max_steps={steps}",
         "log.log_every=1", "log.save_every=0", "log.progress=false", "dump_every=0", f"seed={SEED}",
-        "rollout_backend=thinktune",
+        "rollout_backend=thinktune", f"score_behind_decode={str(score_behind_decode).lower()}",
         f"output_dir={out}"])
     cold_scoring()
     grpo.run(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
     return [{"time/generate": r["time/generate"], "time/score": r["time/score"], "time/update": r["time/update"],
-             "total": r["time/generate"] + r["time/score"] + r["time/update"],
-             "tokens": r["rollout/length_mean"] * PROMPTS * GROUP} for r in rows]
+             "total": r["time/step"], "tokens": r["rollout/length_mean"] * PROMPTS * GROUP} for r in rows]
 
 
 def trl_side(root: Path, steps: int, run: int, on_gpu: bool) -> list[dict]:
@@ -185,6 +186,11 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=None,
                         help="thinktune's completions per update forward (default: 128 on a GPU, 32 on a CPU)")
     parser.add_argument("--no-compile", action="store_true", help="thinktune without torch.compile")
+    parser.add_argument("--score-after-decode", action="store_true",
+                        help="thinktune scores after sampling ends, also on a GPU (where the default scores "
+                             "each completion as it ends, beside the decode)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write every timed step of both sides (phases, tokens) to this file")
     args = parser.parse_args()
     if args.steps < 4:
         parser.error("--steps: at least 4 (one warm-up, then enough steps for a median and quartiles)")
@@ -206,13 +212,21 @@ def main() -> None:
     except ImportError:
         trl = None
     ours, theirs, ratios = [], [], []
+
+    def save_steps() -> None:  # after every run, so that a run cut short keeps what it measured
+        if args.json:
+            write_json(args.json, {"device": device, "micro_batch": micro_batch, "thinktune": ours, "trl": theirs})
+
     for run in range(args.rounds):
-        ours_run = thinktune_side(root, args.steps, not args.no_compile, run, micro_batch)
+        ours_run = thinktune_side(root, args.steps, not args.no_compile, run, micro_batch,
+                                  False if args.score_after_decode else None)
         ours += ours_run
+        save_steps()
         if trl is None:
             continue
         theirs_run = trl_side(root, args.steps, run, on_gpu)
         theirs += theirs_run
+        save_steps()
         a, b = summary(ours_run), summary(theirs_run)
         ratios.append(a["completion_tokens_per_s"] / b["completion_tokens_per_s"])
         print(f"round {run + 1}: thinktune {a['seconds_per_step']:.3f} s/step, trl {b['seconds_per_step']:.3f} "

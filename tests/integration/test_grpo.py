@@ -50,8 +50,10 @@ def test_grpo_steps_log_dump_and_resume_exactly(world, tmp_path, monkeypatch):
     for key in ("rollout/reward_mean", "rollout/accuracy", "rollout/length_mean", "rollout/length_p90",
                 "rollout/truncated", "reward/ones", "update/kl", "update/entropy", "update/clip_fraction",
                 "select/samples_kept", "select/samples_dropped", "rollout/temperature", "time/generate",
-                "time/score", "time/update"):
+                "time/score", "time/update", "time/step"):
         assert key in rows[-1], key
+    for r in rows:  # the whole step holds its three phases
+        assert r["time/step"] >= r["time/generate"] + r["time/score"] + r["time/update"], r
     assert rows[-1]["select/samples_kept"] == 16 and rows[-1]["update/kl"] > 0  # the policy moved off the reference
     dumped = [json.loads(line) for line in (out / "samples" / "step-2.jsonl").read_text().splitlines()]
     assert len(dumped) == 16 and {"prompt_id", "completion", "reward", "components", "correct"} <= dumped[0].keys()
@@ -72,8 +74,8 @@ def test_scoring_behind_the_decode_gives_the_same_run(world, tmp_path, monkeypat
     monkeypatch.syspath_prepend(str(ASSETS))
     args = {"reward.name": "toy_rewards:ones_share", "max_steps": 2, "log.save_every": 0, "dump_every": 0}
     grpo.run(load_config(grpo.GRPOConfig, None, grpo_args(world, tmp_path / "after", **args)))
-    monkeypatch.setattr(grpo, "scores_behind_decode", lambda device: True)
-    grpo.run(load_config(grpo.GRPOConfig, None, grpo_args(world, tmp_path / "behind", **args)))
+    grpo.run(load_config(grpo.GRPOConfig, None, grpo_args(world, tmp_path / "behind", score_behind_decode="true",
+                                                          **args)))
     for a, b in zip(metrics(tmp_path / "after"), metrics(tmp_path / "behind"), strict=True):
         for key in ("rollout/reward_mean", "reward/ones", "rollout/length_mean", "update/kl", "update/grad_norm"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (a["step"], key)

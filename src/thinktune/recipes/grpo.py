@@ -102,6 +102,7 @@ class GRPOConfig:
     micro_batch_size: int = 8  # completions per forward pass in the update (sorted by length)
     share_prompt: bool = True  # forward each prompt once per pass, not once per sample (same result)
     rollout_batch_size: int = 256  # sequences decoded together (thinktune's sampler; vLLM schedules its own)
+    score_behind_decode: bool | None = None  # score each completion as it ends, beside the decode; None: on GPUs
     rollout_backend: str = "auto"  # auto: vLLM where it is installed and a GPU exists, else thinktune's sampler
     vllm_gpu_memory_utilization: float = 0.4  # vLLM's share of the GPU; the rest is left to training
     vllm_sleep: bool = True  # vLLM frees its GPU memory (weights, KV cache) while the policy updates
@@ -310,11 +311,12 @@ def dump(out: Path, step: int, rows: list[dict], groups: list[list[Sample]], res
         for c, r, ok in zip(g, rs, cs, strict=True)))
 
 
-def scores_behind_decode(device: torch.device) -> bool:
-    """Whether to score each completion as soon as it ends, behind the decode of the others: on a GPU, whose
-    decode leaves the CPU's cores idle. On a CPU the decode keeps every core busy, and scoring beside it
-    doubled the benchmark's generate time (0.15 to 0.30 s on 2 cores), so there scoring waits for it."""
-    return device.type == "cuda"
+def scores_behind_decode(device: torch.device, choice: bool | None = None) -> bool:
+    """Whether to score each completion as soon as it ends, behind the decode of the others (``choice``, where
+    the config sets it). By default on a GPU, whose decode leaves the CPU's cores idle. On a CPU the decode keeps
+    every core busy, and scoring beside it doubled the benchmark's generate time (0.15 to 0.30 s on 2 cores), so
+    there scoring waits for it."""
+    return device.type == "cuda" if choice is None else choice
 
 
 def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; its stages are calls
@@ -354,9 +356,10 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
                    f"{reward_cfg.name}; lr {cfg.optim.lr}, beta {cfg.beta}, gamma {cfg.gamma}; balance {cfg.balance}")
 
     bar = progress(cfg.max_steps, start, "grpo", cfg.log.progress and rt.is_main)
-    score_behind_decode = scores_behind_decode(rt.device)
+    score_behind_decode = scores_behind_decode(rt.device, cfg.score_behind_decode)
     with StreamingScorer(reward_cfg) as scorer:  # also closed (queued checks cancelled) when a step fails
         for step in range(start, cfg.max_steps):
+            step_start = time.perf_counter()
             timer = {"time/generate": 0.0, "time/score": 0.0, "time/update": 0.0}
             temperature = cfg.temperature_at(step)
             idx = step_units(step * cfg.prompts_per_step, cfg.prompts_per_step, len(rows), cfg.seed)
@@ -415,6 +418,8 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
             timer["time/update"] = time.perf_counter() - t
 
             done = step + 1
+            # The whole step up to here, the three phases and what lies between them (prompt choice, weight sync).
+            timer["time/step"] = time.perf_counter() - step_start
             metrics.update(timer | runtime.memory_metrics(rt.device))
             metrics["train/lr"] = scheduler.get_last_lr()[0]
             bar.update(1)
