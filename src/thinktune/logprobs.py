@@ -82,7 +82,7 @@ def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
 # Causal LMs whose forward returns ``lm_head``'s output untouched as its logits, each checked in the tests
 # against its own logits: the ones ``thinktune.unpadded`` implements, and common students it does not. Not
 # Gemma 2/3 (soft-capped logits) or Granite (scaled): they take the logits path.
-PLAIN_HEAD_ARCHS = lean.ARCHS | {"mistral", "qwen3", "qwen3_moe", "olmo2"}
+PLAIN_HEAD_ARCHS = lean.ARCHS | {"mistral", "qwen3_moe", "olmo2"}
 
 
 def _plain_head(model: torch.nn.Module) -> bool:

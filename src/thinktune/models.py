@@ -43,7 +43,7 @@ PHI4_CHAT_TEMPLATE = (
 )
 
 # Tiny architectures for the embedded demo and tests: the Phi-4 family's Phi3 by default.
-ARCHITECTURES = {"phi3": "Phi3Config", "qwen2": "Qwen2Config", "llama": "LlamaConfig"}
+ARCHITECTURES = {"phi3": "Phi3Config", "qwen2": "Qwen2Config", "llama": "LlamaConfig", "qwen3": "Qwen3Config"}
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
@@ -141,12 +141,13 @@ def train_char_tokenizer(texts: list[str], words: tuple[str, ...] = ("user", "as
 def build_tiny_model(arch: str, tokenizer: PreTrainedTokenizerBase, *, hidden_size: int, num_layers: int,
                      num_heads: int, num_kv_heads: int, intermediate_size: int, max_position_embeddings: int,
                      tie_word_embeddings: bool = True, seed: int = 0) -> torch.nn.Module:
-    """A randomly initialised causal LM of a real HF architecture (Phi3, Qwen2 or Llama)."""
+    """A randomly initialised causal LM of a real HF architecture (``ARCHITECTURES``)."""
     if arch not in ARCHITECTURES:
         raise ConfigError(f"arch {arch!r} is not known; choose one of {', '.join(ARCHITECTURES)}")
+    # Qwen3's head size is its own setting (128 by default, whatever the hidden size): keep hidden / heads.
+    extra = {"head_dim": hidden_size // num_heads} if arch == "qwen3" else {}
     config = AutoConfig.for_model(
-        {"phi3": "phi3", "qwen2": "qwen2", "llama": "llama"}[arch],
-        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        arch, **extra, vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=num_heads, num_key_value_heads=num_kv_heads, intermediate_size=intermediate_size,
         max_position_embeddings=max_position_embeddings, tie_word_embeddings=tie_word_embeddings,
         bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),

@@ -1,4 +1,4 @@
-"""A training forward over unpadded tokens for the Llama family (Llama, Qwen2, Phi3), on cached prompts.
+"""A training forward over unpadded tokens for the Llama family (Llama, Qwen2, Qwen3, Phi3), on cached prompts.
 
 A padded batch ``[B, T]`` spends the projections and the MLP (most of the FLOPs) on padding, and a long
 RL batch split into small micro-batches pays the per-call overhead many times. Here every real token of
@@ -50,7 +50,10 @@ def _qkv(attn: torch.nn.Module, x: torch.Tensor, heads: int, kv_heads: int, dim:
     else:
         q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
     n = x.shape[0]
-    return q.view(n, heads, dim), k.view(n, kv_heads, dim), v.view(n, kv_heads, dim)
+    q, k, v = q.view(n, heads, dim), k.view(n, kv_heads, dim), v.view(n, kv_heads, dim)
+    if hasattr(attn, "q_norm"):  # Qwen3: an RMSNorm over each head's queries and keys, before rotary
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    return q, k, v
 
 
 def forward(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor, row: torch.Tensor,
@@ -60,7 +63,7 @@ def forward(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tenso
     ``model.lm_head``, which the caller applies (``logprobs.chunked_score`` does, a chunk of tokens at a time).
 
     Args:
-        model: a Llama/Qwen2/Phi3 ``*ForCausalLM`` that ``unsupported_reason`` accepts.
+        model: a Llama/Qwen2/Qwen3/Phi3 ``*ForCausalLM`` that ``unsupported_reason`` accepts.
         tokens: [N] every real token of the batch, sequence after sequence.
         positions: [N] each token's position in its full sequence (prompt included).
         row, col: [N] each token's sequence b < B and its index within that sequence (< ``width``).

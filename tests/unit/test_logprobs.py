@@ -47,7 +47,7 @@ def _alone(model, prompts, index, completions, temperature):
     return logps, entropies
 
 
-@pytest.mark.parametrize("arch", ["phi3", "qwen2", "llama"])
+@pytest.mark.parametrize("arch", ["phi3", "qwen2", "llama", "qwen3"])
 @pytest.mark.parametrize("layout", ["unpadded", "hf_cache", "full"])
 @pytest.mark.parametrize("chunk_rows", [None, 3])  # None: every micro-batch in one chunk; 3: many chunks
 def test_logps_entropy_and_gradients_match_forwarding_each_sequence_alone(char_tokenizer, arch, layout, chunk_rows):
@@ -82,7 +82,7 @@ def test_logps_entropy_and_gradients_match_forwarding_each_sequence_alone(char_t
         torch.testing.assert_close(param.grad, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("arch", ["phi3", "qwen2"])
+@pytest.mark.parametrize("arch", ["phi3", "qwen2", "qwen3"])
 def test_micro_batches_of_equally_long_prompts_run_without_a_mask_and_match(char_tokenizer, arch):
     """A micro-batch whose prompts are equally long (the Phi-4 configs' single sequences, or one prompt's
     samples) runs the unpadded forward with no attention mask (square causal attention over prompt +
@@ -359,10 +359,11 @@ def test_empty_prompt_or_completion_is_an_error(char_tokenizer):
 
 
 @pytest.mark.slow
-def test_compiled_unpadded_forward_matches_eager(char_tokenizer):
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_compiled_unpadded_forward_matches_eager(char_tokenizer, arch):
     """model.compile runs the unpadded forward under torch.compile (dynamic shapes): the same log-probs as
     eager, for a second batch of another shape too, and for one prompt's samples (no mask)."""
-    model = build_tiny_model("qwen2", char_tokenizer, **SHAPE).float()
+    model = build_tiny_model(arch, char_tokenizer, **SHAPE).float()
     prompts, index, completions = _case(len(char_tokenizer), seed=2)
     one_prompt = [i for i in range(12) if index[i] == 2]
     for chunk in (list(range(12)), list(range(5)), one_prompt):  # the second reuses the dynamic graph

@@ -2,7 +2,8 @@
 
 Each architecture gets the features that change the math: Phi3 with fused qkv/gate_up and partial
 rotary; Qwen2 with q/k/v biases (randomised: HF initialises them to zero) and grouped-query attention;
-Llama with attention and MLP biases, GQA and untied embeddings. Both weight paths are checked: the CPU
+Llama with attention and MLP biases, GQA and untied embeddings; Qwen3 with its per-head q/k RMSNorm and a head
+size that is not hidden / heads. Both weight paths are checked: the CPU
 copy path (fused, gains folded, complex rotary) and the view path the GPU uses (rotate-half). The
 static-shape step that CUDA graphs replay is checked here too, run eagerly on CPU. peft LoRA adapters are
 folded into the weights: the decoder's logits equal the peft model's.
@@ -26,6 +27,8 @@ ARCHS = {
     "qwen2": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
     "llama": dict(num_attention_heads=4, num_key_value_heads=1, attention_bias=True, mlp_bias=True,
                   tie_word_embeddings=False),
+    # q_norm/k_norm (randomised with the other norms below), and a head size of its own (4 x 16 > hidden 32)
+    "qwen3": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16),
 }
 
 

@@ -25,7 +25,7 @@ from thinktune.errors import ConfigError
 @dataclass
 class BuildModelConfig:
     corpus: str = ""  # SFT or prompt JSONL(s), comma-separated, whose text the tokenizer learns
-    arch: str = "phi3"  # phi3 | qwen2 | llama
+    arch: str = "phi3"  # phi3 | qwen2 | llama | qwen3
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4

@@ -1,4 +1,4 @@
-"""A lean decoder for the Llama family (Llama, Qwen2, Phi3) with a static, preallocated KV cache.
+"""A lean decoder for the Llama family (Llama, Qwen2, Qwen3, Phi3) with a static, preallocated KV cache.
 
 Why it exists: ``model.generate`` on a small model spends most of each decode step in Python (cache
 objects, mask builders, logits processors, ~100 dispatched ops per layer). This decoder reads the HF
@@ -7,6 +7,7 @@ model's own weight tensors and runs the same math in about 25 ops per layer:
 - one matmul for q, k and v (Phi3's fused ``qkv_proj``; Llama/Qwen2's three projections are
   concatenated on CPU, where per-op overhead dominates, and kept separate on CUDA, where CUDA graphs
   remove that overhead and a copy would cost memory);
+- Qwen3's RMSNorm over each head's queries and keys (``q_norm``, ``k_norm``) before rotary;
 - rotary on q and k together. On the CPU copy path (fp32) the q/k rows of the weight are permuted so
   each rotary pair ``(i, i + R/2)`` sits side by side; rotary is then one complex multiply, and q.k is
   unchanged because q and k are permuted alike (the cache holds k in that order). Otherwise it is
@@ -49,7 +50,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-ARCHS = {"llama", "qwen2", "phi3"}
+ARCHS = {"llama", "qwen2", "qwen3", "phi3"}
 STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
 
 
@@ -132,6 +133,8 @@ class _Layer:
     qkv_bias: list[torch.Tensor | None]
     o: torch.Tensor
     o_bias: torch.Tensor | None
+    q_norm: torch.Tensor | None  # [D] Qwen3's per-head gains (in the copy path's paired order); None: no such norm
+    k_norm: torch.Tensor | None
     gate_up: list[torch.Tensor]  # [hidden, 2I] fused, or gate, up
     gate_up_bias: list[torch.Tensor | None]
     down: torch.Tensor
@@ -178,7 +181,7 @@ class LeanDecoder:
     """Prefill and one-token decode steps for up to ``max_batch`` rows of up to ``max_len`` tokens.
 
     Args:
-        model: a Llama, Qwen2 or Phi3 ``*ForCausalLM`` that ``unsupported_reason`` accepts.
+        model: a Llama, Qwen2, Qwen3 or Phi3 ``*ForCausalLM`` that ``unsupported_reason`` accepts.
         max_batch: rows the cache holds.
         max_len: prompt plus new tokens, the cache's time dimension.
         fuse: work on private copies of the weights (concatenated, gains folded, ``[in, out]``
@@ -194,6 +197,8 @@ class LeanDecoder:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
         self.hidden = cfg.hidden_size
         self.eps = model.model.norm.variance_epsilon
+        q_norm = getattr(model.model.layers[0].self_attn, "q_norm", None)
+        self.qk_eps = q_norm.variance_epsilon if q_norm is not None else None
         embed = model.get_input_embeddings().weight
         self.device, self.dtype = embed.device, embed.dtype
         # H * eps as a tensor: adding a Python float converts it to a tensor on every call.
@@ -250,7 +255,12 @@ class LeanDecoder:
         gu, gu_b, ln2 = _prepare(list(gu_w), list(gu_b), block.post_attention_layernorm.weight, self.fuse)
         (o,), _, _ = _prepare([o_w], [None], None, self.fuse)
         (down,), _, _ = _prepare([down_w], [None], None, self.fuse)
-        return _Layer(ln1=ln1, ln2=ln2, qkv=qkv, qkv_bias=qkv_b, o=o, o_bias=o_b,
+        q_norm = k_norm = None
+        if self.qk_eps is not None:  # Qwen3; the copy path pairs each head's rotary dims: pair the gains alike
+            q_norm, k_norm = attn.q_norm.weight, attn.k_norm.weight
+            if self.complex_rope:
+                q_norm, k_norm = q_norm[self.head_order], k_norm[self.head_order]
+        return _Layer(ln1=ln1, ln2=ln2, qkv=qkv, qkv_bias=qkv_b, o=o, o_bias=o_b, q_norm=q_norm, k_norm=k_norm,
                       gate_up=gu, gate_up_bias=gu_b, down=down, down_bias=down_b)
 
     def _rope_tables(self) -> None:
@@ -263,6 +273,7 @@ class LeanDecoder:
         half = rot // 2
         pair = torch.stack([torch.arange(half), torch.arange(half, rot)], dim=1).flatten()  # [R] i, i+R/2, ...
         head_order = torch.cat([pair, torch.arange(rot, d)])  # [D] rotary pairs side by side
+        self.head_order = head_order
         self.qkv_rows = None
         if self.complex_rope:
             qk_heads = self.heads + self.kv_heads
@@ -300,6 +311,14 @@ class LeanDecoder:
         rotated = qk.roll(d // 2, -1) if self.full_rotary else qk[..., self.perm]  # [N, H+K, D]
         return torch.addcmul(qk * cos, rotated, sin)
 
+    def _qk_norm(self, qk: torch.Tensor, layer: _Layer) -> torch.Tensor:
+        """Qwen3's RMSNorm of each head's queries and keys, ``qk`` ``[N, H+K, D]`` (unchanged for the others)."""
+        if layer.q_norm is None:
+            return qk
+        q, k = qk.split([self.heads, self.kv_heads], 1)
+        d = (self.head_dim,)
+        return torch.cat([F.rms_norm(q, d, layer.q_norm, self.qk_eps), F.rms_norm(k, d, layer.k_norm, self.qk_eps)], 1)
+
     def _norm(self, x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
         if weight is not None:
             return F.rms_norm(x, (self.hidden,), weight, self.eps)
@@ -320,7 +339,7 @@ class LeanDecoder:
         x = F.embedding(tokens.reshape(-1), self.embed)  # [N, hidden], N = n*S
         for layer, kc, vc in zip(self.layers, self.k_cache, self.v_cache, strict=True):
             qkv = _linear(self._norm(x, layer.ln1), layer.qkv, layer.qkv_bias)  # [N, (H+2K)*D]
-            qk = self._rotate(qkv[:, :(h_ + k_) * d].view(n * s, h_ + k_, d), rope)  # [N, H+K, D]
+            qk = self._rotate(self._qk_norm(qkv[:, :(h_ + k_) * d].view(n * s, h_ + k_, d), layer), rope)  # [N, H+K, D]
             q = qk[:, :h_].view(n, s, h_, d).transpose(1, 2)  # [n, H, S, D]
             k = qk[:, h_:].view(n, s, k_, d).transpose(1, 2)  # [n, K, S, D]
             v = qkv[:, (h_ + k_) * d:].view(n, s, k_, d).transpose(1, 2)  # [n, K, S, D]
@@ -353,7 +372,7 @@ class LeanDecoder:
         for layer, kc, vc in zip(self.layers, self.k_cache, self.v_cache, strict=True):
             kc, vc = kc.narrow(0, 0, n), vc.narrow(0, 0, n)  # [n, K, T, D] live rows
             qk, v = _linear(self._norm(x, layer.ln1), layer.qkv, layer.qkv_bias).split(split, 1)
-            qk = self._rotate(qk.view(n, h_ + k_, d), rope)  # [n, H+K, D]
+            qk = self._rotate(self._qk_norm(qk.view(n, h_ + k_, d), layer), rope)  # [n, H+K, D]
             q, k = qk.split([h_, k_], 1)  # [n, H, D], [n, K, D]
             v = v.view(n, k_, d)  # [n, K, D]
             if graph:
@@ -420,6 +439,9 @@ class LeanDecoder:
                 mm(norm(x, buf), layer.qkv[0], out=qkv)  # [n, (H+2K)*D]
             else:
                 addmm(layer.qkv_bias[0], norm(x, buf), layer.qkv[0], out=qkv)
+            if layer.q_norm is not None:  # Qwen3: normalise q and k in place, where the rotary reads them
+                qk = qkv.view(n, -1, self.head_dim).narrow(1, 0, self.heads + self.kv_heads)  # [n, H+K, D]
+                qk.copy_(self._qk_norm(qk, layer))
             mul(qkv_complex, freqs, out=rot)  # rotary on q and k (v times 1)
             kv.select(2, write).copy_(kv_rows)
             a = sdpa(q, kc.narrow(2, 0, kv_len), vc.narrow(2, 0, kv_len), attn_mask=mask)  # [n, K, G, D]
