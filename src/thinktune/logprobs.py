@@ -227,6 +227,13 @@ class PromptCache:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    @staticmethod
+    def _eager():
+        """Where the HF forward runs on a KV cache: the decoder blocks that ``model.compile`` compiled run eager
+        there. Each block's cache update guards on its own layer's cache entry, so a cached forward compiled
+        once per layer (4 graphs for 4 layers, and past torch's recompile limit of 8, eager anyway)."""
+        return torch.compiler.set_stance("force_eager")
+
     def _forward_prompts(self) -> None:
         heads = [p[:-1] for p in self.prompts]
         self.width = max(len(h) for h in heads)  # L
@@ -237,7 +244,7 @@ class PromptCache:
             self.head_mask[i, self.width - len(h):] = 1
         self.head_mask = self.head_mask.to(self.device)
         positions = (self.head_mask.cumsum(-1) - 1).clamp(min=0)  # [P, L], what HF derives from the mask
-        with self._autocast():
+        with self._autocast(), self._eager():
             out = self.model(input_ids=ids.to(self.device), attention_mask=self.head_mask, position_ids=positions,
                              use_cache=True, logits_to_keep=1, **_no_router_logits(self.model))
         self.kv = [(layer.keys, layer.values) for layer in out.cache.layers]
@@ -275,7 +282,7 @@ class PromptCache:
         cache = DynamicCache(ddp_cache_data=[(k.index_select(0, index), v.index_select(0, index))
                                              for k, v in self.leaves])
         attention = torch.cat([self.head_mask[index], mask], dim=1)  # [B, L+T]
-        with self._autocast():
+        with self._autocast(), self._eager():
             picked = self.model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=cache,
                                 **_no_router_logits(self.model)).logits  # [B, T, V]: column k predicts token k
         targets, mask = right_padded([list(c) for c in completions], self.pad_id, self.device)  # [B, T]

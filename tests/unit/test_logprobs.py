@@ -237,6 +237,29 @@ def test_training_forwards_build_no_kv_cache(char_tokenizer, monkeypatch, scorin
     assert caches == [None]
 
 
+@pytest.mark.parametrize("unpadded_forward", [True, False])
+def test_cached_forwards_never_compile_the_blocks_per_layer(char_tokenizer, unpadded_forward):
+    # model.compile compiles each decoder block; on a KV cache each block guarded on its own layer's cache entry
+    # and compiled once per layer. The prompts' forward (and the HF completions' forward) now runs them eager.
+    from torch._dynamo.utils import counters
+
+    model = build_tiny_model("qwen2", char_tokenizer, **SHAPE).float()
+    for block in model.model.layers:
+        block.compile()
+    prompts, index, completions = _case(len(char_tokenizer))
+    torch._dynamo.reset()
+    counters.clear()
+    cache = PromptCache(model, prompts, char_tokenizer.pad_token_id, unpadded_forward=unpadded_forward)
+    logps, _, mask = cache.logps(index[:5], completions[:5], 0.7)
+    (logps * mask).sum().backward()
+    cache.backward_prompts()
+    assert counters["frames"]["total"] == 0
+    block = model.model.layers[0]
+    block(torch.randn(1, 3, SHAPE["hidden_size"]), position_embeddings=model.model.rotary_emb(
+        torch.zeros(1), torch.arange(3)[None]))  # outside them the blocks still compile
+    assert counters["frames"]["total"] > 0
+
+
 def test_a_lora_reference_view_scores_through_the_stand_in_head(char_tokenizer, monkeypatch):
     """DPO's and GRPO's reference for a LoRA policy (the policy with its adapters disabled) scores through the
     stand-in head of the model under the adapters, with the values its logits give; the adapters matter."""
