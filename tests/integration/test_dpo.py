@@ -100,3 +100,12 @@ def test_bad_preference_rows(mined, tmp_path):
     with pytest.raises(DataError, match="no usable pairs"):
         dpo.run(load_config(dpo.DPOConfig, None, dpo_args(mined, tmp_path / "o3", **{"data.train": only_same,
                                                                                    "data.eval": ""})))
+
+
+def test_a_bad_saved_sample_is_named_by_its_line(tmp_path):
+    # A blank line before it: the message names the file's line 3, not the second record.
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"prompt_id": 1, "completion": "x"}) + "\n\n" + json.dumps({"prompt_id": 1}) + "\n")
+    cfg = dpo_pairs.DPOPairsConfig(prompts=str(tmp_path / "p.jsonl"), samples=str(samples))
+    with pytest.raises(DataError, match=f"{samples}:3: a rollout record needs"):
+        dpo_pairs.saved_samples(cfg, [{"id": 1}])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from thinktune.data.io import atomic_write, read_jsonl, write_json, write_jsonl
+from thinktune.data.io import atomic_write, read_jsonl, read_jsonl_lines, write_json, write_jsonl
 from thinktune.errors import DataError, UserError
 
 SFT_OK = {"id": 1, "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}
@@ -36,6 +36,12 @@ def test_blank_lines_are_skipped_but_counted(tmp_path: Path) -> None:
     path = lines(tmp_path, json.dumps(PROMPT_OK), "", "   ", "{oops")
     with pytest.raises(DataError, match=at(path) + ":4: not valid JSON"):
         read_jsonl(path)
+
+
+def test_rows_keep_the_line_they_came_from(tmp_path: Path) -> None:
+    second = {**PROMPT_OK, "id": "p2"}
+    path = lines(tmp_path, json.dumps(PROMPT_OK), "", json.dumps(second))
+    assert read_jsonl_lines(path, kind="prompt") == [(1, PROMPT_OK), (3, second)]
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -65,6 +65,12 @@ def read_jsonl(path: str | Path, kind: str | None = None) -> list[dict]:
         DataError: the file is missing, a line is not a JSON object, or a row lacks a field or has one of
             the wrong type. The message names the file, the 1-based line number and the field.
     """
+    return [row for _, row in read_jsonl_lines(path, kind)]
+
+
+def read_jsonl_lines(path: str | Path, kind: str | None = None) -> list[tuple[int, dict]]:
+    """``read_jsonl``'s rows, each with the 1-based line it came from (blank lines are skipped, so a row's
+    index is not its line), for later messages that point at the row."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found; check the path (data files are JSONL, one row per line)")
@@ -81,7 +87,7 @@ def read_jsonl(path: str | Path, kind: str | None = None) -> list[dict]:
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             if kind is not None:
                 check_row(row, kind, where=f"{path}:{lineno}")
-            rows.append(row)
+            rows.append((lineno, row))
     if not rows:
         raise DataError(f"{path}: no rows; the file is empty")
     return rows

@@ -34,7 +34,7 @@ import torch
 from thinktune import checkpoint, distributed, lora, models, runtime
 from thinktune.config import LogConfig, ModelConfig, OptimConfig, save_config
 from thinktune.data.chat import Example, pad_batch, prompt_messages, render_sft
-from thinktune.data.io import read_jsonl, write_json
+from thinktune.data.io import read_jsonl_lines, write_json
 from thinktune.data.order import step_units
 from thinktune.errors import ConfigError, DataError
 from thinktune.logprobs import next_token_logps
@@ -89,10 +89,10 @@ Pair = tuple[Example, Example]
 
 def load_pairs(path: str, tokenizer, cfg: DPOConfig) -> tuple[list[Pair], dict[str, int]]:
     """Render preference rows into (chosen, rejected) examples; count what is skipped and why."""
-    rows = read_jsonl(path, kind="preference")[: cfg.data.limit or None]
+    rows = read_jsonl_lines(path, kind="preference")[: cfg.data.limit or None]
     stats = {"rows": len(rows), "identical": 0, "too_long": 0}
     pairs = []
-    for lineno, row in enumerate(rows, start=1):
+    for lineno, row in rows:
         if row["chosen"] == row["rejected"]:
             stats["identical"] += 1
             continue

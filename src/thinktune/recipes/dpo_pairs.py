@@ -27,7 +27,7 @@ from tqdm import tqdm
 from thinktune.config import ModelConfig, save_config
 from thinktune.curation.pairs import Scored, mine
 from thinktune.curation.passrate import load_student, sample_rows
-from thinktune.data.io import read_jsonl, write_json, write_jsonl
+from thinktune.data.io import read_jsonl_lines, write_json, write_jsonl
 from thinktune.errors import ConfigError, DataError
 from thinktune.rewards.verify import is_correct_groups
 from thinktune.rollout.sampler import SamplingParams
@@ -84,7 +84,7 @@ def sample_policy(cfg: DPOPairsConfig, rows: list[dict]) -> list[list[tuple[str,
 
 def saved_samples(cfg: DPOPairsConfig, rows: list[dict]) -> list[list[tuple[str, int]]]:
     by_prompt: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    for lineno, rec in enumerate(read_jsonl(cfg.samples), start=1):
+    for lineno, rec in read_jsonl_lines(cfg.samples):
         if "prompt_id" not in rec or not isinstance(rec.get("completion"), str):
             raise DataError(f"{cfg.samples}:{lineno}: a rollout record needs 'prompt_id' and a string 'completion'")
         if rec.get("finished", True):

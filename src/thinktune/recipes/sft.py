@@ -34,7 +34,7 @@ import torch
 from thinktune import checkpoint, distributed, lora, models, runtime
 from thinktune.config import LogConfig, ModelConfig, OptimConfig, save_config
 from thinktune.data.chat import IGNORE_INDEX, Example, pack_examples, packed_batch, pad_batch, render_sft
-from thinktune.data.io import read_jsonl, write_json
+from thinktune.data.io import read_jsonl_lines, write_json
 from thinktune.data.order import step_units
 from thinktune.errors import ConfigError, DataError
 from thinktune.logprobs import next_token_logps
@@ -83,12 +83,12 @@ class SFTConfig:
 
 def load_examples(path: str, tokenizer, cfg: SFTConfig) -> tuple[list[Example], dict[str, int]]:
     """Read, verify and render SFT rows. Returns the examples and counts of what was kept and dropped."""
-    rows = read_jsonl(path, kind="sft")
+    rows = read_jsonl_lines(path, kind="sft")
     if cfg.data.limit:
         rows = rows[: cfg.data.limit]
     stats = {"rows": len(rows), "verified": 0, "rejected": 0, "unverified": 0, "too_long": 0}
     examples = []
-    for lineno, row in enumerate(rows, start=1):
+    for lineno, row in rows:
         where = f"{path}:{lineno}"
         if cfg.data.verify and "answer" in row:
             if not is_correct(row["messages"][-1]["content"], str(row["answer"]), row.get("mode", "math")):
