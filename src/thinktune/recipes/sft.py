@@ -39,7 +39,7 @@ from thinktune.data.order import step_units
 from thinktune.errors import ConfigError, DataError
 from thinktune.logprobs import next_token_logps
 from thinktune.optim import build_optimizer, build_scheduler
-from thinktune.rewards.verify import is_correct
+from thinktune.rewards.verify import is_correct_batch
 from thinktune.tracking import MetricsLogger, plot_curves, progress
 
 
@@ -87,11 +87,15 @@ def load_examples(path: str, tokenizer, cfg: SFTConfig) -> tuple[list[Example], 
     if cfg.data.limit:
         rows = rows[: cfg.data.limit]
     stats = {"rows": len(rows), "verified": 0, "rejected": 0, "unverified": 0, "too_long": 0}
+    # Every answer checked up front, several at once (math-verify runs in worker processes).
+    checked = [row for _, row in rows if cfg.data.verify and "answer" in row]
+    correct = iter(is_correct_batch([r["messages"][-1]["content"] for r in checked], [str(r["answer"]) for r in checked],
+                                    [r.get("mode", "math") for r in checked]))
     examples = []
     for lineno, row in rows:
         where = f"{path}:{lineno}"
         if cfg.data.verify and "answer" in row:
-            if not is_correct(row["messages"][-1]["content"], str(row["answer"]), row.get("mode", "math")):
+            if not next(correct):
                 stats["rejected"] += 1
                 continue
             stats["verified"] += 1
