@@ -14,7 +14,8 @@ the frozen starting point, since a fresh adapter's B matrix is zero.
 
 GRPO samples from the peft model's inner HF model with its adapters active. On CPU the lean decoder folds
 each adapter into the weight copies it makes anyway (``rollout.lean.effective_weight``); on GPU, where it
-reads the model's own weights, folding would need a second copy, so there the generic HF decoder runs it.
+reads the model's own weights, folding would need a second copy, so there it applies each adapter as the step
+runs (``rollout.lean.low_rank_terms``), inside its CUDA graphs.
 
 Caveat: when the tokenizer adds the chat-format tokens to a base that lacks them, the embedding grows
 with rows drawn from the global RNG; they are not adapter weights, so they are frozen, and a resume

@@ -76,3 +76,33 @@ def test_weight_updates_reach_the_graphs(char_tokenizer):
     after = engine.sample(prompts, params, show_progress=False)
     fresh = RolloutEngine(model, char_tokenizer, cuda_graphs=False).sample(prompts, params, show_progress=False)
     assert [[c.token_ids for c in g] for g in after] == [[c.token_ids for c in g] for g in fresh]
+
+
+def test_a_lora_policy_samples_through_the_graphs_and_sees_adapter_updates(char_tokenizer):
+    """LoRA on the GPU: the graphs apply each adapter from views of its weights (no folded copy), so the log-probs
+    are the peft model's, and an in-place adapter update reaches the captured graphs."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(model_on_cuda(char_tokenizer, torch.float32),
+                                LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")).eval()
+    lora_b = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
+    with torch.no_grad():
+        for p in lora_b:
+            p.normal_(0, 0.2)  # a fresh adapter's B is zero, which would leave the test blind
+    prompts = prompts_of(char_tokenizer)
+    engine = RolloutEngine(peft_model.get_base_model(), char_tokenizer)
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=48)
+    out = engine.sample(prompts, params, seed=0, show_progress=False)
+    assert engine.stats["decoder"] == "CudaGraphDecoder"
+    for prompt, group in zip(prompts, out, strict=True):
+        for c in group:
+            torch.testing.assert_close(torch.tensor(c.logprobs), teacher_forced(peft_model, prompt, c.token_ids),
+                                       atol=2e-4, rtol=1e-4)
+    with torch.no_grad():
+        for p in lora_b:
+            p.mul_(-1.0)  # in place, like an optimizer step
+    greedy = SamplingParams(greedy=True, max_new_tokens=16)
+    after = engine.sample(prompts, greedy, show_progress=False)
+    fresh = RolloutEngine(peft_model.get_base_model(), char_tokenizer, cuda_graphs=False).sample(
+        prompts, greedy, show_progress=False)
+    assert [[c.token_ids for c in g] for g in after] == [[c.token_ids for c in g] for g in fresh]

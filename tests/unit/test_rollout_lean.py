@@ -153,9 +153,10 @@ def test_lean_folds_lora_adapters(model, fuse):
         assert not torch.allclose(got[0], reference_logits(peft_model, PROMPTS[0], NEXT[0]), atol=1e-3)
 
 
-def test_lora_on_the_output_head_and_some_projections():
+@pytest.mark.parametrize("fuse", [True, False], ids=["cpu-copies", "views"])
+def test_lora_on_the_output_head_and_some_projections(fuse):
     peft_model = with_lora("llama", targets=["q_proj", "v_proj", "down_proj", "lm_head"])
-    got = lean_logits(LeanDecoder(peft_model.get_base_model(), 4, 32, fuse=True), PROMPTS, NEXT)
+    got = lean_logits(LeanDecoder(peft_model.get_base_model(), 4, 32, fuse=fuse), PROMPTS, NEXT)
     for i, (prompt, steps) in enumerate(zip(PROMPTS, NEXT, strict=True)):
         torch.testing.assert_close(got[i], reference_logits(peft_model, prompt, steps), atol=2e-5, rtol=1e-4)
 
@@ -173,6 +174,49 @@ def test_an_adapter_update_is_seen_at_the_next_refresh():
     assert not torch.allclose(before, after, atol=1e-3)
     for i, (prompt, steps) in enumerate(zip(PROMPTS, NEXT, strict=True)):
         torch.testing.assert_close(after[i], reference_logits(peft_model, prompt, steps), atol=2e-5, rtol=1e-4)
+
+
+def test_view_path_applies_adapters_as_it_runs_and_sees_in_place_updates():
+    """The GPU's view path applies each adapter from views of its parameters, copying nothing: an in-place update
+    (what the optimizer does) reaches the next step with no refresh, as it must inside captured CUDA graphs. The
+    static step those graphs replay (run eagerly here) gives the same logits."""
+    peft_model = with_lora("qwen2")
+    inner = peft_model.get_base_model()
+    decoder = LeanDecoder(inner, 4, 40, fuse=False)
+    lora_params = {id(p) for n, p in peft_model.named_parameters() if "lora_" in n}
+    before = lean_logits(decoder, PROMPTS, NEXT)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_A" in name:
+                p.mul_(-2.0)
+    after = lean_logits(decoder, PROMPTS, NEXT)  # no refresh_weights
+    assert not torch.allclose(before, after, atol=1e-3)
+    for i, (prompt, steps) in enumerate(zip(PROMPTS, NEXT, strict=True)):
+        torch.testing.assert_close(after[i], reference_logits(peft_model, prompt, steps), atol=2e-5, rtol=1e-4)
+    static = CudaGraphDecoder(LeanDecoder(inner, 4, 40, fuse=False), capture=False)
+    static.min_rows, static.min_keys = 2, 8
+    torch.testing.assert_close(lean_logits(static, PROMPTS, NEXT), after, atol=2e-5, rtol=1e-4)
+    # the adapters' own tensors, not copies, are what the view path holds
+    assert {id(t._base) for layer in decoder.layers for terms in layer.qkv_lora for a, b, _ in terms
+            for t in (a, b)} <= lora_params
+
+
+def test_bf16_view_path_casts_to_the_adapters_float32_as_peft_does():
+    """peft keeps adapters in float32 under a bf16 base and runs them on float32 input; so does the view path."""
+    base = tiny("llama").to(torch.bfloat16)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    peft_model.eval()
+    assert {p.dtype for n, p in peft_model.named_parameters() if "lora_" in n} == {torch.float32}
+    got = lean_logits(LeanDecoder(peft_model.get_base_model(), 4, 32, fuse=False), PROMPTS, NEXT)
+    for i, (prompt, steps) in enumerate(zip(PROMPTS, NEXT, strict=True)):
+        ref = reference_logits(peft_model, prompt, steps)
+        with peft_model.disable_adapter():
+            off = reference_logits(peft_model, prompt, steps)
+        assert (got[i] - ref).abs().max() < 0.2 * (got[i] - off).abs().max()  # nearer peft with adapters than without
 
 
 def test_lora_variants_are_refused():

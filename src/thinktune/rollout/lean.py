@@ -34,9 +34,11 @@ Active rows always occupy ``[0, n)``: when rows finish, ``reorder`` moves the la
 Weights are read, not copied (except the CPU concatenation above), and ``refresh_weights`` re-reads them,
 so the decoder follows the policy as the optimizer updates it in place.
 
-peft LoRA linears are folded in: each projection's weight is its base plus every active adapter's
-``scaling * B @ A``, computed when the weights are (re)read. On the CPU copy path that costs nothing per
-step; off the CPU it would need a second copy of the adapted weights, so there LoRA models take the HF path.
+peft LoRA linears: on the CPU copy path each projection's weight is its base plus every active adapter's
+``scaling * B @ A``, folded in when the weights are (re)read, so a step costs nothing more. On the view path
+(GPU, CUDA graphs) a folded copy would double the adapted weights' memory, so each adapter is applied as the
+step runs, ``scaling * (x @ A^T) @ B^T`` in the adapter's dtype as peft does, from views of its parameters:
+nothing is copied, and the optimizer's in-place updates reach the captured graphs.
 
 Anything this file does not implement (other architectures, dynamic rope scaling, a sliding window
 shorter than the sequence, quantized linears, LoRA variants such as DoRA) is reported by
@@ -45,12 +47,13 @@ shorter than the sequence, quantized linears, LoRA variants such as DoRA) is rep
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 ARCHS = {"llama", "qwen2", "qwen3", "phi3"}
+LowRank = tuple[torch.Tensor, torch.Tensor, float]  # one LoRA adapter of a linear: A^T [in, r], B^T [r, out], scaling
 STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
 
 
@@ -106,10 +109,25 @@ def _lora_reason(module: torch.nn.Module) -> str | None:
     variants = getattr(module, "lora_variant", {})  # DoRA and the like: not a plain low-rank delta
     if any(module.use_dora.get(a) or getattr(module, "lora_bias", {}).get(a) or a in variants for a in active):
         return "a LoRA variant (DoRA or a LoRA bias), not a plain low-rank delta"
-    if module.base_layer.weight.device.type != "cpu":
-        # On the CPU the decoder copies its weights anyway; elsewhere folding would double their memory.
-        return "LoRA off the CPU: folding the adapters would need a second copy of the adapted weights"
+    if getattr(module, "fan_in_fan_out", False):  # a base stored [in, out] (GPT-2's Conv1D layout)
+        return "a LoRA linear with fan_in_fan_out"
     return None
+
+
+def _active_adapters(module: torch.nn.Module) -> list[str]:
+    """The adapters a LoRA linear applies in its forward: none once merged into the base, or disabled."""
+    if module.merged or module.disable_adapters:
+        return []
+    return [name for name in module.active_adapters if name in module.lora_A]
+
+
+def low_rank_terms(module: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    """A linear's LoRA adapters as ``(A^T [in, r], B^T [r, out], scaling)`` views, for ``x @ A^T @ B^T`` (none
+    for a plain linear)."""
+    if not _is_lora(module):
+        return []
+    return [(module.lora_A[name].weight.t(), module.lora_B[name].weight.t(), module.scaling[name])
+            for name in _active_adapters(module)]
 
 
 def effective_weight(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -118,10 +136,8 @@ def effective_weight(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tenso
     if not _is_lora(module):
         return module.weight, module.bias
     weight = module.base_layer.weight
-    if not module.merged and not module.disable_adapters:
-        for name in module.active_adapters:
-            if name in module.lora_A:
-                weight = weight + module.get_delta_weight(name)
+    for name in _active_adapters(module):
+        weight = weight + module.get_delta_weight(name)
     return weight, module.base_layer.bias
 
 
@@ -139,6 +155,12 @@ class _Layer:
     gate_up_bias: list[torch.Tensor | None]
     down: torch.Tensor
     down_bias: torch.Tensor | None
+    # The view path's LoRA adapters, applied as the step runs (``low_rank_terms``), per weight of each group above;
+    # empty on the copy path, which folds them into its weights.
+    qkv_lora: list[list[LowRank]] = field(default_factory=list)
+    o_lora: list[LowRank] = field(default_factory=list)
+    gate_up_lora: list[list[LowRank]] = field(default_factory=list)
+    down_lora: list[LowRank] = field(default_factory=list)
 
 
 def _prepare(weights: list[torch.Tensor], biases: list[torch.Tensor | None], gain: torch.Tensor | None,
@@ -165,15 +187,26 @@ def _prepare(weights: list[torch.Tensor], biases: list[torch.Tensor | None], gai
     return [fused.t().contiguous()], [bias], None
 
 
-def _linear(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None]) -> torch.Tensor:
-    if len(weights) == 1:
-        return x @ weights[0] if biases[0] is None else torch.addmm(biases[0], x, weights[0])
-    return torch.cat([x @ w if b is None else torch.addmm(b, x, w) for w, b in zip(weights, biases, strict=True)],
-                     dim=-1)
+def _low_rank(out: torch.Tensor, x: torch.Tensor, terms: list[LowRank]) -> torch.Tensor:
+    """``out`` plus each adapter's ``scaling * (x @ A^T) @ B^T``, computed in the adapter's dtype as peft does
+    (it keeps adapters in float32 under a bf16 base)."""
+    for a, b, scale in terms:
+        out = out + ((x.to(a.dtype) @ a @ b) * scale).to(out.dtype)
+    return out
 
 
-def _residual(x: torch.Tensor, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    out = torch.addmm(x, a, w)  # [N, hidden]: x + a @ w in one op
+def _linear(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None],
+            lora: list[list[LowRank]] | None = None) -> torch.Tensor:
+    outs = []
+    for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        out = x @ w if b is None else torch.addmm(b, x, w)
+        outs.append(_low_rank(out, x, lora[i]) if lora else out)
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+
+
+def _residual(x: torch.Tensor, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+              lora: list[LowRank] = ()) -> torch.Tensor:
+    out = _low_rank(torch.addmm(x, a, w), a, lora)  # [N, hidden]: x + a @ w in one op, plus the adapters
     return out if b is None else out + b
 
 
@@ -237,7 +270,7 @@ class LeanDecoder:
         self._scratch = {}  # its per-layer tuples hold the old weights
         inner = self.model.model
         self.embed = inner.embed_tokens.weight
-        lm_head, _ = effective_weight(self.model.get_output_embeddings())
+        (lm_head,), _, (self.lm_head_lora,) = self._read([self.model.get_output_embeddings()])
         (self.lm_head,), _, self.final_norm = _prepare([lm_head], [None], inner.norm.weight, self.fuse)
         self.layers = [self._layer(block) for block in inner.layers]
 
@@ -247,10 +280,10 @@ class LeanDecoder:
             qkv_mods, gu_mods = [attn.qkv_proj], [mlp.gate_up_proj]
         else:
             qkv_mods, gu_mods = [attn.q_proj, attn.k_proj, attn.v_proj], [mlp.gate_proj, mlp.up_proj]
-        qkv_w, qkv_b = zip(*map(effective_weight, qkv_mods), strict=True)
-        gu_w, gu_b = zip(*map(effective_weight, gu_mods), strict=True)
-        o_w, o_b = effective_weight(attn.o_proj)
-        down_w, down_b = effective_weight(mlp.down_proj)
+        qkv_w, qkv_b, qkv_lora = self._read(qkv_mods)
+        gu_w, gu_b, gu_lora = self._read(gu_mods)
+        (o_w,), (o_b,), (o_lora,) = self._read([attn.o_proj])
+        (down_w,), (down_b,), (down_lora,) = self._read([mlp.down_proj])
         qkv, qkv_b, ln1 = _prepare(list(qkv_w), list(qkv_b), block.input_layernorm.weight, self.fuse, self.qkv_rows)
         gu, gu_b, ln2 = _prepare(list(gu_w), list(gu_b), block.post_attention_layernorm.weight, self.fuse)
         (o,), _, _ = _prepare([o_w], [None], None, self.fuse)
@@ -260,8 +293,20 @@ class LeanDecoder:
             q_norm, k_norm = attn.q_norm.weight, attn.k_norm.weight
             if self.complex_rope:
                 q_norm, k_norm = q_norm[self.head_order], k_norm[self.head_order]
+        lora = {}
+        if not self.fuse and any(qkv_lora + gu_lora + [o_lora, down_lora]):
+            lora = dict(qkv_lora=qkv_lora, o_lora=o_lora, gate_up_lora=gu_lora, down_lora=down_lora)
         return _Layer(ln1=ln1, ln2=ln2, qkv=qkv, qkv_bias=qkv_b, o=o, o_bias=o_b, q_norm=q_norm, k_norm=k_norm,
-                      gate_up=gu, gate_up_bias=gu_b, down=down, down_bias=down_b)
+                      gate_up=gu, gate_up_bias=gu_b, down=down, down_bias=down_b, **lora)
+
+    def _read(self, modules: list[torch.nn.Module]) -> tuple[list, list, list[list[LowRank]]]:
+        """Weights, biases and LoRA terms of ``modules``: adapters folded into the weights on the copy path, kept
+        apart (``low_rank_terms``) on the view path, whose weights are then the base layers' own."""
+        if self.fuse:
+            weights, biases = zip(*map(effective_weight, modules), strict=True)
+            return list(weights), list(biases), [[] for _ in modules]
+        bases = [getattr(m, "base_layer", m) for m in modules]
+        return [m.weight for m in bases], [m.bias for m in bases], [low_rank_terms(m) for m in modules]
 
     def _rope_tables(self) -> None:
         """Rotations for every position, from the model's own rotary module (so every static rope type works)."""
@@ -338,7 +383,7 @@ class LeanDecoder:
         h_, k_, d = self.heads, self.kv_heads, self.head_dim
         x = F.embedding(tokens.reshape(-1), self.embed)  # [N, hidden], N = n*S
         for layer, kc, vc in zip(self.layers, self.k_cache, self.v_cache, strict=True):
-            qkv = _linear(self._norm(x, layer.ln1), layer.qkv, layer.qkv_bias)  # [N, (H+2K)*D]
+            qkv = _linear(self._norm(x, layer.ln1), layer.qkv, layer.qkv_bias, layer.qkv_lora)  # [N, (H+2K)*D]
             qk = self._rotate(self._qk_norm(qkv[:, :(h_ + k_) * d].view(n * s, h_ + k_, d), layer), rope)  # [N, H+K, D]
             q = qk[:, :h_].view(n, s, h_, d).transpose(1, 2)  # [n, H, S, D]
             k = qk[:, h_:].view(n, s, k_, d).transpose(1, 2)  # [n, K, S, D]
@@ -346,10 +391,11 @@ class LeanDecoder:
             kc[rows, :, :s] = k
             vc[rows, :, :s] = v
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k_ != h_)  # [n, H, S, D]
-            x = _residual(x, a.transpose(1, 2).reshape(n * s, h_ * d), layer.o, layer.o_bias)  # [N, hidden]
-            gu = _linear(self._norm(x, layer.ln2), layer.gate_up, layer.gate_up_bias)  # [N, 2I]
+            x = _residual(x, a.transpose(1, 2).reshape(n * s, h_ * d), layer.o, layer.o_bias, layer.o_lora)
+            gu = _linear(self._norm(x, layer.ln2), layer.gate_up, layer.gate_up_bias, layer.gate_up_lora)  # [N, 2I]
             inter = gu.shape[-1] // 2
-            x = _residual(x, F.silu(gu[:, :inter]) * gu[:, inter:], layer.down, layer.down_bias)  # [N, hidden]
+            x = _residual(x, F.silu(gu[:, :inter]) * gu[:, inter:], layer.down, layer.down_bias,
+                          layer.down_lora)  # [N, hidden]
         return x.view(n, s, self.hidden)[:, -1]  # [n, hidden]
 
     def decode_forward(self, tokens: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor | None],
@@ -371,7 +417,7 @@ class LeanDecoder:
         x = F.embedding(tokens, self.embed)  # [n, hidden]
         for layer, kc, vc in zip(self.layers, self.k_cache, self.v_cache, strict=True):
             kc, vc = kc.narrow(0, 0, n), vc.narrow(0, 0, n)  # [n, K, T, D] live rows
-            qk, v = _linear(self._norm(x, layer.ln1), layer.qkv, layer.qkv_bias).split(split, 1)
+            qk, v = _linear(self._norm(x, layer.ln1), layer.qkv, layer.qkv_bias, layer.qkv_lora).split(split, 1)
             qk = self._rotate(self._qk_norm(qk.view(n, h_ + k_, d), layer), rope)  # [n, H+K, D]
             q, k = qk.split([h_, k_], 1)  # [n, H, D], [n, K, D]
             v = v.view(n, k_, d)  # [n, K, D]
@@ -386,9 +432,10 @@ class LeanDecoder:
             a = F.scaled_dot_product_attention(q.view(n, k_, group, d), kc.narrow(2, 0, kv_len),
                                                vc.narrow(2, 0, kv_len), attn_mask=mask)  # [n, K, G, D]
             # reshape, not view: CUDA kernels may return the output in [n, G, K, D] memory order
-            x = _residual(x, a.reshape(n, h_ * d), layer.o, layer.o_bias)  # [n, hidden]
-            g, u = _linear(self._norm(x, layer.ln2), layer.gate_up, layer.gate_up_bias).chunk(2, 1)  # [n, I] each
-            x = _residual(x, F.silu(g) * u, layer.down, layer.down_bias)  # [n, hidden]
+            x = _residual(x, a.reshape(n, h_ * d), layer.o, layer.o_bias, layer.o_lora)  # [n, hidden]
+            g, u = _linear(self._norm(x, layer.ln2), layer.gate_up, layer.gate_up_bias,
+                           layer.gate_up_lora).chunk(2, 1)  # [n, I] each
+            x = _residual(x, F.silu(g) * u, layer.down, layer.down_bias, layer.down_lora)  # [n, hidden]
         return self._logits(x)
 
     def _buffers(self, n: int) -> dict[str, torch.Tensor]:
@@ -459,7 +506,8 @@ class LeanDecoder:
         return (norm(x, buf) @ self.lm_head).float()  # [n, V]
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return (self._norm(x, self.final_norm) @ self.lm_head).float()  # [n, V]
+        h = self._norm(x, self.final_norm)
+        return _low_rank(h @ self.lm_head, h, self.lm_head_lora).float()  # [n, V]
 
     def prefill(self, input_ids: torch.Tensor, pad: torch.Tensor, max_tokens: int = 8192) -> torch.Tensor:
         """Start a batch: ``input_ids`` ``[n, P]`` left padded by ``pad`` ``[n]``; returns logits ``[n, V]``.
