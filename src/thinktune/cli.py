@@ -20,7 +20,7 @@ REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # verb -> one-line help; the stage verbs map to recipes in thinktune.recipes.pipeline.VERBS.
 STAGE_HELP = {
     "synth": "write the embedded math world's prompt and SFT files (also: thinktune data synth)",
-    "build-model": "train the demo tokenizer and build a tiny Phi3/Qwen2/Llama model",
+    "build-model": "train the demo tokenizer and build a tiny Phi3/Qwen2/Qwen3/Llama model",
     "sft": "SFT distillation on verified <think> traces (rejection sampling, loss masks, packing)",
     "evaluate": "N samples per problem: pass@1 mean +- std, maj@N, best/worst-of-N, pass@k",
     "dpo-pairs": "mine rollout DPO pairs: k samples per prompt, verified, correct paired with incorrect",
