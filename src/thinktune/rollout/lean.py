@@ -197,10 +197,9 @@ def _low_rank(out: torch.Tensor, x: torch.Tensor, terms: list[LowRank]) -> torch
 
 def _linear(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None],
             lora: list[list[LowRank]] | None = None) -> torch.Tensor:
-    outs = []
-    for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
-        out = x @ w if b is None else torch.addmm(b, x, w)
-        outs.append(_low_rank(out, x, lora[i]) if lora else out)
+    outs = [x @ w if b is None else torch.addmm(b, x, w) for w, b in zip(weights, biases, strict=True)]
+    if lora:  # the view path's adapters, per weight
+        outs = [_low_rank(out, x, terms) for out, terms in zip(outs, lora, strict=True)]
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
 
