@@ -75,7 +75,8 @@ _HUGE_PATTERNS = (
     re.compile(r"(?:\^|\*\*)\s*(?:\{[^{}]*?|\([^()]*?|)(?<![\w\\.])[\d.]+\s*(?:\^|\*\*)\s*[{(]?\s*[+-]?\d"),
     re.compile(r"(?:\^|\*\*)\s*[{(]?\s*[+-]?\d{5,}"),
     re.compile(r"\d{5,}\s*!(?!=)|(?:\^|\*\*)[^!]*[)}]\s*!(?!=)"),
-    re.compile(r"\\(?:binom|[dt]binom|sum|prod|Gamma|gamma)\b.*(?:\d{5,}|\^|\*\*)"),
+    # (?![A-Za-z]), not \b: the command's usual subscript, \sum_{k=1}, starts with "_", a word character.
+    re.compile(r"\\(?:binom|[dt]binom|sum|prod|Gamma|gamma)(?![A-Za-z]).*(?:\d{5,}|\^|\*\*)"),
 )
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
 
