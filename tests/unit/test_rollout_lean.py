@@ -17,7 +17,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from thinktune.rollout.cuda_graphs import CudaGraphDecoder
-from thinktune.rollout.lean import LeanDecoder, unsupported_reason
+from thinktune.rollout.lean import LeanDecoder, _low_rank, unsupported_reason
 
 VOCAB = 40
 BASE = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, intermediate_size=48,
@@ -197,8 +197,8 @@ def test_view_path_applies_adapters_as_it_runs_and_sees_in_place_updates():
     static.min_rows, static.min_keys = 2, 8
     torch.testing.assert_close(lean_logits(static, PROMPTS, NEXT), after, atol=2e-5, rtol=1e-4)
     # the adapters' own tensors, not copies, are what the view path holds
-    assert {id(t._base) for layer in decoder.layers for terms in layer.qkv_lora for a, b, _ in terms
-            for t in (a, b)} <= lora_params
+    held = {id(t._base) for layer in decoder.layers for terms in layer.qkv_lora for a, b, _ in terms for t in (a, b)}
+    assert held and held <= lora_params
 
 
 def test_bf16_view_path_casts_to_the_adapters_float32_as_peft_does():
@@ -217,6 +217,48 @@ def test_bf16_view_path_casts_to_the_adapters_float32_as_peft_does():
         with peft_model.disable_adapter():
             off = reference_logits(peft_model, prompt, steps)
         assert (got[i] - ref).abs().max() < 0.2 * (got[i] - off).abs().max()  # nearer peft with adapters than without
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["cpu-copies", "views"])
+def test_merged_or_disabled_adapters_are_seen_at_the_next_refresh(fuse):
+    """peft merges an adapter by writing the base through .data (no _version bump) and disables one with a flag:
+    the decoder watches both, or it would apply a merged adapter a second time, or a disabled one."""
+    peft_model = with_lora("qwen2")
+    decoder = LeanDecoder(peft_model.get_base_model(), 4, 32, fuse=fuse)
+    lean_logits(decoder, PROMPTS, NEXT)
+    peft_model.merge_adapter()
+    decoder.refresh_weights()
+    merged = lean_logits(decoder, PROMPTS, NEXT)
+    peft_model.unmerge_adapter()
+    with peft_model.disable_adapter():
+        decoder.refresh_weights()
+        disabled = lean_logits(decoder, PROMPTS, NEXT)
+        base = [reference_logits(peft_model, prompt, steps) for prompt, steps in zip(PROMPTS, NEXT, strict=True)]
+    for i, (prompt, steps) in enumerate(zip(PROMPTS, NEXT, strict=True)):
+        torch.testing.assert_close(merged[i], reference_logits(peft_model, prompt, steps), atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(disabled[i], base[i], atol=2e-5, rtol=1e-4)
+
+
+def test_graphs_are_dropped_when_the_adapters_ops_change():
+    static = CudaGraphDecoder(LeanDecoder(with_lora("qwen2").get_base_model(), 4, 40, fuse=False), capture=False)
+    static.graphs[(8, 256)] = "captured"  # stands for a graph captured with the adapters' ops in it
+    static.refresh_weights()
+    assert static.graphs  # nothing changed: the graphs stay
+    static.lean.model.model.layers[0].self_attn.q_proj.enable_adapters(False)  # what peft's disable_adapter does
+    static.refresh_weights()
+    assert not static.graphs
+
+
+def test_adapter_terms_run_in_the_adapters_dtype():
+    """peft runs a float32 adapter on float32 input under a bf16 base, and casts the result back; so does the view
+    path (in bf16 the rounding differs, so equality pins it)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 8, generator=g).bfloat16()
+    a, b = torch.randn(8, 2, generator=g), torch.randn(2, 5, generator=g)
+    out = torch.randn(3, 5, generator=g).bfloat16()
+    got = _low_rank(out, x, [(a, b, 0.5)])
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, out + ((x.float() @ a @ b) * 0.5).bfloat16())
 
 
 def test_lora_variants_are_refused():

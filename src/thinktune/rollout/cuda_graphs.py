@@ -13,8 +13,9 @@ What a graph needs, and how we give it:
 - Fixed addresses: tokens and the current column live in static device buffers (``tokens``, ``t``) that
   are filled before each replay; the KV cache, pad offsets and rope tables are the ``LeanDecoder``'s own
   preallocated tensors; weights are views of the model's parameters (``fuse=False``), so in-place
-  optimizer updates are seen by the next replay without recapture. If a parameter's storage moves, the
-  graphs are dropped and captured again.
+  optimizer updates are seen by the next replay without recapture. If a parameter's storage moves, or a
+  LoRA adapter is merged, disabled, switched or rescaled (the ops the step runs change), the graphs are
+  dropped and captured again.
 - Sampling stays outside the graph (it needs the generator and a host-side stop check each step).
 
 Graphs are captured lazily, the first time a bucket is needed, into one shared memory pool.
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from thinktune.rollout.lean import LeanDecoder
+from thinktune.rollout.lean import LeanDecoder, adapter_state
 
 
 def _pow2_at_least(x: int, low: int) -> int:
@@ -59,18 +60,20 @@ class CudaGraphDecoder:
         self.t = torch.zeros(1, dtype=torch.long, device=lean.device)  # [1] the column being written
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle() if capture else None
-        self._weights_at = self._weight_pointers()
+        self._captured_for = self._what_graphs_capture()
 
-    def _weight_pointers(self) -> tuple[int, ...]:
-        return tuple(p.data_ptr() for p in self.lean.model.parameters())
+    def _what_graphs_capture(self) -> tuple:
+        """What a captured step depends on besides the values in its tensors: where the parameters live and
+        which adapter ops run."""
+        return tuple(p.data_ptr() for p in self.lean.model.parameters()), adapter_state(self.lean.model)
 
     def refresh_weights(self) -> None:
-        """Re-read the weights; drop the graphs if any parameter moved to new memory."""
+        """Re-read the weights; drop the graphs if a parameter moved to new memory or an adapter changed."""
         self.lean.refresh_weights()
-        now = self._weight_pointers()
-        if now != self._weights_at:
+        now = self._what_graphs_capture()
+        if now != self._captured_for:
             self.graphs.clear()
-            self._weights_at = now
+            self._captured_for = now
 
     def prefill(self, input_ids: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """Eager prefill (one large forward; launch overhead does not matter there)."""

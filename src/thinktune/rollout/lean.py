@@ -121,6 +121,14 @@ def _active_adapters(module: torch.nn.Module) -> list[str]:
     return [name for name in module.active_adapters if name in module.lora_A]
 
 
+def adapter_state(model: torch.nn.Module) -> tuple:
+    """What each peft LoRA linear applies besides its weights' values: merged or not, disabled or not, which
+    adapters are active, their scaling. peft changes these without bumping a parameter's ``_version``
+    (``merge_adapter`` writes the base through ``.data``), so the decoder watches them too."""
+    return tuple((m.merged, m.disable_adapters, tuple(m.active_adapters), tuple(map(m.scaling.get, m.active_adapters)))
+                 for m in model.modules() if _is_lora(m))
+
+
 def low_rank_terms(module: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
     """A linear's LoRA adapters as ``(A^T [in, r], B^T [r, out], scaling)`` views, for ``x @ A^T @ B^T`` (none
     for a plain linear)."""
@@ -259,10 +267,11 @@ class LeanDecoder:
         """Re-read the model's weights if any changed since the last read (an optimizer step, a load).
 
         A change is seen through each parameter's storage address and its ``_version``, the counter
-        PyTorch bumps on every in-place write (optimizer steps write in place), so repeated sampling from
-        an unchanged model (evaluation) does not rebuild the CPU copies every call.
+        PyTorch bumps on every in-place write (optimizer steps write in place), and through the LoRA adapters'
+        state (``adapter_state``), so repeated sampling from an unchanged model (evaluation) does not rebuild
+        the CPU copies every call.
         """
-        stamp = tuple((p.data_ptr(), p._version) for p in self.model.parameters())
+        stamp = tuple((p.data_ptr(), p._version) for p in self.model.parameters()), adapter_state(self.model)
         if stamp == self._stamp:
             return
         self._stamp = stamp
