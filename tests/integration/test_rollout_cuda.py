@@ -98,11 +98,16 @@ def test_a_lora_policy_samples_through_the_graphs_and_sees_adapter_updates(char_
         for c in group:
             torch.testing.assert_close(torch.tensor(c.logprobs), teacher_forced(peft_model, prompt, c.token_ids),
                                        atol=2e-4, rtol=1e-4)
+    greedy = SamplingParams(greedy=True, max_new_tokens=16)
+    before = engine.sample(prompts, greedy, show_progress=False)  # captures the graphs these 4 rows replay
+    captured = set(engine._decoder.graphs)
     with torch.no_grad():
         for p in lora_b:
             p.mul_(-1.0)  # in place, like an optimizer step
-    greedy = SamplingParams(greedy=True, max_new_tokens=16)
     after = engine.sample(prompts, greedy, show_progress=False)
+    assert set(engine._decoder.graphs) == captured  # replayed, not captured again
     fresh = RolloutEngine(peft_model.get_base_model(), char_tokenizer, cuda_graphs=False).sample(
         prompts, greedy, show_progress=False)
-    assert [[c.token_ids for c in g] for g in after] == [[c.token_ids for c in g] for g in fresh]
+    tokens = [[c.token_ids for c in g] for g in after]
+    assert tokens == [[c.token_ids for c in g] for g in fresh]
+    assert tokens != [[c.token_ids for c in g] for g in before]  # the update changed what the graphs compute

@@ -418,7 +418,7 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
             timer["time/update"] = time.perf_counter() - t
 
             done = step + 1
-            # The whole step up to here, the three phases and what lies between them (prompt choice, weight sync).
+            # The whole step up to here: the three phases and the little outside them (choosing the prompts).
             timer["time/step"] = time.perf_counter() - step_start
             metrics.update(timer | runtime.memory_metrics(rt.device))
             metrics["train/lr"] = scheduler.get_last_lr()[0]
