@@ -187,9 +187,10 @@ def test_adversarial_predictions_are_incorrect_and_fast(completion: str) -> None
     ("2^{2^n}", False), ("2^{2^{n}}", False), ("x^{y^2}", False), ("e^{-x^{2}}", False),
     ("2^{x_2^3}", False),  # the 2 before ^3 is a subscript, not a base
     ("2^n + 3^4", False),  # two powers side by side, neither in the other's exponent
-    # sums and products with a power in them, whichever bound is written first (a known false reject)
-    ("\\sum_{k=1}^{n} k^2", True), ("\\sum^{n}_{k=1} k", True), ("\\prod_{k=1}^{9999} k", True),
-    ("\\summation", False), ("\\binom{5}{2}", False),
+    # binomials and Gamma of huge numbers; symbolic sums and products pass, whichever bound comes first
+    ("\\binom{10^{9}}{5}", True), ("\\dbinom{99999}{2}", True), ("\\Gamma(10^{9})", True), ("\\binom{5}{2}", False),
+    ("\\sum_{k=1}^{n} k^2", False), ("\\sum^{n}_{k=1} k", False), ("\\prod_{k=1}^{n} k", False),
+    ("\\sum_{k=1}^{10^{9}} k", True), ("\\prod_{k=1}^{123456} k", True),  # caught by the tower and digit rules
 ])
 def test_guard_rejects_numeric_towers_only(pred: str, guarded: bool) -> None:
     assert (verify_module._guard_reason(pred) == "huge power or factorial") is guarded
