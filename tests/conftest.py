@@ -1,7 +1,7 @@
 """Shared fixtures: a character tokenizer and a tiny random Phi3 model, built here rather than downloaded.
 
 Both are session-scoped because building a model costs about a second; tests that mutate a tokenizer
-(``add_phi4_format``) build their own.
+(``chat_format.apply``) build their own.
 """
 
 from __future__ import annotations

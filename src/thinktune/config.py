@@ -28,24 +28,6 @@ from thinktune.errors import ConfigError
 
 T = TypeVar("T")
 
-# The fixed reasoning system message of Phi-4-reasoning (RECIPE.md section 1.2, from the chat template).
-PHI4_REASONING_SYSTEM_PROMPT = (
-    "You are Phi, a language model trained by Microsoft to help users. Your role as an assistant involves "
-    "thoroughly exploring questions through a systematic thinking process before providing the final precise "
-    "and accurate solutions. This requires engaging in a comprehensive cycle of analysis, summarizing, "
-    "exploration, reassessment, reflection, backtracing, and iteration to develop well-considered thinking "
-    "process. Please structure your response into two main sections: Thought and Solution using the specified "
-    "format: <think> {Thought section} </think> {Solution section}. In the Thought section, detail your "
-    "reasoning process in steps. Each step should include detailed considerations such as analysing questions, "
-    "summarizing relevant findings, brainstorming new ideas, verifying the accuracy of the current steps, "
-    "refining any errors, and revisiting previous steps. In the Solution section, based on various attempts, "
-    "explorations, and reflections from the Thought section, systematically present the final solution that "
-    "you deem correct. The Solution section should be logical, accurate, and concise and detail necessary "
-    "steps needed to reach the conclusion. Now, try to solve the following question through the above "
-    "guidelines:"
-)
-
-
 @dataclass
 class LoRAConfig:
     """LoRA adapters through peft (``thinktune.lora``); r = 0 trains every weight (full fine-tuning)."""
@@ -68,10 +50,14 @@ class LoRAConfig:
 class ModelConfig:
     """Which model to load and how."""
 
-    path: str = ""  # local directory (a thinktune or HF checkpoint) or a hub id
+    path: str = ""  # local directory (a thinktune or HF checkpoint), a .gguf file or a hub id
     dtype: Literal["fp32", "bf16"] = "fp32"
-    chat_template: Literal["phi4", "model"] = "phi4"  # phi4: the Phi-4-reasoning format; model: keep its own
-    system_prompt: str = PHI4_REASONING_SYSTEM_PROMPT  # "" for none (the embedded demo uses none)
+    # model: the model's own template plus <think>/</think>; phi4: the Phi-4-reasoning format; auto: model's own
+    # where it has a template, else phi4 (thinktune.chat_format)
+    chat_template: Literal["auto", "phi4", "model"] = "auto"
+    # None: the format's own (phi4: Phi-4-reasoning's fixed message; model: what its template adds, often none);
+    # "": add none; text: this one. It is written into the saved template, so checkpoints carry it.
+    system_prompt: str | None = None
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% slower
@@ -131,8 +117,12 @@ class LogConfig:
 # Loading and merging
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+                validate: bool = True) -> T:
     """Build ``cls`` from its defaults, a YAML file of deltas, then ``key.sub=value`` overrides.
+
+    ``validate=False`` skips the top-level ``__post_init__`` checks (required fields, combinations), for
+    showing a config that is not complete yet (``thinktune print-config``); sections are still checked.
 
     Raises:
         ConfigError: the file is missing or not a mapping, a key is unknown, a value has the wrong type,
@@ -148,7 +138,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         set_dotted(data, key, value)
     if overrides:
         where = f"{where} + command-line overrides"
-    return from_dict(cls, data, where=where)
+    return from_dict(cls, data, where=where, validate=validate)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -190,7 +180,7 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", prefix: str = "",
-              base: Any = None) -> T:
+              base: Any = None, validate: bool = True) -> T:
     """Instantiate dataclass ``cls`` from a nested dict, coercing and checking every value.
 
     ``base`` is the instance whose values stand for keys ``data`` does not give. For a nested section it is
@@ -212,6 +202,11 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", prefix:
             kwargs[key] = _coerce(value, tp, full, where)
     if base is not None:
         kwargs = {f: copy.deepcopy(getattr(base, f)) for f in fields if f not in kwargs and fields[f].init} | kwargs
+    if not validate:  # the fields as given, defaults for the rest, and no __post_init__
+        obj = cls.__new__(cls)
+        for name, f in fields.items():
+            object.__setattr__(obj, name, kwargs[name] if name in kwargs else _field_default(f))
+        return obj
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field without default

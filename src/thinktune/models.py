@@ -1,14 +1,8 @@
-"""Models and tokenizers: load any HF causal LM, give it the Phi-4-reasoning chat format, build tiny ones.
+"""Models and tokenizers: load any HF causal LM (a directory, a hub id or a GGUF file), give it its chat
+format (``thinktune.chat_format``), build tiny ones.
 
-The Phi-4-reasoning format (RECIPE.md section 1.2)::
-
-    <|im_start|>system<|im_sep|>{system}<|im_end|><|im_start|>user<|im_sep|>{question}<|im_end|>
-    <|im_start|>assistant<|im_sep|><think>{reasoning}</think>{solution with \\boxed{answer}}<|im_end|>
-
-``<|im_end|>`` is the end-of-turn and end-of-sequence token. ``<think>`` and ``</think>`` are single special
-tokens (Phi-4 repurposed two unused placeholders; for other models we add them and grow the embedding).
-The chat template is stored in the tokenizer, so every checkpoint saved with it works with
-``apply_chat_template`` in plain transformers.
+A ``.gguf`` ``model.path`` is converted once into a plain HF directory in thinktune's cache
+(``thinktune.gguf_cache``) and loaded from there; checkpoints are always plain safetensors.
 """
 
 from __future__ import annotations
@@ -25,50 +19,53 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from thinktune import chat_format, gguf_cache, runtime
+from thinktune.chat_format import IM_END, PHI4_CHAT_TEMPLATE, PHI4_TOKENS, ChatFormat
 from thinktune.config import ModelConfig
 from thinktune.errors import ConfigError, UserError
 
-IM_START, IM_SEP, IM_END = "<|im_start|>", "<|im_sep|>", "<|im_end|>"
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 PAD = "<|dummy_pad|>"
-FORMAT_TOKENS = [IM_START, IM_SEP, IM_END, THINK_OPEN, THINK_CLOSE]
-
-# The Phi-4-reasoning chat template (S9 in RECIPE.md), with no default system message: the recipes add
-# the configured system prompt themselves, so the template renders exactly the messages it is given.
-PHI4_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '<|im_sep|>' + message['content'] + '<|im_end|>' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant<|im_sep|>' }}{% endif %}"
-)
 
 # Tiny architectures for the embedded demo and tests: the Phi-4 family's Phi3 by default.
 ARCHITECTURES = {"phi3": "Phi3Config", "qwen2": "Qwen2Config", "llama": "LlamaConfig", "qwen3": "Qwen3Config"}
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    """Load a tokenizer and make sure it speaks the configured chat format."""
-    _check_path(cfg.path)
+    """Load a tokenizer in its configured chat format (see ``load_chat``)."""
+    return load_chat(cfg)[0]
+
+
+def load_chat(cfg: ModelConfig, quiet: bool = False) -> tuple[PreTrainedTokenizerBase, ChatFormat]:
+    """Load a tokenizer, give it the configured chat format and say once which format that is.
+
+    Returns:
+        The tokenizer and what ``chat_format.apply`` made of it (added tokens, system prompt, its cost).
+    """
+    path = resolve_path(cfg.path)
     try:
-        tok = AutoTokenizer.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     except OSError as e:
         raise _not_found(cfg.path, e) from None
-    if cfg.chat_template == "phi4":
-        add_phi4_format(tok)
-    elif tok.chat_template is None:
-        raise ConfigError(f"{cfg.path} has no chat template; use model.chat_template=phi4")
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
+    fmt = chat_format.apply(tok, cfg.chat_template, cfg.system_prompt, cfg.path)
+    if not quiet:
+        runtime.print0(f"[model] {fmt.describe()}")
+    return tok, fmt
+
+
+def resolve_path(path: str) -> str:
+    """``path`` as ``from_pretrained`` takes it: a GGUF file becomes its converted HF directory."""
+    _check_path(path)
+    if path.endswith(".gguf"):
+        return str(gguf_cache.converted(Path(path).expanduser()))
+    return path
 
 
 def load_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: torch.device,
                dtype: torch.dtype) -> torch.nn.Module:
     """Load a causal LM, grow its embedding if the tokenizer gained tokens, and move it to ``device``."""
-    _check_path(cfg.path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            cfg.path, dtype=dtype, attn_implementation=cfg.attn_implementation,
+            resolve_path(cfg.path), dtype=dtype, attn_implementation=cfg.attn_implementation,
             trust_remote_code=cfg.trust_remote_code,
         )
     except OSError as e:
@@ -82,23 +79,19 @@ def load_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: tor
 def _check_path(path: str) -> None:
     if not path:
         raise ConfigError("model.path is empty; set it to a model directory or a hub id (model.path=DIR)")
+    if path.endswith(".gguf"):
+        if not Path(path).expanduser().is_file():
+            raise UserError(f"model path {path!r}: no such GGUF file")
+        return
     looks_local = path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") != 1
     if looks_local and not Path(path).expanduser().is_dir():
-        raise UserError(f"model path {path!r} does not exist; give a directory with config.json or a hub id")
+        raise UserError(f"model path {path!r} does not exist; give a directory with config.json, a .gguf file "
+                        "or a hub id")
 
 
 def _not_found(path: str, error: OSError) -> UserError:
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return UserError(f"model path {path!r} is neither a model directory nor a reachable hub id ({first})")
-
-
-def add_phi4_format(tok: PreTrainedTokenizerBase) -> None:
-    """Add the Phi-4-reasoning special tokens (only those missing) and set its chat template and EOS."""
-    missing = [t for t in FORMAT_TOKENS if t not in tok.get_vocab()]
-    if missing:
-        tok.add_tokens(missing, special_tokens=True)  # the same call in transformers 4.x and 5.x
-    tok.chat_template = PHI4_CHAT_TEMPLATE
-    tok.eos_token = IM_END
 
 
 def sync_special_tokens(model: torch.nn.Module, tok: PreTrainedTokenizerBase) -> None:
@@ -130,7 +123,7 @@ def train_char_tokenizer(texts: list[str], words: tuple[str, ...] = ("user", "as
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     tok.decoder = decoders.Fuse()
-    specials = [PAD, "<unk>", *FORMAT_TOKENS]
+    specials = [PAD, "<unk>", *PHI4_TOKENS]
     trainer = trainers.WordLevelTrainer(special_tokens=specials, min_frequency=1)
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token=PAD, eos_token=IM_END)

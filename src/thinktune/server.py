@@ -3,8 +3,8 @@
 Endpoints: ``POST /v1/chat/completions`` and ``GET /v1/models``, in the OpenAI wire format, so that the
 official ``openai`` client (and ``thinktune distill``) can use a local checkpoint as a teacher.
 
-- Messages are rendered with the model's chat template (``data.chat.render_prompt``); the configured
-  system prompt is added when the request has no system message, as in training.
+- Messages are rendered with the model's chat template (``data.chat.render_prompt``), which adds the
+  configured system prompt when the request has no system message, as in training.
 - The ``<think>`` part is returned in ``message.reasoning_content`` and the rest in ``message.content``
   (DeepSeek's and vLLM's convention) by default; ``reasoning="inline"`` returns the whole text, tags
   included, in ``content``.
@@ -58,7 +58,6 @@ class ServerSettings:
     model_name: str  # the name clients send as ``model``
     api_key: str | None = field(repr=False)  # None: no authentication; never printed
     reasoning: str = "separate"  # "separate": reasoning_content; "inline": <think> kept in content
-    system_prompt: str = ""  # added when a request has no system message
     max_new_tokens: int = 2048  # default and upper limit of max_tokens
     max_n: int = 16
     context_len: int = 0  # prompt + max_tokens must fit (0: no check)
@@ -298,7 +297,7 @@ class ChatHandler(BaseHTTPRequestHandler):
         if body.get("model") != settings.model_name:
             raise RequestError(404, f"model {body.get('model')!r} not found; this server serves "
                                     f"{settings.model_name!r}", "model")
-        prompt = render_prompt(self.server.tokenizer, parse_messages(body), settings.system_prompt)
+        prompt = render_prompt(self.server.tokenizer, parse_messages(body))
         params = sampling_params(body, settings, len(prompt))
         seed = body.get("seed")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):

@@ -30,7 +30,7 @@ class StubStudent:
         self.seen: list[list[str]] = []  # prompt ids per call
         self.fail_on_call = fail_on_call
 
-    def __call__(self, model, tokenizer, rows, params, system_prompt, seed, batch_size):
+    def __call__(self, model, tokenizer, rows, params, seed, batch_size):
         if len(self.seen) == self.fail_on_call:
             raise KeyboardInterrupt  # as if killed in the middle of this chunk
         self.seen.append([r["id"] for r in rows])

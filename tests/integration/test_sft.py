@@ -57,6 +57,10 @@ def test_sft_learns_rejects_slips_and_saves_hf_checkpoint(world, tmp_path):
     assert summary["data"]["verified"] == 400 - slips
     curve = losses(out)
     assert curve[-1][1] < curve[0][1] - 0.5, curve  # it learns, so a sign or mask error cannot pass
+    # train/lr at step n is the rate step n trained with: warm-up (n / 2) * lr over the first two steps.
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lrs = {r["step"]: r["train/lr"] for r in rows if "train/lr" in r}
+    assert lrs[1] == pytest.approx(0.5e-2) and lrs[2] == pytest.approx(1e-2)
 
     # The final checkpoint loads with plain transformers and gives the same logits as in thinktune.
     tok = AutoTokenizer.from_pretrained(out / "final")

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from thinktune.chat_format import with_system_prompt
 from thinktune.data.chat import (
     IGNORE_INDEX,
     Example,
@@ -33,6 +34,13 @@ COT = [{"role": "user", "content": "What is 2+3?"},
 MULTI = [{"role": "user", "content": "1+1"}, {"role": "assistant", "content": "2"},
          {"role": "user", "content": "7*8"}, {"role": "assistant", "content": "<think>7*8=56</think>\\boxed{56}"}]
 WITH_SYS = [{"role": "system", "content": "Be brief."}, *QA]
+
+
+@pytest.fixture
+def briefed(char_tokenizer, monkeypatch):
+    """The char tokenizer with "Be brief." written into its template as the system prompt."""
+    monkeypatch.setattr(char_tokenizer, "chat_template", with_system_prompt(char_tokenizer.chat_template, "Be brief."))
+    return char_tokenizer
 
 
 def ex(n: int, start: int = 10) -> Example:
@@ -67,8 +75,12 @@ def test_template_renders_a_system_message_first(char_tokenizer) -> None:
 def test_generation_prompt_ends_with_the_assistant_header(char_tokenizer) -> None:
     text = char_tokenizer.apply_chat_template(QA[:1], tokenize=False, add_generation_prompt=True)
     assert text == USER + "Q" + END + ASSIST
-    ids = render_prompt(char_tokenizer, QA[:1], system_prompt="Be brief.")
-    assert char_tokenizer.decode(ids) == SYS + "Be brief." + END + USER + "Q" + END + ASSIST
+    assert char_tokenizer.decode(render_prompt(char_tokenizer, QA[:1])) == text
+
+
+def test_the_templates_system_prompt_comes_first_in_a_rendered_prompt(briefed) -> None:
+    ids = render_prompt(briefed, QA[:1])
+    assert briefed.decode(ids) == SYS + "Be brief." + END + USER + "Q" + END + ASSIST
 
 
 @pytest.mark.parametrize("token", ["<think>", "</think>", "<|im_end|>", "<|im_start|>", "<|im_sep|>"])
@@ -102,10 +114,10 @@ def test_multi_turn_labels_only_the_last_assistant_turn(char_tokenizer) -> None:
     assert char_tokenizer.decode(e.input_ids[:n]) == USER + "1+1" + END + ASSIST + "2" + END + USER + "7*8" + END + ASSIST
 
 
-def test_render_sft_prepends_the_system_prompt_unmasked_from_loss(char_tokenizer) -> None:
-    e = render_sft(char_tokenizer, QA, system_prompt="Be brief.")
-    n, labelled = labelled_span(char_tokenizer, e)
-    assert char_tokenizer.decode(e.input_ids[:n]) == SYS + "Be brief." + END + USER + "Q" + END + ASSIST
+def test_render_sft_prepends_the_system_prompt_unmasked_from_loss(briefed) -> None:
+    e = render_sft(briefed, QA)
+    n, labelled = labelled_span(briefed, e)
+    assert briefed.decode(e.input_ids[:n]) == SYS + "Be brief." + END + USER + "Q" + END + ASSIST
     assert labelled == "A" + END
 
 

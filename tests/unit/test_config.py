@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from thinktune.chat_format import PHI4_REASONING_SYSTEM_PROMPT
 from thinktune.config import (
-    PHI4_REASONING_SYSTEM_PROMPT,
     LogConfig,
     ModelConfig,
     OptimConfig,
@@ -301,11 +301,12 @@ def test_save_then_load_round_trips_sft(tmp_path: Path) -> None:
     assert not [p for p in path.parent.iterdir() if p.name != "config.yaml"]  # no temp file left
 
 
-def test_save_then_load_round_trips_the_default_phi4_system_prompt(tmp_path: Path) -> None:
-    cfg = sft()
-    assert cfg.model.system_prompt == PHI4_REASONING_SYSTEM_PROMPT
-    save_config(cfg, tmp_path / "c.yaml")
-    assert load_config(SFTConfig, tmp_path / "c.yaml") == cfg
+def test_save_then_load_round_trips_the_phi4_system_prompt_and_its_unset_default(tmp_path: Path) -> None:
+    for overrides in ([], [f"model.system_prompt={PHI4_REASONING_SYSTEM_PROMPT}"], ["model.system_prompt="]):
+        cfg = sft(overrides)
+        save_config(cfg, tmp_path / "c.yaml")
+        assert load_config(SFTConfig, tmp_path / "c.yaml") == cfg
+    assert sft().model.system_prompt is None and sft(["model.system_prompt="]).model.system_prompt == ""
 
 
 def test_save_then_load_round_trips_eval(tmp_path: Path) -> None:

@@ -10,17 +10,15 @@ import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
+from thinktune.chat_format import PHI4_CHAT_TEMPLATE, PHI4_TOKENS, apply
 from thinktune.checkpoint import save_pretrained_atomic
 from thinktune.config import ModelConfig
 from thinktune.errors import ConfigError, UserError
-from thinktune.models import (
-    FORMAT_TOKENS,
-    PHI4_CHAT_TEMPLATE,
-    add_phi4_format,
-    build_tiny_model,
-    load_model,
-    load_tokenizer,
-)
+from thinktune.models import build_tiny_model, load_model, load_tokenizer
+
+
+def add_phi4_format(tok) -> None:
+    apply(tok, "phi4", "", "test")
 
 CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+3?"},
         {"role": "assistant", "content": "<think>2+3=5</think>\\boxed{5}"}]
@@ -134,12 +132,12 @@ def test_add_phi4_format_adds_exactly_the_missing_tokens() -> None:
     before = dict(tok.get_vocab())
     add_phi4_format(tok)
     vocab = tok.get_vocab()
-    missing = [t for t in FORMAT_TOKENS if t != "<|im_end|>"]
+    missing = [t for t in PHI4_TOKENS if t != "<|im_end|>"]
     assert set(vocab) - set(before) == set(missing)
     assert len(tok) == len(before) + 4
     assert vocab["<|im_end|>"] == before["<|im_end|>"] == 1  # the existing token keeps its id
     assert all(vocab[t] == before[t] for t in before)
-    for t in FORMAT_TOKENS:
+    for t in PHI4_TOKENS:
         assert tok("a" + t + "b", add_special_tokens=False).input_ids == [2, vocab[t], 3]
     assert tok.chat_template == PHI4_CHAT_TEMPLATE and tok.eos_token == "<|im_end|>"
     add_phi4_format(tok)  # idempotent

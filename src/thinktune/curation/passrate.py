@@ -34,9 +34,9 @@ def load_student(cfg: ModelConfig, seed: int, backend: str = "thinktune", gpu_me
 
 
 def sample_rows(engine: RolloutEngine | VLLMSampler, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict],
-                params: SamplingParams, system_prompt: str, seed: int, batch_size: int) -> list[list[Completion]]:
-    """``params.n`` completions for each prompt row, rendered with the chat template and ``system_prompt``."""
-    prompts = [render_prompt(tokenizer, prompt_messages(r["prompt"]), system_prompt) for r in rows]
+                params: SamplingParams, seed: int, batch_size: int) -> list[list[Completion]]:
+    """``params.n`` completions for each prompt row, rendered with the chat template (and its system prompt)."""
+    prompts = [render_prompt(tokenizer, prompt_messages(r["prompt"])) for r in rows]
     return engine.sample(prompts, params, seed=seed, batch_size=batch_size)
 
 

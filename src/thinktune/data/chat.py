@@ -1,8 +1,10 @@
 """Chat rendering with loss masks, padding and packing.
 
-An SFT row renders through the tokenizer's chat template. The loss covers the final assistant turn only
-(its text and the closing ``<|im_end|>``, so the model learns to stop); the system and user turns, and the
-``<|im_start|>assistant<|im_sep|>`` header, are masked with -100. The boundary is found by rendering the
+An SFT row renders through the tokenizer's chat template, which also adds the configured system prompt
+(``thinktune.chat_format``). The loss covers the final assistant turn only (its text and the end-of-turn
+token, so the model learns to stop; whatever the template writes after that token, such as ChatML's
+newline, is cut off, since nothing is ever sampled past it); the system and user turns, and the assistant
+header, are masked with -100. The boundary is found by rendering the
 conversation without its last turn and with the generation prompt, which must be a token prefix of the full
 rendering; a template for which it is not is an error, never a silently wrong mask.
 
@@ -29,16 +31,16 @@ class Example:
 
 
 def with_system(messages: list[dict], system_prompt: str) -> list[dict]:
-    """Prepend the configured system message unless the conversation has one or the prompt is empty."""
+    """Prepend ``system_prompt`` unless the conversation has a system message or the prompt is empty (for
+    requests to a teacher; thinktune's own prompts get theirs from the chat template)."""
     if not system_prompt or (messages and messages[0]["role"] == "system"):
         return messages
     return [{"role": "system", "content": system_prompt}, *messages]
 
 
-def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict], system_prompt: str = "") -> list[int]:
+def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> list[int]:
     """Token ids of a conversation up to and including the assistant header, ready for generation."""
-    text = tokenizer.apply_chat_template(with_system(messages, system_prompt), tokenize=False,
-                                         add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False).input_ids
 
 
@@ -47,10 +49,8 @@ def prompt_messages(prompt: str | list[dict]) -> list[dict]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
-def render_sft(tokenizer: PreTrainedTokenizerBase, messages: list[dict], system_prompt: str = "",
-               where: str = "") -> Example:
-    """Tokenize a conversation; labels keep only the last assistant turn (with its end-of-turn token)."""
-    messages = with_system(messages, system_prompt)
+def render_sft(tokenizer: PreTrainedTokenizerBase, messages: list[dict], where: str = "") -> Example:
+    """Tokenize a conversation; labels keep only the last assistant turn, up to its end-of-turn token."""
     prompt_ids = render_prompt(tokenizer, messages[:-1])
     full_text = tokenizer.apply_chat_template(messages, tokenize=False)
     full_ids = tokenizer(full_text, add_special_tokens=False).input_ids
@@ -58,7 +58,11 @@ def render_sft(tokenizer: PreTrainedTokenizerBase, messages: list[dict], system_
         raise DataError(f"{where}: the chat template does not render the prompt as a prefix of the full "
                         "conversation, so the assistant part cannot be masked; use model.chat_template=phi4")
     n = len(prompt_ids)
-    return Example(input_ids=full_ids, labels=[IGNORE_INDEX] * n + full_ids[n:])
+    eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+    reply = full_ids[n:]
+    if eos in reply:  # drop what the template writes after the turn's end (ChatML's "\n")
+        reply = reply[: len(reply) - reply[::-1].index(eos)]
+    return Example(input_ids=full_ids[:n] + reply, labels=[IGNORE_INDEX] * n + reply)
 
 
 def pad_batch(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from thinktune import checkpoint, distributed, lora, models, runtime
+from thinktune.chat_format import prompt_overhead, too_long_note
 from thinktune.config import LogConfig, ModelConfig, OptimConfig, save_config
 from thinktune.data.chat import Example, pad_batch, prompt_messages, render_sft
 from thinktune.data.io import read_jsonl_lines, write_json
@@ -91,18 +92,22 @@ def load_pairs(path: str, tokenizer, cfg: DPOConfig) -> tuple[list[Pair], dict[s
     """Render preference rows into (chosen, rejected) examples; count what is skipped and why."""
     rows = read_jsonl_lines(path, kind="preference")[: cfg.data.limit or None]
     stats = {"rows": len(rows), "identical": 0, "too_long": 0}
-    pairs = []
+    pairs, too_long = [], []
     for lineno, row in rows:
         if row["chosen"] == row["rejected"]:
             stats["identical"] += 1
             continue
         sides = tuple(render_sft(tokenizer, [*prompt_messages(row["prompt"]), {"role": "assistant", "content": text}],
-                                 cfg.model.system_prompt, where=f"{path}:{lineno}")
+                                 where=f"{path}:{lineno}")
                       for text in (row["chosen"], row["rejected"]))
         if max(len(e.input_ids) for e in sides) > cfg.data.max_seq_len:
-            stats["too_long"] += 1
+            too_long.append(max(len(e.input_ids) for e in sides))
             continue
         pairs.append(sides)
+    stats["too_long"] = len(too_long)
+    if too_long:
+        runtime.print0(f"[dpo] {path}: pairs " + too_long_note(too_long, cfg.data.max_seq_len,
+                                                               prompt_overhead(tokenizer), "data.max_seq_len"))
     if not pairs:
         raise DataError(f"{path}: no usable pairs ({stats}); check that chosen and rejected differ")
     return pairs, stats
@@ -240,6 +245,7 @@ def run(cfg: DPOConfig) -> dict:
         parts = [tuple(x.cpu() for x in part) for part in parts]
         parts = distributed.gather_lists(parts)  # every rank's pairs, for the metrics
         grad_norm = distributed.clip_grad_norm(model, cfg.optim.grad_clip)
+        lr = scheduler.get_last_lr()[0]  # the rate this step used; scheduler.step() moves to the next one
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -248,7 +254,7 @@ def run(cfg: DPOConfig) -> dict:
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", acc=f"{metrics['train/reward_accuracy']:.2f}")
         if done % cfg.log.log_every == 0 or done == total_steps:
-            logger.log(done, {**metrics, "train/grad_norm": float(grad_norm), "train/lr": scheduler.get_last_lr()[0],
+            logger.log(done, {**metrics, "train/grad_norm": float(grad_norm), "train/lr": lr,
                               "train/pairs_per_s": (done - start) * cfg.batch_size / (time.perf_counter() - t0),
                               **runtime.memory_metrics(rt.device)})
         if heldout and cfg.eval_every and done % cfg.eval_every == 0 and done < total_steps:

@@ -121,7 +121,7 @@ def run(cfg: EvalConfig) -> dict:
     save_config(cfg, out / "config.yaml")
     tokenizer = models.load_tokenizer(cfg.model)
     rows = load_rows(cfg)
-    prompts = [render_prompt(tokenizer, prompt_messages(r["prompt"]), cfg.model.system_prompt) for r in rows]
+    prompts = [render_prompt(tokenizer, prompt_messages(r["prompt"])) for r in rows]
     params = SamplingParams(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                             max_new_tokens=cfg.max_new_tokens, greedy=cfg.greedy)
     label = cfg.label or out.name

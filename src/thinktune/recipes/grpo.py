@@ -311,6 +311,25 @@ def dump(out: Path, step: int, rows: list[dict], groups: list[list[Sample]], res
         for c, r, ok in zip(g, rs, cs, strict=True)))
 
 
+def format_warning(reward: RewardConfig, why: str) -> str | None:
+    """The warning for GRPO from a model not yet in the think format, when the reward penalises that format."""
+    if reward.name != "phi4":
+        return None
+    return (f"[grpo] warning: {why}. The Phi-4 reward gives a finished reply without a valid think block "
+            f"{reward.bad_format_reward} and a reply cut at the budget {reward.truncated_reward}, so it pays an "
+            "unformatted model for not stopping. Train it on formatted <think> traces first (thinktune sft), "
+            "then run GRPO from that checkpoint.")
+
+
+def unformatted_warning(results: list[list], reward: RewardConfig) -> str | None:
+    """``format_warning`` when under a tenth of the first step's samples have a valid think block."""
+    flat = [r for rs in results for r in rs]
+    formatted = sum(r.components.get("format", 0.0) > 0 for r in flat)
+    if not flat or formatted * 10 >= len(flat):
+        return None
+    return format_warning(reward, f"only {formatted} of the first step's {len(flat)} samples have a valid think block")
+
+
 def scores_behind_decode(device: torch.device, choice: bool | None = None) -> bool:
     """Whether to score each completion as soon as it ends, behind the decode of the others (``choice``, where
     the config sets it). By default on a GPU, whose decode leaves the CPU's cores idle. On a CPU the decode keeps
@@ -335,10 +354,13 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
         from thinktune.rewards import scale_to_context
 
         reward_cfg = scale_to_context(cfg.reward, cfg.max_new_tokens)
-    tokenizer = models.load_tokenizer(cfg.model)
+    tokenizer, fmt = models.load_chat(cfg.model)
+    if fmt.added_tokens and (warning := format_warning(reward_cfg, f"the model has never seen {fmt.added_tokens[0]} "
+                                                                   "(thinktune just added it)")):
+        runtime.print0(warning)
     pad_id = tokenizer.pad_token_id
     rows = load_rows(cfg)
-    prompt_ids = [render_prompt(tokenizer, prompt_messages(r["prompt"]), cfg.model.system_prompt) for r in rows]
+    prompt_ids = [render_prompt(tokenizer, prompt_messages(r["prompt"])) for r in rows]
 
     resume_from = checkpoint.latest(out)
     model = lora.load_policy(cfg.model, resume_from, tokenizer, rt.device)
@@ -395,6 +417,8 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
             g = cfg.samples_per_prompt
             results = [scorer.results((p, j) for j in range(g)) for p in range(len(groups))]
             rewards = [[r.reward for r in rs] for rs in results]
+            if step == start and (warning := unformatted_warning(results, reward_cfg)):
+                runtime.print0(warning)
             correct = [[bool(r.components.get("accuracy", 0.0) > 0) for r in rs] for rs in results]
             timer["time/score"] = time.perf_counter() - t
 
@@ -411,6 +435,7 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
             if distributed.any_rank(bool(keep)):  # a rank with nothing kept still joins FSDP's collectives
                 ro = build_rollouts(step_prompts, groups, rewards, keep, cfg)
                 metrics.update(update(model, reference, optimizer, ro, cfg, temperature, pad_id, rt))
+            metrics["train/lr"] = scheduler.get_last_lr()[0]  # the rate this step used, not the next one
             with warnings.catch_warnings():
                 # A step whose every group was dropped makes no update; the schedule still counts RL steps.
                 warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
@@ -421,7 +446,6 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
             # The whole step up to here: the three phases and the little outside them (choosing the prompts).
             timer["time/step"] = time.perf_counter() - step_start
             metrics.update(timer | runtime.memory_metrics(rt.device))
-            metrics["train/lr"] = scheduler.get_last_lr()[0]
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}",
                             acc=f"{metrics['rollout/accuracy']:.2f}", T=f"{temperature:.2f}")

@@ -87,8 +87,7 @@ def estimate(cfg: SelectConfig, rows: list[dict], cache: ReplyCache, keys: list[
     for start in range(0, len(todo), cfg.chunk_prompts):
         chunk = [rows[i] for i in todo[start:start + cfg.chunk_prompts]]
         # The seed is the chunk's first row number, so a resumed run samples each chunk as the first did.
-        groups = sample_rows(engine, tokenizer, chunk, params, cfg.model.system_prompt, cfg.seed + todo[start],
-                             cfg.batch_size)
+        groups = sample_rows(engine, tokenizer, chunk, params, cfg.seed + todo[start], cfg.batch_size)
         verdicts = verify_groups(chunk, [[c.text for c in g] for g in groups])
         for i, correct in zip(todo[start:start + cfg.chunk_prompts], verdicts, strict=True):
             cache.put(keys[i], {"id": rows[i]["id"], "correct": correct})
@@ -111,7 +110,7 @@ def run(cfg: SelectConfig) -> dict:
     rows = load_prompts(cfg.prompts, limit=cfg.limit or None, difficulties=cfg.difficulties)
     cache = ReplyCache(out / "estimates_cache.jsonl")
     # The estimate depends on the student, the prompt and how it is sampled: all of them are in the key.
-    how = [str(Path(cfg.model.path).resolve()), cfg.model.system_prompt, cfg.k, cfg.temperature, cfg.top_p,
+    how = [str(Path(cfg.model.path).resolve()), cfg.model.chat_template, cfg.model.system_prompt, cfg.k, cfg.temperature, cfg.top_p,
            cfg.max_new_tokens, cfg.seed]
     keys = [cache_key(*how, r["id"], r["prompt"]) for r in rows]
     estimate(cfg, rows, cache, keys)

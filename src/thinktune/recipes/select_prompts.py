@@ -77,7 +77,7 @@ def run(cfg: SelectPromptsConfig) -> dict:
     rows = load_prompts(cfg.prompts, limit=cfg.limit or None, difficulties=cfg.difficulties)
     engine, tokenizer = load_student(cfg.model, cfg.seed, cfg.rollout_backend, cfg.vllm_gpu_memory_utilization)
     params = SamplingParams(n=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
-    groups = sample_rows(engine, tokenizer, rows, params, cfg.model.system_prompt, cfg.seed, cfg.batch_size)
+    groups = sample_rows(engine, tokenizer, rows, params, cfg.seed, cfg.batch_size)
 
     lengths = [[len(c.token_ids) for c in g] for g in groups]
     cvs = [length_cv(g) for g in lengths]

@@ -53,7 +53,7 @@ class ServeConfig:
 def settings_for(cfg: ServeConfig, context_len: int) -> ServerSettings:
     """Server settings from the config; the API key is read from the environment here and kept in memory."""
     return ServerSettings(model_name=cfg.served_name or Path(cfg.model.path).name, api_key=env_secret(cfg.api_key_env),
-                          reasoning=cfg.reasoning, system_prompt=cfg.model.system_prompt,
+                          reasoning=cfg.reasoning,
                           max_new_tokens=cfg.max_new_tokens, max_n=cfg.max_n, context_len=context_len,
                           batch_size=cfg.batch_size)
 

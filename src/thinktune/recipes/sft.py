@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from thinktune import checkpoint, distributed, lora, models, runtime
+from thinktune.chat_format import prompt_overhead, too_long_note
 from thinktune.config import LogConfig, ModelConfig, OptimConfig, save_config
 from thinktune.data.chat import IGNORE_INDEX, Example, pack_examples, packed_batch, pad_batch, render_sft
 from thinktune.data.io import read_jsonl_lines, write_json
@@ -91,7 +92,7 @@ def load_examples(path: str, tokenizer, cfg: SFTConfig) -> tuple[list[Example], 
     checked = [row for _, row in rows if cfg.data.verify and "answer" in row]
     correct = iter(is_correct_batch([r["messages"][-1]["content"] for r in checked], [str(r["answer"]) for r in checked],
                                     [r.get("mode", "math") for r in checked]))
-    examples = []
+    examples, too_long = [], []
     for lineno, row in rows:
         where = f"{path}:{lineno}"
         if cfg.data.verify and "answer" in row:
@@ -101,11 +102,15 @@ def load_examples(path: str, tokenizer, cfg: SFTConfig) -> tuple[list[Example], 
             stats["verified"] += 1
         else:
             stats["unverified"] += 1
-        example = render_sft(tokenizer, row["messages"], cfg.model.system_prompt, where=where)
+        example = render_sft(tokenizer, row["messages"], where=where)
         if len(example.input_ids) > cfg.data.max_seq_len:
-            stats["too_long"] += 1
+            too_long.append(len(example.input_ids))
             continue
         examples.append(example)
+    stats["too_long"] = len(too_long)
+    if too_long:
+        runtime.print0(f"[sft] {path}: " + too_long_note(too_long, cfg.data.max_seq_len, prompt_overhead(tokenizer),
+                                                         "data.max_seq_len"))
     if not examples:
         raise DataError(f"{path}: no usable rows after verification ({stats}); check answers and max_seq_len")
     return examples, stats
@@ -196,6 +201,7 @@ def run(cfg: SFTConfig) -> dict:
             losses.append(nll.detach())
             tokens += int(batch["input_ids"].numel())
         grad_norm = distributed.clip_grad_norm(model, cfg.optim.grad_clip)
+        lr = scheduler.get_last_lr()[0]  # the rate this step used; scheduler.step() moves to the next one
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -204,11 +210,11 @@ def run(cfg: SFTConfig) -> dict:
         loss = loss_sum / step_tokens
         done = step + 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         if done % cfg.log.log_every == 0 or done == total_steps:
             elapsed = time.perf_counter() - t0
             logger.log(done, {"train/loss": loss, "train/grad_norm": float(grad_norm),
-                              "train/lr": scheduler.get_last_lr()[0], "train/tokens_per_s": all_tokens / elapsed,
+                              "train/lr": lr, "train/tokens_per_s": all_tokens / elapsed,
                               "train/epoch": done * cfg.batch_size / len(units), **runtime.memory_metrics(rt.device)})
         if eval_units and cfg.eval_every and done % cfg.eval_every == 0:
             logger.log(done, {"eval/loss": validation_loss(model, eval_units, cfg, pad_id, rt)})

@@ -1,0 +1,140 @@
+"""Tests for thinktune.chat_format: which format a tokenizer gets, the system prompt written into its template,
+the end-of-turn token read off the template, and what a ChatML model's SFT labels cover.
+
+The ChatML template below has the layout of SmolLM2's (a newline after the role and after ``<|im_end|>``, a
+built-in default system message); expected strings are written out by hand from that layout.
+"""
+
+from __future__ import annotations
+
+import pytest
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from thinktune.chat_format import (
+    PHI4_CHAT_TEMPLATE,
+    PHI4_REASONING_SYSTEM_PROMPT,
+    apply,
+    end_of_turn,
+    too_long_note,
+    with_system_prompt,
+)
+from thinktune.data.chat import IGNORE_INDEX, render_prompt, render_sft
+from thinktune.errors import ConfigError
+
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nDefault.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+Q = [{"role": "user", "content": "Q"}]
+QA = [*Q, {"role": "assistant", "content": "A"}]
+
+
+def chatml_tokenizer() -> PreTrainedTokenizerFast:
+    """A character tokenizer whose only markers are ChatML's: no <|im_sep|>, no <think>."""
+    chars = sorted(set("systemuserassistantDefault.Thinkfirst.QAok \n\"'{}\\%éünïrawqthensaybackslashquote"))
+    vocab = {"<unk>": 0, "<|im_start|>": 1, "<|im_end|>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|im_end|>")
+    fast.chat_template = CHATML
+    return fast
+
+
+def test_auto_keeps_a_models_own_template_and_its_default_system_prompt() -> None:
+    tok = chatml_tokenizer()
+    fmt = apply(tok, "auto", None, "m")
+    assert fmt.name == "model" and fmt.system_prompt == ""
+    text = tok.apply_chat_template(Q, tokenize=False, add_generation_prompt=True)
+    assert text == "<|im_start|>system\nDefault.<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n"
+    assert fmt.end_of_turn == "<|im_end|>" == tok.eos_token
+
+
+def test_a_set_system_prompt_replaces_the_templates_default_and_a_given_one_wins() -> None:
+    tok = chatml_tokenizer()
+    apply(tok, "model", "Think first.", "m")
+    text = tok.apply_chat_template(Q, tokenize=False, add_generation_prompt=True)
+    assert text == "<|im_start|>system\nThink first.<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n"
+    own = [{"role": "system", "content": "ok"}, *Q]
+    assert tok.apply_chat_template(own, tokenize=False).startswith("<|im_start|>system\nok<|im_end|>\n<|im_start|>user")
+
+
+def test_setting_the_system_prompt_again_replaces_it_rather_than_stacking() -> None:
+    once = with_system_prompt(CHATML, "A")
+    twice = with_system_prompt(once, "B")
+    assert twice == with_system_prompt(CHATML, "B")
+    assert with_system_prompt(twice, "") == CHATML
+
+
+@pytest.mark.parametrize("prompt", ['say "ok"\nthen {{ q }}', "back\\slash 'quote' {% raw %}", "é ünï"])
+def test_system_prompt_text_reaches_the_render_verbatim(prompt: str) -> None:
+    tok = chatml_tokenizer()
+    tok.chat_template = with_system_prompt(CHATML, prompt)
+    text = tok.apply_chat_template(Q, tokenize=False)
+    assert text == f"<|im_start|>system\n{prompt}<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n"
+
+
+def test_phi4_is_applied_where_asked_with_its_reasoning_system_prompt() -> None:
+    tok = chatml_tokenizer()
+    fmt = apply(tok, "phi4", None, "m")
+    assert fmt.name == "phi4" and fmt.system_prompt == PHI4_REASONING_SYSTEM_PROMPT
+    assert tok.chat_template.endswith(PHI4_CHAT_TEMPLATE)
+    assert tok.apply_chat_template(Q, tokenize=False) == (
+        f"<|im_start|>system<|im_sep|>{PHI4_REASONING_SYSTEM_PROMPT}<|im_end|><|im_start|>user<|im_sep|>Q<|im_end|>")
+    assert "<|im_sep|>" in fmt.added_tokens and tok.eos_token == "<|im_end|>"
+
+
+def test_auto_gives_phi4_to_a_tokenizer_without_a_template_and_model_refuses_it() -> None:
+    tok = chatml_tokenizer()
+    tok.chat_template = None
+    assert apply(tok, "auto", "", "m").name == "phi4"
+    tok.chat_template = None
+    with pytest.raises(ConfigError, match="m has no chat template"):
+        apply(tok, "model", None, "m")
+
+
+def test_think_tokens_are_added_as_single_tokens_to_a_models_own_template() -> None:
+    tok = chatml_tokenizer()
+    n = len(tok)
+    fmt = apply(tok, "model", None, "m")
+    assert fmt.added_tokens == ("<think>", "</think>") and len(tok) == n + 2
+    ids = tok("Q<think>A</think>", add_special_tokens=False).input_ids
+    assert tok.convert_ids_to_tokens(ids) == ["Q", "<think>", "A", "</think>"]
+    assert apply(tok, "model", None, "m").added_tokens == ()  # a second call finds them there
+
+
+def test_end_of_turn_is_the_first_special_token_after_the_assistants_text() -> None:
+    tok = chatml_tokenizer()
+    tok.eos_token = "<unk>"  # a tokenizer whose EOS is not the end of a turn (as Llama 3's <|end_of_text|>)
+    assert end_of_turn(tok, "m") == "<|im_end|>"
+    tok.chat_template = "{% for m in messages %}{{ m['content'] + '\\n' }}{% endfor %}"
+    with pytest.raises(ConfigError, match="no special token after an assistant turn"):
+        end_of_turn(tok, "m")
+
+
+def test_chatml_sft_labels_end_at_the_end_of_turn_not_the_newline_after_it() -> None:
+    tok = chatml_tokenizer()
+    apply(tok, "model", "", "m")
+    e = render_sft(tok, QA)
+    n = next(i for i, x in enumerate(e.labels) if x != IGNORE_INDEX)
+    assert tok.decode(e.labels[n:]) == "A<|im_end|>"
+    assert e.input_ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
+    assert e.input_ids[:n] == render_prompt(tok, Q)
+
+
+def test_prompt_overhead_counts_system_prompt_and_markup() -> None:
+    tok = chatml_tokenizer()
+    without = apply(tok, "model", "", "m").prompt_overhead
+    # The default system message "Default." and its markup: <|im_start|> "system" \n D e f a u l t . <|im_end|> \n
+    with_longer = apply(tok, "model", "ok ok", "m").prompt_overhead
+    assert with_longer - without == len("ok ok") - len("Default.")
+
+
+def test_too_long_note_counts_the_rows_the_prompt_overhead_cost() -> None:
+    note = too_long_note([520, 600, 700], max_len=512, overhead=100, knob="data.max_seq_len")
+    assert note.startswith("3 longer than data.max_seq_len=512 dropped; 2 of them would fit but for the 100 tokens")
+    assert "would fit" not in too_long_note([700], 512, 100, "data.max_seq_len")
