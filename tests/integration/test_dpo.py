@@ -109,3 +109,35 @@ def test_a_bad_saved_sample_is_named_by_its_line(tmp_path):
     cfg = dpo_pairs.DPOPairsConfig(prompts=str(tmp_path / "p.jsonl"), samples=str(samples))
     with pytest.raises(DataError, match=f"{samples}:3: a rollout record needs"):
         dpo_pairs.saved_samples(cfg, [{"id": 1}])
+
+
+def _saved(tmp_path: Path, records: list[dict]) -> dpo_pairs.DPOPairsConfig:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": f"{i}+1", "answer": str(i + 1)}) + "\n" for i in (1, 2)))
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return dpo_pairs.DPOPairsConfig(prompts=str(prompts), samples=str(samples), k=2, heldout_fraction=0.0,
+                                    output_dir=str(tmp_path / "out"))
+
+
+def test_truncated_samples_are_counted_never_paired_and_all_wrong_asks_for_easier_prompts(tmp_path):
+    # Prompt 1's correct sample was cut at the length limit, so only wrong finished samples are left.
+    cfg = _saved(tmp_path, [{"prompt_id": 1, "completion": "\\boxed{2}", "finished": False},
+                            {"prompt_id": 1, "completion": "\\boxed{5}"},
+                            {"prompt_id": 2, "completion": "\\boxed{7}"}, {"prompt_id": 2, "completion": "\\boxed{8}"}])
+    with pytest.raises(DataError, match="every sample is wrong: choose easier prompts"):
+        dpo_pairs.run(cfg)
+    written = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert len(written) == 4 and [r["finished"] for r in written] == [False, True, True, True]
+    assert written[0]["correct"]  # recorded with its verdict, yet not paired
+
+
+def test_mostly_truncated_samples_ask_for_a_longer_budget(tmp_path):
+    cfg = _saved(tmp_path, [{"prompt_id": 1, "completion": "\\boxed{2}"},
+                            {"prompt_id": 1, "completion": "\\boxed{2", "finished": False},
+                            {"prompt_id": 2, "completion": "thinking", "finished": False},
+                            {"prompt_id": 2, "completion": "thinking", "finished": False}])
+    with pytest.raises(DataError, match="3 of 4 samples were cut at the sampler's length limit"):
+        dpo_pairs.run(cfg)
+    summary = dpo_pairs.advice({"samples": 4, "finished": 4, "truncated": 0, "correct": 4}, 64)
+    assert summary == "every finished sample is correct: choose harder prompts"

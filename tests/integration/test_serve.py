@@ -177,8 +177,9 @@ def test_serve_command_listens_on_loopback_and_requires_its_key(tiny_model_dir, 
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             preexec_fn=_sigint_as_at_a_terminal)
     try:
-        line = proc.stdout.readline()
-        url = re.search(r"on (http://\S+/v1)", line).group(1)
+        lines = [proc.stdout.readline() for _ in range(2)]  # the chat-format line, then the address
+        assert lines[0].startswith("[model] chat format"), lines
+        url = re.search(r"on (http://\S+/v1)", lines[1]).group(1)
         assert url.startswith("http://127.0.0.1:")
         name = Path(tiny_model_dir).name
         reply = openai.OpenAI(base_url=url, api_key="sk-cli-key", max_retries=0).chat.completions.create(
@@ -201,6 +202,11 @@ def test_print_config_and_help_know_the_curation_verbs(capsys):
     out = capsys.readouterr().out
     assert "api_key_env: OPENAI_API_KEY" in out and "pass_rate_at_most: 0.5" in out and "ngram: 13" in out
     assert "host: 127.0.0.1" in out
+    # A config still missing its required fields is shown all the same, with what it needs.
+    assert main(["print-config", "sft"]) == 0
+    out = capsys.readouterr().out
+    assert "chat_template: auto" in out and "max_seq_len: 32768" in out
+    assert out.rstrip().splitlines()[-1].startswith("# not runnable as it is:") and "data.train is empty" in out
     with pytest.raises(SystemExit):
         main(["--help"])
     help_text = capsys.readouterr().out
