@@ -4,6 +4,21 @@ Run:
     python benchmarks/rollout.py                  # CPU: the demo's tiny Phi3, batch 16 and 64
     python benchmarks/rollout.py --device cuda    # GPU: a Qwen2-0.5B-shaped random bf16 model, batch 256
     python benchmarks/rollout.py --lora 16        # the model in peft LoRA adapters, as LoRA GRPO samples it
+    python benchmarks/rollout.py --smollm         # CPU: SmolLM2-135M's shape (random fp32), chat-length prompts
+
+``--smollm``: a random-weight ``LlamaForCausalLM`` with SmolLM2-135M's exact config (30 layers, hidden 576,
+49152-token vocabulary), prompts of 100-250 tokens (a chat prompt with a system prompt), three cases:
+
+- 32 rows = 4 prompts x 8 samples, 64 new tokens: GRPO's shape. ``generate`` gets the 4 prompts with
+  ``num_return_sequences=8`` (it repeats each prompt 8 times and prefills all 32 rows); thinktune's engine
+  gets them with ``n=8`` (it prefills each prompt once and copies its cache rows to its 8 samples). A
+  feature comparison: each side's own way of sampling a group.
+- 32 distinct prompts, 64 new tokens: both sides prefill and decode 32 rows.
+- 8 distinct prompts, 48 new tokens.
+
+Prompts of different lengths are left padded for ``generate`` (with an attention mask); thinktune pads its
+own. Random weights are fine: with ``min_new_tokens = max_new_tokens`` both sides make the same number of
+tokens whatever they sample, and the time does not depend on which tokens.
 
 Both sides sample at temperature 1 with no top-k/top-p and must produce exactly ``new`` tokens per row
 (``min_new_tokens=new`` on both sides, so no row stops early). Each side runs once to warm up, then
@@ -44,9 +59,20 @@ CHARS = "0123456789+-*/=() ?{}.abc"  # with the specials and role words: a 32-to
 
 @dataclass
 class Case:
-    batch: int
-    prompt: int
+    batch: int  # rows decoded: prompts x samples
+    prompt: int  # prompt tokens (the longest, with prompt_min)
     new: int
+    samples: int = 1  # completions per prompt (generate: num_return_sequences; thinktune: SamplingParams.n)
+    prompt_min: int = 0  # > 0: prompt lengths drawn uniformly from [prompt_min, prompt], left padded for generate
+
+    @property
+    def mean_prompt(self) -> float:
+        return (self.prompt_min + self.prompt) / 2 if self.prompt_min else self.prompt
+
+    def label(self) -> str:
+        lengths = f"{self.prompt_min}-{self.prompt}" if self.prompt_min else f"{self.prompt}"
+        shared = f" ({self.batch // self.samples} prompts x {self.samples})" if self.samples > 1 else ""
+        return f"batch {self.batch:>3}{shared}  prompt {lengths}  new {self.new}"
 
 
 def tiny_phi3(tokenizer):
@@ -67,6 +93,18 @@ def qwen2_half_b(tokenizer, device: torch.device):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
     sync_special_tokens(model, tokenizer)
     return model.eval()
+
+
+def smollm2_135m(tokenizer):
+    """SmolLM2-135M's exact config (Llama: hidden 576, 30 layers, 9 heads / 3 kv heads of 64, intermediate 1536,
+    vocab 49152, tied embeddings, rope_theta 1e5), random fp32 weights; the tokenizer gives EOS and PAD."""
+    config = AutoConfig.for_model(
+        "llama", vocab_size=49152, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, head_dim=64, intermediate_size=1536, max_position_embeddings=8192, rope_theta=1e5,
+        rms_norm_eps=1e-5, tie_word_embeddings=True, eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa").eval()
 
 
 def with_lora(model, rank: int):
@@ -113,28 +151,37 @@ def interleaved_best(a, b, repeats: int, device: torch.device) -> tuple[float, f
     return best[0], best[1]
 
 
+def case_prompts(case: Case, vocab: int, low: int) -> list[list[int]]:
+    """``batch / samples`` random prompts of ``case``'s lengths, ids in ``[low, vocab)``."""
+    gen = torch.Generator().manual_seed(case.batch)
+    count = case.batch // case.samples
+    if not case.prompt_min:
+        return torch.randint(low, vocab, (count, case.prompt), generator=gen).tolist()
+    lengths = torch.randint(case.prompt_min, case.prompt + 1, (count,), generator=gen).tolist()
+    return [torch.randint(low, vocab, (n,), generator=gen).tolist() for n in lengths]
+
+
 def run_case(model, tokenizer, case: Case, repeats: int, device: torch.device) -> tuple[float, float]:
     """Seconds for ``generate`` and for thinktune's sampler, each producing ``batch x new`` tokens."""
-    gen = torch.Generator().manual_seed(case.batch)
-    low = len(tokenizer.all_special_ids) + 4
-    ids = torch.randint(low, model.config.vocab_size, (case.batch, case.prompt), generator=gen)  # [B, P]
-    ids = ids.to(device)
+    prompts = case_prompts(case, model.config.vocab_size, len(tokenizer.all_special_ids) + 4)
     eos, pad = tokenizer.convert_tokens_to_ids(IM_END), tokenizer.pad_token_id
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)  # [B/samples, P] left padded
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)  # [B/samples, P]
 
     def hf() -> None:
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                 temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=case.new,
-                                 min_new_tokens=case.new, eos_token_id=eos, pad_token_id=pad)
-        assert out.shape == (case.batch, case.prompt + case.new), out.shape
+            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+                                 top_p=1.0, max_new_tokens=case.new, min_new_tokens=case.new,
+                                 num_return_sequences=case.samples, eos_token_id=eos, pad_token_id=pad)
+        assert out.shape == (case.batch, width + case.new), out.shape
 
     engine = RolloutEngine(decodable(model), tokenizer)  # a peft model's inner model, adapters in place
-    params = SamplingParams(max_new_tokens=case.new, min_new_tokens=case.new)
-    prompts = ids.tolist()
+    params = SamplingParams(n=case.samples, max_new_tokens=case.new, min_new_tokens=case.new)
 
     def ours() -> None:
         out = engine.sample(prompts, params, batch_size=case.batch, show_progress=False)
-        assert all(len(c[0].token_ids) == case.new for c in out)
+        assert all(len(c.token_ids) == case.new for row in out for c in row)
 
     return interleaved_best(hf, ours, repeats, device)
 
@@ -165,7 +212,7 @@ def step_flops(model, case: Case) -> float:
     matmul_params = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n)
     matmul_params += model.get_output_embeddings().weight.numel() if cfg.tie_word_embeddings else 0
     head_dim = cfg.hidden_size // cfg.num_attention_heads
-    avg_len = case.prompt + case.new / 2
+    avg_len = case.mean_prompt + case.new / 2
     attention = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * avg_len
     return case.batch * (2 * matmul_params + attention)
 
@@ -176,7 +223,7 @@ def step_bytes(model, case: Case) -> float:
     cfg = model.config
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     head_dim = cfg.hidden_size // cfg.num_attention_heads
-    avg_len = case.prompt + case.new / 2
+    avg_len = case.mean_prompt + case.new / 2
     elem = next(model.parameters()).element_size()
     kv = 2 * cfg.num_hidden_layers * case.batch * cfg.num_key_value_heads * head_dim * avg_len * elem
     return weights + kv
@@ -185,7 +232,7 @@ def step_bytes(model, case: Case) -> float:
 def report(case: Case, hf_s: float, ours_s: float) -> float:
     tokens = case.batch * case.new
     speedup = hf_s / ours_s
-    print(f"batch {case.batch:>3}  prompt {case.prompt}  new {case.new}:  generate {tokens / hf_s:>9.0f} tok/s "
+    print(f"{case.label()}:  generate {tokens / hf_s:>9.0f} tok/s "
           f"({hf_s / case.new * 1e3:.2f} ms/step)   thinktune {tokens / ours_s:>9.0f} tok/s "
           f"({ours_s / case.new * 1e3:.2f} ms/step)   speedup {speedup:.2f}x")
     return speedup
@@ -196,6 +243,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lora", type=int, default=0, help="wrap the model in LoRA adapters of this rank")
+    parser.add_argument("--smollm", action="store_true", help="CPU: SmolLM2-135M's shape on chat-length prompts")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="CPU intra-op threads, both sides (default: torch's, all cores)")
     args = parser.parse_args()
@@ -204,6 +252,9 @@ def main() -> None:
     tokenizer = train_char_tokenizer([CHARS])
     if device.type == "cpu":
         model, cases = tiny_phi3(tokenizer), [Case(16, 32, 128), Case(64, 32, 128)]
+        if args.smollm:
+            model, cases = smollm2_135m(tokenizer), [Case(32, 250, 64, samples=8, prompt_min=100),
+                                                     Case(32, 250, 64, prompt_min=100), Case(8, 250, 48, prompt_min=100)]
         rate = matmul_rate(device, torch.float32, 512)
         print(f"device cpu, {torch.get_num_threads()} thread(s); {type(model).__name__}, "
               f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, vocab {len(tokenizer)}; "
