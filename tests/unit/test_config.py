@@ -461,3 +461,13 @@ def test_sampling_verbs_refuse_training_options(verb, option):
     load_config(cls, None, base)  # fine without the option
     with pytest.raises(ConfigError, match=rf"{re.escape(option.split('=')[0])} apply to training"):
         load_config(cls, None, [*base, option])
+
+
+def test_import_model_takes_smollm2_or_an_existing_gguf_file(tmp_path: Path) -> None:
+    from thinktune.recipes.import_model import ImportModelConfig
+
+    assert ImportModelConfig().source == "smollm2"
+    with pytest.raises(ConfigError, match="give smollm2 or a .gguf file"):
+        ImportModelConfig(source=str(tmp_path))
+    with pytest.raises(ConfigError, match="no such GGUF file"):
+        ImportModelConfig(source=str(tmp_path / "m.gguf"))

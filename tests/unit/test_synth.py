@@ -87,3 +87,31 @@ def test_teacher_rollouts_are_independent_samples_of_the_first_problems(tmp_path
     wrong = [not r["completion"].endswith("\\boxed{" + answers[r["prompt_id"]] + "}") for r in rollouts]
     # At slip rate 0.3 over 200 samples, both outcomes occur (P(no slip at all) = 0.7^200, negligible).
     assert 0 < sum(wrong) < len(wrong)
+
+
+def test_worded_problems_state_the_operands_ask_for_a_box_and_traces_open_with_the_expression(tmp_path: Path) -> None:
+    import re
+
+    from thinktune.rewards.verify import is_correct
+
+    synthesize(tmp_path, levels=(1, 2, 3, 4), n_train=40, n_heldout_per_level=5, slip_rate=0.0, seed=0,
+               rollout_prompts=4, rollout_k=2, wording="words")
+    plain = tmp_path / "plain"
+    synthesize(plain, levels=(1, 2, 3, 4), n_train=40, n_heldout_per_level=5, slip_rate=0.0, seed=0,
+               rollout_prompts=4, rollout_k=2)
+    for name in ("heldout_prompts.jsonl", "train_prompts.jsonl"):
+        worded, expressions = read_jsonl(tmp_path / name), read_jsonl(plain / name)
+        for w, e in zip(worded, expressions, strict=True):
+            assert w["id"] == e["id"] and w["answer"] == e["answer"]
+            # The story holds the expression's operands in its order, and asks for a boxed answer.
+            assert re.findall(r"\d+", w["prompt"]) == re.findall(r"\d+", e["prompt"])
+            assert w["prompt"].endswith("Put the final answer in \\boxed{}.")
+    for row, plain_row in zip(read_jsonl(tmp_path / "sft_cot.jsonl"), read_jsonl(plain / "sft_cot.jsonl"), strict=True):
+        question = plain_row["messages"][0]["content"]
+        reply = row["messages"][1]["content"]
+        assert reply.startswith(f"<think>{question}: ") and is_correct(reply, row["answer"])
+    # The same problem reads the same in every run: the phrasing is seeded by its id.
+    again = tmp_path / "again"
+    synthesize(again, levels=(1, 2, 3, 4), n_train=40, n_heldout_per_level=5, slip_rate=0.0, seed=0,
+               rollout_prompts=4, rollout_k=2, wording="words")
+    assert (again / "heldout_prompts.jsonl").read_bytes() == (tmp_path / "heldout_prompts.jsonl").read_bytes()

@@ -37,6 +37,7 @@ from thinktune.report import compare, load_report, plot_comparison
 VERBS = {
     "synth": ("thinktune.recipes.synth", "SynthConfig"),
     "build-model": ("thinktune.recipes.build_model", "BuildModelConfig"),
+    "import-model": ("thinktune.recipes.import_model", "ImportModelConfig"),
     "sft": ("thinktune.recipes.sft", "SFTConfig"),
     "evaluate": ("thinktune.recipes.evaluate", "EvalConfig"),
     "dpo-pairs": ("thinktune.recipes.dpo_pairs", "DPOPairsConfig"),

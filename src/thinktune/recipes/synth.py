@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from tqdm import tqdm
 
@@ -30,6 +31,7 @@ class SynthConfig:
     rollout_prompts: int = 1000  # training problems with saved teacher samples (teacher_rollouts.jsonl)
     rollout_k: int = 4  # teacher samples per such problem
     seed: int = 0
+    wording: Literal["expression", "words"] = "expression"  # words: word problems for a real chat model
     output_dir: str = "runs/data"
 
     def __post_init__(self) -> None:
@@ -47,7 +49,7 @@ def run(cfg: SynthConfig) -> dict:
     save_config(cfg, out / "config.yaml")
     summary = synthesize(out, levels=cfg.levels, n_train=cfg.n_train, n_heldout_per_level=cfg.n_heldout_per_level,
                          slip_rate=cfg.slip_rate, seed=cfg.seed, rollout_prompts=cfg.rollout_prompts,
-                         rollout_k=cfg.rollout_k)
+                         rollout_k=cfg.rollout_k, wording=cfg.wording)
     write_json(out / "summary.json", summary)
     slips = sum(summary["slips"].values())
     tqdm.write(f"[data] {cfg.n_train} train problems ({slips} teacher slips), "
