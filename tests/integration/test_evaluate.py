@@ -31,6 +31,10 @@ def test_evaluate_reads_aime_file_and_writes_reports(tiny_model_dir, tmp_path):
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(records) == 15 and {r["prompt_id"] for r in records} == {str(i) for i in range(1, 6)}
     assert all(r["num_tokens"] <= 6 for r in records)
+    # Each record holds the prompt as the model saw it: the chat template around the problem.
+    first = next(r for r in records if r["prompt_id"] == "1")["prompt"]
+    assert first.startswith("<|im_start|>user<|im_sep|>") and "1+1" in first
+    assert first.endswith("<|im_end|><|im_start|>assistant<|im_sep|>")
     assert "| all | 5 |" in (out / "report.md").read_text()
     assert (out / "plots" / "runs.png").stat().st_size > 0
 

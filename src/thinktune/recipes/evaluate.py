@@ -84,19 +84,21 @@ def load_rows(cfg: EvalConfig) -> list[dict]:
     return load_benchmark(cfg.data.benchmark, path=cfg.data.path or None, limit=limit)
 
 
-def score(rows: list[dict], completions: list[list], tokenizer) -> tuple[dict, list[dict]]:
-    """Verify every completion; returns the per-problem matrices for ``summarize`` and rollout records."""
+def score(rows: list[dict], completions: list[list], tokenizer, prompts: list[list[int]]) -> tuple[dict, list[dict]]:
+    """Verify every completion; returns the per-problem matrices for ``summarize`` and rollout records (with
+    each prompt as the model saw it, chat template and system prompt included)."""
     mats: dict[str, list[list]] = {"correct": [], "answers": [], "lengths": [], "well_formed": [], "finished": []}
     records = []
     verdicts = is_correct_groups([[c.text for c in outs] for outs in completions], [str(r["answer"]) for r in rows],
                                  [r.get("mode", "math") for r in rows])
-    for row, outs, correct in zip(rows, completions, verdicts, strict=True):
+    for row, outs, correct, prompt in zip(rows, completions, verdicts, prompts, strict=True):
+        rendered = tokenizer.decode(prompt)
         mats["correct"].append(correct)
         mats["answers"].append([extract_answer(c.text) for c in outs])
         mats["lengths"].append([len(c.token_ids) for c in outs])
         mats["well_formed"].append([has_valid_think(c.text) for c in outs])
         mats["finished"].append([c.finished for c in outs])
-        records += [{"prompt_id": row["id"], "sample": j, "completion": c.text, "num_tokens": len(c.token_ids),
+        records += [{"prompt_id": row["id"], "sample": j, "prompt": rendered, "completion": c.text, "num_tokens": len(c.token_ids),
                      "finished": c.finished, "correct": ok, "answer": row["answer"]}
                     for j, (c, ok) in enumerate(zip(outs, correct, strict=True))]
     return mats, records
@@ -135,7 +137,7 @@ def run(cfg: EvalConfig) -> dict:
         model = models.load_model(cfg.model, tokenizer, rt.device, rt.dtype)
         with torch.inference_mode():
             completions = sample(model, tokenizer, prompts, params, seed=cfg.seed, batch_size=cfg.batch_size)
-    mats, records = score(rows, completions, tokenizer)
+    mats, records = score(rows, completions, tokenizer, prompts)
     groups = summarize_groups(rows, mats, cfg)
     report = {"label": label, "model": cfg.model.path, "source": cfg.data.prompts or cfg.data.benchmark,
               "sampling": vars(params), "problem_ids": [r["id"] for r in rows], "groups": groups,
