@@ -5,7 +5,8 @@ converted once into a plain HF directory in thinktune's cache; where that cannot
 registry, no ``gguf`` package) every test here is skipped with the reason. Nothing else is fetched.
 
 Session fixtures share what is costly: the converted directory, the model and tokenizer loaded once through
-thinktune with the default chat format, and small JSONL files written from the embedded arithmetic world.
+thinktune with the default chat format, small JSONL files written from the embedded arithmetic world, and one
+full SFT run (its checkpoint is trained, formatted and system-prompted, which the serve test also uses).
 Runs use short rows (a 3-digit addition with its column-by-column trace is about 60 tokens with the chat
 markup), so a training step of 4 rows costs about 2 s on a 2-core CPU.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from smollm2_data import pair_rows, sft_rows, write_jsonl
+from smollm2_data import CUSTOM_SYSTEM, pair_rows, sft_rows, write_jsonl
 
 from thinktune.tasks import world
 
@@ -54,3 +55,21 @@ def data(tmp_path_factory) -> Path:
     write_jsonl(root / "pairs.jsonl", pair_rows(8, seed=1))
     write_jsonl(root / "prompts.jsonl", [world.prompt_row(p) for p in world.train_problems([1], 8, seed=2)])
     return root
+
+
+SFT_STEPS = 16
+
+
+@pytest.fixture(scope="session")
+def sft_run(smollm2_dir, data, tmp_path_factory) -> Path:
+    """A full-weight SFT run on the traces (16 steps of 4 rows), with a custom system prompt; its output dir."""
+    from thinktune.config import load_config
+    from thinktune.recipes import sft
+
+    out = tmp_path_factory.mktemp("real_sft") / "sft"
+    args = {"model.path": smollm2_dir, "model.system_prompt": CUSTOM_SYSTEM, "data.train": data / "sft.jsonl",
+            "data.max_seq_len": 128, "optim.lr": 2e-4, "optim.warmup_steps": 2, "batch_size": 4,
+            "micro_batch_size": 2, "max_steps": SFT_STEPS, "log.log_every": 1, "log.save_every": 0,
+            "log.progress": "false", "output_dir": out}
+    sft.run(load_config(sft.SFTConfig, None, [f"{k}={v}" for k, v in args.items()]))
+    return out
