@@ -35,13 +35,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import torch
 from torch.distributed.fsdp import FSDPModule
 from transformers import DynamicCache
 
-from thinktune import unpadded
+from thinktune import onednn, unpadded
 from thinktune.data.chat import IGNORE_INDEX
 from thinktune.losses import CHUNK_BYTES, chunked_score, shift_labels
 from thinktune.rollout import lean
@@ -153,11 +152,14 @@ def model_logps(model: torch.nn.Module, inputs: dict, targets: torch.Tensor, col
         head = _ScoringHead(base.lm_head, pick, targets, temperature, need_entropy, chunk_bytes)
         base.lm_head = head
         try:
-            scored = model(**inputs).logits  # [B, T, 1 or 2]: log-prob (, entropy)
+            with onednn.linears():  # CPU fp32 products on oneDNN (2x MKL's rate here); elsewhere a no-op
+                scored = model(**inputs).logits  # [B, T, 1 or 2]: log-prob (, entropy)
         finally:
             base.lm_head = head.head
         return scored[..., 0], (scored[..., 1] if need_entropy else None)
-    return _score_logits(pick(model(**inputs).logits), targets, temperature, need_entropy, chunk_bytes)
+    with onednn.linears():
+        logits = model(**inputs).logits  # [B, W, V]
+    return _score_logits(pick(logits), targets, temperature, need_entropy, chunk_bytes)
 
 
 def _score_logits(logits: torch.Tensor, targets: torch.Tensor, temperature: float, need_entropy: bool | str,
@@ -223,8 +225,9 @@ class PromptCache:
             self._forward_prompts()
 
     def _autocast(self):
+        """Autocast to ``autocast_dtype`` if set, else fp32 with the CPU products on oneDNN (``onednn.linears``)."""
         if self.autocast_dtype is None:
-            return nullcontext()
+            return onednn.linears()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     @staticmethod

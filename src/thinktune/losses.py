@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from thinktune import onednn
 from thinktune.data.chat import IGNORE_INDEX
 
 # The most float32 logits one chunk of ``chunked_score`` holds: 256 MiB, 670 tokens of Phi-4's vocabulary.
@@ -68,7 +69,8 @@ def chunked_score(x: torch.Tensor, targets: torch.Tensor, temperature: float, ne
     # split (not slicing in a loop): its backward writes every chunk's gradient into one [N, ...] tensor.
     for x_part, t_part in zip(x.split(rows), targets.split(rows), strict=True):
         if torch.is_grad_enabled():
-            lp, ent = checkpoint(_head_scores, x_part, t_part, head, temperature, need_entropy, use_reentrant=False)
+            lp, ent = checkpoint(_head_scores, x_part, t_part, head, temperature, need_entropy, use_reentrant=False,
+                                 context_fn=onednn.checkpoint_contexts)
         else:
             lp, ent = _head_scores(x_part, t_part, head, temperature, need_entropy)
         logps.append(lp)
