@@ -9,8 +9,10 @@ offset by the rank.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -65,11 +67,34 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def init(dtype: str = "fp32", seed: int = 0) -> Runtime:
+    return_freed_memory()
     device = pick_device()
     rank, world_size = init_process_group(device)
     rt = Runtime(device=device, dtype=resolve_dtype(dtype, device), rank=rank, world_size=world_size)
     seed_everything(seed + rt.rank)  # offset by rank so data-parallel ranks draw different samples
     return rt
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+
+
+def return_freed_memory(threshold: int = 1 << 20) -> None:
+    """Have glibc serve every allocation of ``threshold`` bytes or more from its own mmap, so freeing it gives the
+    pages back to the OS at once.
+
+    Why: glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), after which the
+    activations of a CPU training step (4-12 MB tensors for a 135M model at 2k tokens) come from the heap, where
+    freed blocks fragment and stay resident. Measured on SmolLM2-135M's shape (fp32 SFT, 4 x 500 tokens): 4.9 GB
+    resident between steps instead of the 2.0 GB live, and a peak that grew by ~1 GB a step. A fixed threshold
+    turns the adaptation off; the cost is fresh pages (zeroed by the kernel) for each large tensor, a few
+    percent of a step's time. A no-op off glibc (macOS, musl).
+    """
+    if sys.platform != "linux":
+        return
+    try:
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, threshold)
+    except AttributeError:  # a C library without mallopt (musl)
+        pass
 
 
 def init_process_group(device: torch.device) -> tuple[int, int]:
