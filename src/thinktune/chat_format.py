@@ -108,7 +108,8 @@ def apply(tok: PreTrainedTokenizerBase, choice: str, system_prompt: str | None, 
     if name == "phi4":
         tok.chat_template = PHI4_CHAT_TEMPLATE
         system_prompt = PHI4_REASONING_SYSTEM_PROMPT if system_prompt is None else system_prompt
-    tok.chat_template = with_system_prompt(tok.chat_template, system_prompt or "")
+    if system_prompt is not None:  # None keeps the template as saved, with the prompt a checkpoint carries
+        tok.chat_template = with_system_prompt(tok.chat_template, system_prompt)
     end = IM_END if name == "phi4" else end_of_turn(tok, where)
     tok.eos_token = end
     if tok.pad_token is None:

@@ -151,3 +151,13 @@ def test_the_templates_own_default_system_prompt_is_found_and_reported() -> None
     assert fmt.system_prompt == "ok" and fmt.written and "system prompt 'ok'" in fmt.describe()
     tok.chat_template = PHI4_CHAT_TEMPLATE  # adds none
     assert template_system_prompt(tok) == ""
+
+
+def test_an_unset_system_prompt_keeps_the_one_a_checkpoint_carries_and_empty_removes_it() -> None:
+    tok = chatml_tokenizer()
+    apply(tok, "model", "Trained with this.", "m")
+    saved = tok.chat_template  # what a checkpoint's tokenizer holds after training
+    tok.chat_template = saved
+    fmt = apply(tok, "auto", None, "m")
+    assert fmt.system_prompt == "Trained with this." and tok.chat_template == saved
+    assert apply(tok, "model", "", "m").system_prompt == "Default."  # "" drops thinktune's: the template's own
