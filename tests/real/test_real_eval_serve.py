@@ -8,7 +8,11 @@ numbers are the ones its samples give, and that the served replies are the sampl
 from __future__ import annotations
 
 import json
-import threading
+import os
+import re
+import signal
+import subprocess
+import sys
 
 import openai
 import pytest
@@ -16,9 +20,9 @@ from smollm2_data import write_jsonl
 
 from thinktune.config import load_config
 from thinktune.data.chat import render_prompt
-from thinktune.recipes import evaluate, serve
+from thinktune.recipes import evaluate
 from thinktune.rollout.sampler import RolloutEngine, SamplingParams
-from thinktune.server import message, start
+from thinktune.server import message
 
 pytestmark = pytest.mark.real
 
@@ -64,21 +68,28 @@ def test_evaluate_reports_pass_at_1_on_benchmark_files(smollm2_dir, smollm2, tmp
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
 
+def _sigint_as_at_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background test run ignores SIGINT; the server must not
+
+
 @pytest.fixture(scope="module")
-def served(smollm2, smollm2_dir):
-    """The server as ``thinktune serve`` builds it (recipes/serve.py's settings), in a thread on a free port."""
-    tok, model, _ = smollm2
-    cfg = load_config(serve.ServeConfig, None, [f"model.path={smollm2_dir}", "served_name=smollm2", "port=0",
-                                                "max_new_tokens=32"])
-    settings = serve.settings_for(cfg, context_len=model.config.max_position_embeddings)
-    server = start(settings, tok, RolloutEngine(model, tok, decoder=cfg.decoder), cfg.host, cfg.port)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def served(smollm2_dir):
+    """``thinktune serve`` on SmolLM2 as a user starts it, in its own process, on a free port.
+
+    Its own process, not a thread here: torch run on the server's engine thread inside pytest left a C++
+    thread joinable at interpreter exit (std::terminate, exit code 134), which the CLI never shows.
+    """
+    proc = subprocess.Popen([sys.executable, "-m", "thinktune.cli", "serve", f"model.path={smollm2_dir}",
+                             "served_name=smollm2", "port=0", "max_new_tokens=32"],
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, preexec_fn=_sigint_as_at_a_terminal)
     try:
-        yield openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
+        lines = [proc.stdout.readline() for _ in range(2)]  # the chat-format line, then the address
+        url = re.search(r"on (http://\S+/v1)", lines[1]).group(1)
+        yield openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
     finally:
-        server.shutdown()
-        server.server_close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0  # Ctrl-C stops it cleanly
 
 
 def test_served_greedy_reply_is_the_samplers(served, smollm2):
