@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch.distributed.fsdp import FSDPModule
@@ -152,14 +153,21 @@ def model_logps(model: torch.nn.Module, inputs: dict, targets: torch.Tensor, col
         head = _ScoringHead(base.lm_head, pick, targets, temperature, need_entropy, chunk_bytes)
         base.lm_head = head
         try:
-            with onednn.linears():  # CPU fp32 products on oneDNN (2x MKL's rate here); elsewhere a no-op
+            with _products(model):  # CPU fp32 products on oneDNN (2x MKL's rate here); elsewhere a no-op
                 scored = model(**inputs).logits  # [B, T, 1 or 2]: log-prob (, entropy)
         finally:
             base.lm_head = head.head
         return scored[..., 0], (scored[..., 1] if need_entropy else None)
-    with onednn.linears():
+    with _products(model):
         logits = model(**inputs).logits  # [B, W, V]
     return _score_logits(pick(logits), targets, temperature, need_entropy, chunk_bytes)
+
+
+def _products(model: torch.nn.Module) -> AbstractContextManager:
+    """``onednn.linears()`` for a forward, except under HF gradient checkpointing: its recompute runs in the
+    backward, outside this context, so it would save other tensors than the forward did and checkpoint
+    would refuse it. (Any module may come here, an FSDP or peft wrapper too, hence getattr.)"""
+    return nullcontext() if getattr(model, "is_gradient_checkpointing", False) else onednn.linears()
 
 
 def _score_logits(logits: torch.Tensor, targets: torch.Tensor, temperature: float, need_entropy: bool | str,
