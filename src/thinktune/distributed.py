@@ -79,7 +79,11 @@ def prepare(model: torch.nn.Module, cfg: ModelConfig, rt: Runtime, trainable: bo
     """
     if trainable and cfg.gradient_checkpointing:
         # Non-reentrant checkpointing works with frozen inputs (LoRA) and with FSDP's hooks.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.25's name for it
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:  # older releases (the range vLLM pins) have only this one, deprecated from 5.25 on
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.config.use_cache = False
     if trainable and cfg.compile:
         for block in decoder_blocks(model):

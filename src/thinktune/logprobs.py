@@ -166,8 +166,10 @@ def model_logps(model: torch.nn.Module, inputs: dict, targets: torch.Tensor, col
 def _products(model: torch.nn.Module) -> AbstractContextManager:
     """``onednn.linears()`` for a forward, except under HF gradient checkpointing: its recompute runs in the
     backward, outside this context, so it would save other tensors than the forward did and checkpoint
-    would refuse it. (Any module may come here, an FSDP or peft wrapper too, hence getattr.)"""
-    return nullcontext() if getattr(model, "is_gradient_checkpointing", False) else onednn.linears()
+    would refuse it. (Any module may come here, an FSDP or peft wrapper too; HF marks each checkpointed
+    block with ``gradient_checkpointing``, which is what its own deprecated ``is_gradient_checkpointing`` reads.)"""
+    checkpointed = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    return nullcontext() if checkpointed else onednn.linears()
 
 
 def _score_logits(logits: torch.Tensor, targets: torch.Tensor, temperature: float, need_entropy: bool | str,
