@@ -17,7 +17,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from thinktune.rollout.cuda_graphs import CudaGraphDecoder
-from thinktune.rollout.lean import LeanDecoder, _low_rank, unsupported_reason
+from thinktune.rollout.lean import LeanDecoder, _low_rank, prefill_groups, unsupported_reason
 
 VOCAB = 40
 BASE = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, intermediate_size=48,
@@ -59,13 +59,13 @@ def reference_logits(model, prompt: list[int], steps: list[int]) -> torch.Tensor
         return model(input_ids=ids).logits[0, len(prompt) - 1:].float()
 
 
-def lean_logits(decoder, prompts, steps) -> torch.Tensor:
+def lean_logits(decoder, prompts, steps, **prefill) -> torch.Tensor:
     """Prefill left-padded prompts, then decode ``steps`` column by column: [B, S + 1, V]."""
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     pad = torch.tensor([width - len(p) for p in prompts])
     with torch.inference_mode():
-        out = [decoder.prefill(ids, pad)]
+        out = [decoder.prefill(ids, pad, **prefill)]
         for s in range(len(steps[0])):
             out.append(decoder.step(torch.tensor([row[s] for row in steps])))
     return torch.stack(out, dim=1)
@@ -77,6 +77,31 @@ def test_lean_logits_equal_hf(model, fuse):
     got = lean_logits(LeanDecoder(model, 4, 32, fuse=fuse), PROMPTS, NEXT)  # [B, S+1, V]
     for i, (prompt, steps) in enumerate(zip(PROMPTS, NEXT, strict=True)):
         torch.testing.assert_close(got[i], reference_logits(model, prompt, steps), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["cpu-copies", "views"])
+def test_prefill_in_groups_of_like_length_equals_hf(model, fuse):
+    """Rows of 6, 2 and 4 tokens under a cap of 8 tokens a group: {0} and {2, 1} (6 + 2 * 4 padded tokens
+    plus two groups' cost of 64, 142, against 204 for three groups; {0, 2} would be 12 tokens, over the
+    cap). The second group is computed from row 2's first real column with row 1 padded inside it; the
+    logits must not change."""
+    assert prefill_groups([len(p) for p in PROMPTS], max_tokens=8) == [[0], [2, 1]]
+    got = lean_logits(LeanDecoder(model, 4, 32, fuse=fuse), PROMPTS, NEXT, max_tokens=8)  # [B, S+1, V]
+    for i, (prompt, steps) in enumerate(zip(PROMPTS, NEXT, strict=True)):
+        torch.testing.assert_close(got[i], reference_logits(model, prompt, steps), atol=2e-5, rtol=1e-4)
+
+
+def test_prefill_groups_minimise_padded_tokens_plus_a_cost_per_group():
+    # Longest first: 100 (row 1), 99 (4), 98 (2), 12 (3), 10 (0). {1, 4, 2} + {3, 0} costs 3*100 + 2*12 + 2*5
+    # = 334; one group 5*100 + 5 = 505; each row alone 319 + 25 = 344; {1, 4, 2} {3} {0} 300 + 22 + 15 = 337.
+    assert prefill_groups([10, 100, 98, 12, 99], max_tokens=1000, group_cost=5) == [[1, 4, 2], [3, 0]]
+    # A high cost per group: one group, as wide as the longest row.
+    assert prefill_groups([10, 100, 98, 12, 99], max_tokens=1000, group_cost=1000) == [[1, 4, 2, 3, 0]]
+    # The cap: no group over 20 padded tokens, so five rows of 10 need three groups of at most two.
+    groups = prefill_groups([10] * 5, max_tokens=20, group_cost=1)
+    assert len(groups) == 3 and max(map(len, groups)) == 2 and sorted(sum(groups, [])) == list(range(5))
+    # A row longer than the cap is a group of its own, not an error.
+    assert prefill_groups([50, 3], max_tokens=20, group_cost=0) == [[0], [1]]
 
 
 def test_equal_length_prompts_take_the_unmasked_path(model):

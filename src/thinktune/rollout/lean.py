@@ -404,10 +404,10 @@ class LeanDecoder:
     # ----------------------------------------------------------------------------------------------------
 
     def _forward(self, tokens: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor | None],
-                 mask: torch.Tensor, rows: slice) -> torch.Tensor:
-        """Prefill: run ``tokens`` ``[n, S]`` (cache columns ``0..S-1``) through the layers and write their
-        k/v. ``rope`` broadcasts as ``[n*S, 1, ...]``; ``mask`` ``[n, 1, S, S]`` (True: attend). Returns the
-        final hidden state of the last column, ``[n, hidden]``.
+                 mask: torch.Tensor, rows: torch.Tensor, cols: slice) -> torch.Tensor:
+        """Prefill: run ``tokens`` ``[n, S]`` (cache rows ``rows`` ``[n]``, columns ``cols``, S of them) through
+        the layers and write their k/v. ``rope`` broadcasts as ``[n*S, 1, ...]``; ``mask`` ``[n, 1, S, S]``
+        (True: attend). Returns the final hidden state of the last column, ``[n, hidden]``.
         """
         n, s = tokens.shape
         h_, k_, d = self.heads, self.kv_heads, self.head_dim
@@ -418,8 +418,8 @@ class LeanDecoder:
             q = qk[:, :h_].view(n, s, h_, d).transpose(1, 2)  # [n, H, S, D]
             k = qk[:, h_:].view(n, s, k_, d).transpose(1, 2)  # [n, K, S, D]
             v = qkv[:, (h_ + k_) * d:].view(n, s, k_, d).transpose(1, 2)  # [n, K, S, D]
-            kc[rows, :, :s] = k
-            vc[rows, :, :s] = v
+            kc[rows, :, cols] = k
+            vc[rows, :, cols] = v
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k_ != h_)  # [n, H, S, D]
             x = _residual(x, a.transpose(1, 2).reshape(n * s, h_ * d), layer.o, layer.o_bias, layer.o_lora)
             gu = _linear(self._norm(x, layer.ln2), layer.gate_up, layer.gate_up_bias, layer.gate_up_lora)  # [N, 2I]
@@ -530,7 +530,9 @@ class LeanDecoder:
     def prefill(self, input_ids: torch.Tensor, pad: torch.Tensor, max_tokens: int = 8192) -> torch.Tensor:
         """Start a batch: ``input_ids`` ``[n, P]`` left padded by ``pad`` ``[n]``; returns logits ``[n, V]``.
 
-        Rows are prefilled in groups of about ``max_tokens`` tokens to bound activation memory.
+        Rows of like length are prefilled together (``prefill_groups``), each group from its longest row's
+        first column on: the pad columns before it are never computed, and a group holds about
+        ``max_tokens`` tokens at most, which bounds activation memory.
         """
         n, p = input_ids.shape
         if n > self.max_batch or p >= self.max_len:
@@ -544,17 +546,18 @@ class LeanDecoder:
         causal = cols[None, :] <= cols[:, None]  # [P, P]
         # A pad query attends to itself only, so its softmax row is never empty (no NaN).
         itself = torch.eye(p, dtype=torch.bool, device=self.device)  # [P, P]
-        group = max(1, max_tokens // p)
-        out = []
-        for r0 in range(0, n, group):
-            rows = slice(r0, min(n, r0 + group))
-            mask = (causal & self.key_valid[rows, None, None, :p]) | itself  # [g, 1, P, P]
-            positions = (cols[None] - self.pad[rows, None]).clamp(min=0).flatten()  # [g*P]
+        last = torch.empty(n, self.hidden, dtype=self.dtype, device=self.device)  # [n, hidden]
+        for group in prefill_groups((p - pad).tolist(), max_tokens):
+            rows = torch.tensor(group, device=self.device)  # [g]
+            c0 = int(self.pad[rows].min())  # the group's first real column: columns before it are all pad
+            window = slice(c0, p)
+            mask = (causal[window, window] & self.key_valid[rows, None, None, window]) | itself[window, window]
+            positions = (cols[window][None] - self.pad[rows, None]).clamp(min=0).flatten()  # [g*S]
             rope = self.rope_at(positions)
-            rope = (rope[0][:, None], None if rope[1] is None else rope[1][:, None])  # [g*P, 1, ...]
-            out.append(self._forward(input_ids[rows], rope, mask, rows))
+            rope = (rope[0][:, None], None if rope[1] is None else rope[1][:, None])  # [g*S, 1, ...]
+            last[rows] = self._forward(input_ids[rows, window], rope, mask, rows, window)  # mask [g, 1, S, S]
         self.t = p
-        return self._logits(torch.cat(out))  # [n, V]
+        return self._logits(last)  # [n, V]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Decode one token for the ``n`` live rows (``tokens`` ``[n]``); returns logits ``[n, V]``."""
@@ -578,6 +581,40 @@ class LeanDecoder:
         """
         written = self.kv.narrow(3, 0, max(self.t, 1))  # [rows, layers, 2K, t, D]
         move_rows([written, self.pad, self.key_valid] if self.padded else [written], index)
+
+
+# A prefill group's fixed cost in tokens' worth of compute: ~15 dispatched ops per layer (about 20 tokens of
+# a 135M model's matmuls on a CPU), and smaller products run below the matmul's best rate.
+GROUP_COST = 64
+
+
+def prefill_groups(lengths: list[int], max_tokens: int, group_cost: int = GROUP_COST) -> list[list[int]]:
+    """Split rows of ``lengths`` tokens into prefill groups of like length.
+
+    A group is computed as wide as its longest row (the rest are padded to it), so the rows are taken
+    longest first and cut into consecutive runs that minimise the padded tokens plus ``group_cost`` per
+    group (exactly, by dynamic programming over the cut points), with at most ``max_tokens`` padded tokens
+    in a group unless one row alone is longer.
+
+    Returns:
+        The groups, as lists of row indices into ``lengths``.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # longest first; ties keep their order
+    width = [lengths[i] for i in order]
+    best = [0] + [float("inf")] * len(order)  # best[j]: the cheapest split of the first j rows
+    cut = [0] * (len(order) + 1)  # cut[j]: where the last group of that split starts
+    for j in range(1, len(order) + 1):
+        for i in range(j - 1, -1, -1):  # the last group is rows i..j-1, as wide as row i
+            if (j - i) * width[i] > max_tokens and j - i > 1:
+                break  # a longer run back is wider and longer still
+            cost = best[i] + (j - i) * width[i] + group_cost
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], len(order)
+    while j:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
 
 
 def move_rows(tensors: list[torch.Tensor], index: torch.Tensor) -> None:
