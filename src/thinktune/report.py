@@ -97,6 +97,17 @@ def compare(reports: list[dict]) -> tuple[str, list[str]]:
     return "\n".join(lines) + "\n", drops
 
 
+def majority_table(reports: list[dict]) -> str:
+    """A markdown table of maj@N per model and group (N: each evaluation's samples per problem)."""
+    groups = list(reports[0]["groups"])
+    lines = ["| model | N | " + " | ".join(f"{g} maj@N" for g in groups) + " |", "|" + "---|" * (len(groups) + 2)]
+    for rep in reports:
+        n = int(rep["groups"]["all"]["samples_per_problem"])
+        cells = [f"{_at_n(rep['groups'][g], 'maj'):.1f}" if g in rep["groups"] else "–" for g in groups]
+        lines.append(f"| {rep['label']} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_run_accuracies(report: dict, out: Path) -> Path:
     """Histogram of run accuracies (the paper's AIME accuracy distribution across runs)."""
     accs = report["run_accuracies"]

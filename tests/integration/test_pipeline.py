@@ -54,6 +54,8 @@ def test_pipeline_runs_skips_and_reruns_what_changed(tmp_path):
     assert len(samples) == 24
     text = (run_dir / "report.md").read_text()
     assert "| init |" in text and "| sft |" in text
+    # maj@2 overall and per level, as the evaluation's own report has it
+    assert "| sft | 2 | " + " | ".join(f"{m['maj@2']:.1f}" for m in report["groups"].values()) + " |" in text
     assert (run_dir / "plots" / "comparison.png").stat().st_size > 0
 
     second = pipeline.run(pipeline.load_pipeline(path))

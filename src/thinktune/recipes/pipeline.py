@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from thinktune.config import ConfigError, load_config, read_yaml, set_dotted, to_dict
 from thinktune.data.io import write_json
-from thinktune.report import compare, load_report, plot_comparison
+from thinktune.report import compare, load_report, majority_table, plot_comparison
 
 # verb -> (module, config class). A choice is a string mapped here, in the module that owns it.
 VERBS = {
@@ -213,6 +213,7 @@ def write_report(pipeline: Pipeline) -> dict:
            "change against the row above in brackets.\n\n" + table
     if drops:
         text += "\n**Drops beyond the combined std:**\n\n" + "\n".join(f"- {d}" for d in drops) + "\n"
+    text += "\nMajority vote over each problem's N samples (maj@N, % of problems).\n\n" + majority_table(reports)
     (pipeline.run_dir / "report.md").write_text(text)
     plot_comparison(reports, pipeline.run_dir / "plots" / "comparison.png")
     tqdm.write("\n" + table)
