@@ -16,8 +16,9 @@ Run:
 - 32 distinct prompts, 64 new tokens: both sides prefill and decode 32 rows.
 - 8 distinct prompts, 48 new tokens.
 
-Prompts of different lengths are left padded for ``generate`` (with an attention mask); thinktune pads its
-own. Random weights are fine: with ``min_new_tokens = max_new_tokens`` both sides make the same number of
+Prompts of different lengths are left padded for ``generate`` (with an attention mask), which computes
+every row as long as the longest; thinktune prefills them in groups of like length
+(``lean.prefill_groups``). Random weights are fine: with ``min_new_tokens = max_new_tokens`` both sides make the same number of
 tokens whatever they sample, and the time does not depend on which tokens.
 
 Both sides sample at temperature 1 with no top-k/top-p and must produce exactly ``new`` tokens per row
