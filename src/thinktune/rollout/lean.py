@@ -547,10 +547,10 @@ class LeanDecoder:
         # A pad query attends to itself only, so its softmax row is never empty (no NaN).
         itself = torch.eye(p, dtype=torch.bool, device=self.device)  # [P, P]
         last = torch.empty(n, self.hidden, dtype=self.dtype, device=self.device)  # [n, hidden]
-        for group in prefill_groups((p - pad).tolist(), max_tokens):
+        lengths = (p - pad).tolist()  # one read of the device; the groups' windows come from this list
+        for group in prefill_groups(lengths, max_tokens):
             rows = torch.tensor(group, device=self.device)  # [g]
-            c0 = int(self.pad[rows].min())  # the group's first real column: columns before it are all pad
-            window = slice(c0, p)
+            window = slice(p - max(lengths[i] for i in group), p)  # columns before it are pad in every row
             mask = (causal[window, window] & self.key_valid[rows, None, None, window]) | itself[window, window]
             positions = (cols[window][None] - self.pad[rows, None]).clamp(min=0).flatten()  # [g*S]
             rope = self.rope_at(positions)
