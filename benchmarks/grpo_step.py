@@ -25,7 +25,7 @@ ratios, with their range. ``--json FILE`` also writes every timed step of both s
 
 Where thinktune's time goes less: the lean decoder samples (each prompt prefilled once for its 8
 samples); the update forwards each prompt once and every completion token once, unpadded
-(``thinktune.logprobs``, ``thinktune.unpadded``), where TRL pads all 128 prompt+completion rows to the
+(``thinktune.train.logprobs``, ``thinktune.modeling.unpadded``), where TRL pads all 128 prompt+completion rows to the
 longest.
 """
 
@@ -44,9 +44,10 @@ from thinktune.cli import _quiet_transformers
 from thinktune.config import load_config
 from thinktune.data.io import write_json
 from thinktune.data.order import step_units
-from thinktune.recipes import build_model, grpo
-from thinktune.recipes.synth import SynthConfig
-from thinktune.recipes.synth import run as run_synth
+from thinktune.data.synth import SynthConfig
+from thinktune.data.synth import run as run_synth
+from thinktune.modeling import build_model
+from thinktune.recipes import grpo
 from thinktune.rewards import RewardResult, verify
 from thinktune.rewards.pool import get_pool
 from thinktune.rewards.verify import is_correct

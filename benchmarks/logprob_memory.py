@@ -34,8 +34,8 @@ SIDES = ("peer", "chunked", "model-logits", "model-head")
 
 
 def side(name: str, tokens: int, hidden: int, vocab: int, chunk_mb: int) -> dict:
-    from thinktune.logprobs import next_token_logps
-    from thinktune.losses import chunked_score, score_tokens, sft_nll_sum
+    from thinktune.train.logprobs import next_token_logps
+    from thinktune.train.losses import chunked_score, score_tokens, sft_nll_sum
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gen = torch.Generator(device=device).manual_seed(0)

@@ -44,7 +44,7 @@ def text(rng: random.Random, length: int) -> str:
 
 def build_world(root: Path) -> None:
     """The model, its tokenizer and the SFT and GRPO data under ``root``."""
-    from thinktune.models import sync_special_tokens, train_char_tokenizer
+    from thinktune.modeling.models import sync_special_tokens, train_char_tokenizer
 
     tokenizer = train_char_tokenizer([CHARS])
     model = smollm2_135m(tokenizer)

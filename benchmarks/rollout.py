@@ -51,8 +51,8 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from thinktune.lora import decodable
-from thinktune.models import IM_END, build_tiny_model, sync_special_tokens, train_char_tokenizer
+from thinktune.modeling.lora import decodable
+from thinktune.modeling.models import IM_END, build_tiny_model, sync_special_tokens, train_char_tokenizer
 from thinktune.rollout.sampler import RolloutEngine, SamplingParams
 
 CHARS = "0123456789+-*/=() ?{}.abc"  # with the specials and role words: a 32-token vocabulary, like the demo's

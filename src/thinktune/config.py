@@ -30,7 +30,7 @@ T = TypeVar("T")
 
 @dataclass
 class LoRAConfig:
-    """LoRA adapters through peft (``thinktune.lora``); r = 0 trains every weight (full fine-tuning)."""
+    """LoRA adapters through peft (``thinktune.modeling.lora``); r = 0 trains every weight (full fine-tuning)."""
 
     r: int = 0  # adapter rank; 0: no LoRA
     alpha: float = 16.0  # the adapter's output is scaled by alpha / r
@@ -53,7 +53,7 @@ class ModelConfig:
     path: str = ""  # local directory (a thinktune or HF checkpoint), a .gguf file or a hub id
     dtype: Literal["fp32", "bf16"] = "fp32"
     # model: the model's own template plus <think>/</think>; phi4: the Phi-4-reasoning format; auto: model's own
-    # where it has a template, else phi4 (thinktune.chat_format)
+    # where it has a template, else phi4 (thinktune.modeling.chat_format)
     chat_template: Literal["auto", "phi4", "model"] = "auto"
     # None: the format's own (phi4: Phi-4-reasoning's fixed message; model: what its template adds, often none);
     # "": add none; text: this one. It is written into the saved template, so checkpoints carry it.

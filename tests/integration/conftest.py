@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from thinktune.recipes import build_model
-from thinktune.recipes.synth import SynthConfig
-from thinktune.recipes.synth import run as run_synth
+from thinktune.data.synth import SynthConfig
+from thinktune.data.synth import run as run_synth
+from thinktune.modeling import build_model
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Test helpers: the real ``thinktune.server`` with a scripted engine, and a fault-injecting layer before it.
+"""Test helpers: the real ``thinktune.serving.server`` with a scripted engine, and a fault-injecting layer before it.
 
 ``ScriptedEngine`` stands in for a model: its reply to a prompt is looked up by the question the prompt
 contains, so a test knows in advance which samples verify. Everything between it and the ``openai``
@@ -21,7 +21,7 @@ from collections import Counter
 from contextlib import contextmanager
 
 from thinktune.rollout.sampler import Completion
-from thinktune.server import ChatHandler, ServerSettings, start
+from thinktune.serving.server import ChatHandler, ServerSettings, start
 
 
 class ScriptedEngine:

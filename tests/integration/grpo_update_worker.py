@@ -15,11 +15,13 @@ import sys
 
 import torch
 
-from thinktune import distributed, logprobs, models, runtime
-from thinktune.advantages import group_advantages
+from thinktune import runtime
 from thinktune.config import load_config
-from thinktune.logprobs import PromptCache
+from thinktune.modeling import models
 from thinktune.recipes import grpo
+from thinktune.train import distributed, logprobs
+from thinktune.train.advantages import group_advantages
+from thinktune.train.logprobs import PromptCache
 
 NUM_SEQS, GROUP, RANK_SHARES = 8, 4, {1: [list(range(8))], 2: [[0, 1, 2, 3, 4], [5, 6, 7]]}
 

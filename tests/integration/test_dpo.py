@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from thinktune.config import load_config
+from thinktune.data.synth import SynthConfig
+from thinktune.data.synth import run as run_synth
 from thinktune.errors import DataError
-from thinktune.recipes import build_model, dpo, dpo_pairs
-from thinktune.recipes.synth import SynthConfig
-from thinktune.recipes.synth import run as run_synth
+from thinktune.modeling import build_model
+from thinktune.recipes import dpo, dpo_pairs
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from thinktune.config import load_config
-from thinktune.recipes import build_model, grpo
-from thinktune.recipes.synth import SynthConfig
-from thinktune.recipes.synth import run as run_synth
+from thinktune.data.synth import SynthConfig
+from thinktune.data.synth import run as run_synth
+from thinktune.modeling import build_model
+from thinktune.recipes import grpo
 
 pytestmark = pytest.mark.integration
 ASSETS = Path(__file__).parents[1] / "assets"
@@ -110,7 +111,8 @@ def test_update_without_sampler_log_probs_takes_the_old_policy_from_its_first_pa
 
     import torch
 
-    from thinktune import models, runtime
+    from thinktune import runtime
+    from thinktune.modeling import models
 
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     import grpo_update_worker
@@ -173,8 +175,8 @@ def test_rollout_backend_is_checked_before_loading(world, tmp_path):
 def test_vllm_refuses_token_ids_the_saved_model_cannot_take(world):
     import torch
 
-    from thinktune import models
     from thinktune.errors import ConfigError
+    from thinktune.modeling import models
     from thinktune.rollout.vllm_backend import check_vocab
 
     cfg = load_config(grpo.GRPOConfig, None, [f"model.path={world / 'model'}", "data.prompts=unused.jsonl"])

@@ -20,9 +20,10 @@ pytest.importorskip("vllm", reason="vllm is not installed (pip install 'thinktun
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="vLLM needs a CUDA GPU")]
 
 from thinktune.config import load_config  # noqa: E402
-from thinktune.recipes import build_model, evaluate, grpo, select_prompts  # noqa: E402
-from thinktune.recipes.synth import SynthConfig  # noqa: E402
-from thinktune.recipes.synth import run as run_synth  # noqa: E402
+from thinktune.data.synth import SynthConfig  # noqa: E402
+from thinktune.data.synth import run as run_synth  # noqa: E402
+from thinktune.modeling import build_model  # noqa: E402
+from thinktune.recipes import evaluate, grpo, select_prompts  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from thinktune.models import build_tiny_model
+from thinktune.modeling.models import build_tiny_model
 from thinktune.rollout.sampler import RolloutEngine, SamplingParams
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

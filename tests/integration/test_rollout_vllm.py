@@ -13,10 +13,10 @@ pytest.importorskip("vllm", reason="vllm is not installed (pip install 'thinktun
                                    "the vLLM backend is tested only where it is")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="vLLM needs a CUDA GPU")]
 
-from thinktune.checkpoint import save_pretrained_atomic  # noqa: E402
-from thinktune.models import build_tiny_model  # noqa: E402
+from thinktune.modeling.models import build_tiny_model  # noqa: E402
 from thinktune.rollout.sampler import RolloutEngine, SamplingParams  # noqa: E402
 from thinktune.rollout.vllm_backend import VLLMSampler, resolve_backend  # noqa: E402
+from thinktune.train.checkpoint import save_pretrained_atomic  # noqa: E402
 
 SMALL = dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
              max_position_embeddings=512)

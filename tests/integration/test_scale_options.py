@@ -12,10 +12,11 @@ import torch
 import torch.utils.checkpoint
 import transformers.modeling_utils
 
-from thinktune import checkpoint, distributed, models
 from thinktune.config import ModelConfig, OptimConfig, load_config
-from thinktune.optim import build_optimizer, build_scheduler
+from thinktune.modeling import models
 from thinktune.recipes import sft
+from thinktune.train import checkpoint, distributed
+from thinktune.train.optim import build_optimizer, build_scheduler
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from fake_teacher import running_server
 
 from thinktune.data.chat import render_prompt
 from thinktune.rollout.sampler import RolloutEngine, SamplingParams
-from thinktune.server import EngineWorker, message
+from thinktune.serving.server import EngineWorker, message
 
 pytestmark = pytest.mark.integration
 
@@ -224,6 +224,6 @@ def test_serve_cannot_be_a_pipeline_stage(tmp_path):
 
 
 def test_settings_never_print_the_key():
-    from thinktune.server import ServerSettings
+    from thinktune.serving.server import ServerSettings
 
     assert "sk-secret-1" not in repr(ServerSettings(model_name="m", api_key="sk-secret-1"))

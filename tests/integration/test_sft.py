@@ -15,9 +15,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from thinktune.config import load_config
-from thinktune.recipes import build_model, sft
-from thinktune.recipes.synth import SynthConfig
-from thinktune.recipes.synth import run as run_synth
+from thinktune.data.synth import SynthConfig
+from thinktune.data.synth import run as run_synth
+from thinktune.modeling import build_model
+from thinktune.recipes import sft
 
 pytestmark = pytest.mark.integration
 
@@ -68,8 +69,8 @@ def test_sft_learns_rejects_slips_and_saves_hf_checkpoint(world, tmp_path):
     text = tok.apply_chat_template([{"role": "user", "content": "12*34"}], tokenize=False, add_generation_prompt=True)
     assert text == "<|im_start|>user<|im_sep|>12*34<|im_end|><|im_start|>assistant<|im_sep|>"
     ids = torch.tensor([tok(text, add_special_tokens=False).input_ids])
-    from thinktune import models
     from thinktune.config import ModelConfig
+    from thinktune.modeling import models
     cfg = ModelConfig(path=str(out / "final"), system_prompt="")
     ours = models.load_model(cfg, models.load_tokenizer(cfg), torch.device("cpu"), torch.float32)
     assert torch.equal(ours(ids).logits, model(ids).logits)

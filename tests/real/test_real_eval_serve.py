@@ -22,7 +22,7 @@ from thinktune.config import load_config
 from thinktune.data.chat import render_prompt
 from thinktune.recipes import evaluate
 from thinktune.rollout.sampler import RolloutEngine, SamplingParams
-from thinktune.server import message
+from thinktune.serving.server import message
 
 pytestmark = pytest.mark.real
 

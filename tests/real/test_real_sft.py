@@ -15,10 +15,10 @@ from safetensors import safe_open
 from smollm2_data import CUSTOM_SYSTEM, metrics
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from thinktune import models
-from thinktune.chat_format import IM_END, THINK_OPEN
 from thinktune.config import ModelConfig, load_config
 from thinktune.data.chat import render_prompt
+from thinktune.modeling import models
+from thinktune.modeling.chat_format import IM_END, THINK_OPEN
 from thinktune.recipes import sft
 from thinktune.rollout.sampler import RolloutEngine, SamplingParams
 from thinktune.tasks import teacher, world

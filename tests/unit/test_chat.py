@@ -12,7 +12,6 @@ import math
 import pytest
 import torch
 
-from thinktune.chat_format import with_system_prompt
 from thinktune.data.chat import (
     IGNORE_INDEX,
     Example,
@@ -23,7 +22,8 @@ from thinktune.data.chat import (
     render_sft,
     with_system,
 )
-from thinktune.losses import sft_nll_sum
+from thinktune.modeling.chat_format import with_system_prompt
+from thinktune.train.losses import sft_nll_sum
 
 SYS, USER, ASSIST = "<|im_start|>system<|im_sep|>", "<|im_start|>user<|im_sep|>", "<|im_start|>assistant<|im_sep|>"
 END = "<|im_end|>"

@@ -1,4 +1,4 @@
-"""Tests for thinktune.chat_format: which format a tokenizer gets, the system prompt written into its template,
+"""Tests for thinktune.modeling.chat_format: which format a tokenizer gets, the system prompt written into its template,
 the end-of-turn token read off the template, and what a ChatML model's SFT labels cover.
 
 The ChatML template below has the layout of SmolLM2's (a newline after the role and after ``<|im_end|>``, a
@@ -11,7 +11,9 @@ import pytest
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from thinktune.chat_format import (
+from thinktune.data.chat import IGNORE_INDEX, render_prompt, render_sft
+from thinktune.errors import ConfigError
+from thinktune.modeling.chat_format import (
     PHI4_CHAT_TEMPLATE,
     PHI4_REASONING_SYSTEM_PROMPT,
     apply,
@@ -20,8 +22,6 @@ from thinktune.chat_format import (
     too_long_note,
     with_system_prompt,
 )
-from thinktune.data.chat import IGNORE_INDEX, render_prompt, render_sft
-from thinktune.errors import ConfigError
 
 CHATML = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from thinktune.chat_format import PHI4_REASONING_SYSTEM_PROMPT
 from thinktune.config import (
     LogConfig,
     ModelConfig,
@@ -24,6 +23,7 @@ from thinktune.config import (
     save_config,
 )
 from thinktune.errors import ConfigError
+from thinktune.modeling.chat_format import PHI4_REASONING_SYSTEM_PROMPT
 from thinktune.recipes.sft import SFTConfig, SFTDataConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -464,7 +464,7 @@ def test_sampling_verbs_refuse_training_options(verb, option):
 
 
 def test_import_model_takes_smollm2_or_an_existing_gguf_file(tmp_path: Path) -> None:
-    from thinktune.recipes.import_model import ImportModelConfig
+    from thinktune.modeling.import_model import ImportModelConfig
 
     assert ImportModelConfig().source == "smollm2"
     with pytest.raises(ConfigError, match="give smollm2 or a .gguf file"):

@@ -1,4 +1,4 @@
-"""The one-process side of thinktune.distributed and thinktune.lora: splitting, errors, merging."""
+"""The one-process side of thinktune.train.distributed and thinktune.modeling.lora: splitting, errors, merging."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import os
 import pytest
 import torch
 
-from thinktune import distributed, lora
 from thinktune.config import LoRAConfig, ModelConfig, load_config
 from thinktune.errors import ConfigError
+from thinktune.modeling import lora
 from thinktune.recipes import sft
 from thinktune.runtime import Runtime, pick_device
+from thinktune.train import distributed
 
 CPU = torch.device("cpu")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from thinktune.curation.pairs import Scored, make_pairs, mine, outcome
-from thinktune.losses import chosen_nll, dpo_loss, sequence_logps
+from thinktune.train.losses import chosen_nll, dpo_loss, sequence_logps
 
 
 def test_dpo_loss_matches_the_formula_by_hand():

@@ -10,8 +10,8 @@ import statistics
 import pytest
 import torch
 
-from thinktune.advantages import annealed_temperature, balance_group, group_advantages
-from thinktune.losses import aggregate, entropy_from_logits, grpo_token_loss, kl_k3
+from thinktune.train.advantages import annealed_temperature, balance_group, group_advantages
+from thinktune.train.losses import aggregate, entropy_from_logits, grpo_token_loss, kl_k3
 
 
 def looped_advantages(rewards: list[float], groups: list[int], mode: str, eps: float = 1e-6) -> list[float]:

@@ -8,10 +8,11 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from thinktune import logprobs
 from thinktune.data.chat import IGNORE_INDEX
-from thinktune.logprobs import PromptCache, length_sorted_chunks, next_token_logps
-from thinktune.losses import (
+from thinktune.modeling.models import build_tiny_model
+from thinktune.train import logprobs
+from thinktune.train.logprobs import PromptCache, length_sorted_chunks, next_token_logps
+from thinktune.train.losses import (
     CHUNK_BYTES,
     chunked_score,
     entropy_from_logits,
@@ -20,7 +21,6 @@ from thinktune.losses import (
     sft_nll_sum,
     token_logps,
 )
-from thinktune.models import build_tiny_model
 
 SHAPE = dict(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64,
              max_position_embeddings=128)
@@ -265,7 +265,7 @@ def test_a_lora_reference_view_scores_through_the_stand_in_head(char_tokenizer, 
     stand-in head of the model under the adapters, with the values its logits give; the adapters matter."""
     from peft import LoraConfig, get_peft_model
 
-    from thinktune.lora import ReferenceView
+    from thinktune.modeling.lora import ReferenceView
 
     policy = get_peft_model(build_tiny_model("qwen2", char_tokenizer, **SHAPE).float(),
                             LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from thinktune.metrics import combined_std, majority_answer, pass_at_k, per_run_accuracy, summarize
+from thinktune.evaluation.metrics import combined_std, majority_answer, pass_at_k, per_run_accuracy, summarize
 
 
 def brute_force_pass_at_k(n: int, c: int, k: int) -> float:

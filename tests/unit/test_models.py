@@ -1,4 +1,4 @@
-"""Tests for thinktune.models and checkpoint saving: plain-transformers round trips, tiny architectures,
+"""Tests for thinktune.modeling.models and checkpoint saving: plain-transformers round trips, tiny architectures,
 path errors, and the Phi-4 format tokens."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from thinktune.chat_format import PHI4_CHAT_TEMPLATE, PHI4_TOKENS, apply
-from thinktune.checkpoint import save_pretrained_atomic
 from thinktune.config import ModelConfig
 from thinktune.errors import ConfigError, UserError
-from thinktune.models import build_tiny_model, load_model, load_tokenizer
+from thinktune.modeling.chat_format import PHI4_CHAT_TEMPLATE, PHI4_TOKENS, apply
+from thinktune.modeling.models import build_tiny_model, load_model, load_tokenizer
+from thinktune.train.checkpoint import save_pretrained_atomic
 
 
 def add_phi4_format(tok) -> None:

@@ -1,4 +1,4 @@
-"""oneDNN products (``thinktune.onednn``) equal torch's to fp32 rounding, forward and backward."""
+"""oneDNN products (``thinktune.modeling.onednn``) equal torch's to fp32 rounding, forward and backward."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from thinktune import onednn
+from thinktune.modeling import onednn
 
 pytestmark = pytest.mark.skipif(not onednn.usable(torch.zeros(1)), reason="this torch build has no oneDNN")
 

@@ -1,4 +1,4 @@
-"""Tests for thinktune.optim: the learning-rate schedule against hand-worked values, and the optimizer groups.
+"""Tests for thinktune.train.optim: the learning-rate schedule against hand-worked values, and the optimizer groups.
 
 lr_factor(step) for 0-based optimizer steps, with w = warmup_steps, T = total_steps, r = min_lr_ratio:
     step < w:  (step + 1) / w
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from thinktune.config import OptimConfig
-from thinktune.optim import build_optimizer, build_scheduler, lr_factor
+from thinktune.train.optim import build_optimizer, build_scheduler, lr_factor
 
 W, T, R = 4, 15, 0.1
 

@@ -17,7 +17,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from thinktune.errors import ConfigError
-from thinktune.models import IM_END, build_tiny_model
+from thinktune.modeling.models import IM_END, build_tiny_model
 from thinktune.rollout.sampler import RolloutEngine, SamplingParams, sample
 
 SMALL = dict(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64,

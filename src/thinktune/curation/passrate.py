@@ -12,9 +12,10 @@ from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
-from thinktune import models, runtime
+from thinktune import runtime
 from thinktune.config import ModelConfig
 from thinktune.data.chat import prompt_messages, render_prompt
+from thinktune.modeling import models
 from thinktune.rewards.verify import is_correct_groups
 from thinktune.rollout.sampler import Completion, RolloutEngine, SamplingParams
 from thinktune.rollout.vllm_backend import VLLMSampler, check_vocab, engine_for, resolve_backend

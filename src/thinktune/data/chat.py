@@ -1,7 +1,7 @@
 """Chat rendering with loss masks, padding and packing.
 
 An SFT row renders through the tokenizer's chat template, which also adds the configured system prompt
-(``thinktune.chat_format``). The loss covers the final assistant turn only (its text and the end-of-turn
+(``thinktune.modeling.chat_format``). The loss covers the final assistant turn only (its text and the end-of-turn
 token, so the model learns to stop; whatever the template writes after that token, such as ChatML's
 newline, is cut off, since nothing is ever sampled past it); the system and user turns, and the assistant
 header, are masked with -100. The boundary is found by rendering the

@@ -6,7 +6,7 @@ Run:
 The loop: read preference rows -> render prompt + completion with the chat template (the completion is
 the assistant turn, its end-of-turn token included) -> summed log-probs of the completion under the
 frozen reference (the starting model), computed once and cached in ``ref_logps.pt`` -> AdamW on
-``thinktune.losses.dpo_loss`` -> implicit-reward metrics on train and held-out pairs -> checkpoints that
+``thinktune.train.losses.dpo_loss`` -> implicit-reward metrics on train and held-out pairs -> checkpoints that
 resume exactly, as in SFT.
 
 Rows missing ``chosen`` or ``rejected`` are errors naming the file and line. A row whose chosen and
@@ -31,17 +31,19 @@ from pathlib import Path
 
 import torch
 
-from thinktune import checkpoint, distributed, lora, models, runtime
-from thinktune.chat_format import prompt_overhead, too_long_note
+from thinktune import runtime
 from thinktune.config import LogConfig, ModelConfig, OptimConfig, save_config
 from thinktune.data.chat import Example, pad_batch, prompt_messages, render_sft
 from thinktune.data.io import read_jsonl_lines, write_json
 from thinktune.data.order import step_units
 from thinktune.errors import ConfigError, DataError
-from thinktune.logprobs import next_token_logps
-from thinktune.losses import chosen_nll, dpo_loss
-from thinktune.optim import build_optimizer, build_scheduler
+from thinktune.modeling import lora, models
+from thinktune.modeling.chat_format import prompt_overhead, too_long_note
 from thinktune.tracking import MetricsLogger, plot_curves, progress
+from thinktune.train import checkpoint, distributed
+from thinktune.train.logprobs import next_token_logps
+from thinktune.train.losses import chosen_nll, dpo_loss
+from thinktune.train.optim import build_optimizer, build_scheduler
 
 
 @dataclass

@@ -25,13 +25,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from thinktune import models, runtime
+from thinktune import runtime
 from thinktune.config import ModelConfig, save_config
 from thinktune.data.chat import prompt_messages, render_prompt
 from thinktune.data.io import write_json, write_jsonl
 from thinktune.errors import ConfigError
-from thinktune.metrics import per_run_accuracy, summarize
-from thinktune.report import eval_markdown, plot_run_accuracies
+from thinktune.evaluation.metrics import per_run_accuracy, summarize
+from thinktune.evaluation.report import eval_markdown, plot_run_accuracies
+from thinktune.modeling import models
 from thinktune.rewards.verify import extract_answer, has_valid_think, is_correct_groups
 from thinktune.rollout.sampler import SamplingParams, sample
 from thinktune.rollout.vllm_backend import check_backend, check_vocab, engine_for, resolve_backend

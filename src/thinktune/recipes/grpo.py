@@ -24,7 +24,7 @@ whole GPU, and the next push brings them back.
 
 Scale: under ``torchrun`` each rank samples its contiguous share of the step's prompts (whole groups, so
 advantages stay local) from an unsharded copy of the policy, and the FSDP2-sharded policy and reference
-update with the loss normalised by the token and sequence counts of all ranks (``thinktune.distributed``).
+update with the loss normalised by the token and sequence counts of all ranks (``thinktune.train.distributed``).
 Metrics and dumps cover every rank's samples; rank 0 writes them. ``model.lora.r > 0`` trains LoRA
 adapters, with the adapters-off base as the reference.
 
@@ -45,16 +45,13 @@ from pathlib import Path
 
 import torch
 
-from thinktune import checkpoint, distributed, lora, models, runtime
-from thinktune.advantages import ADVANTAGE_MODES, annealed_temperature, balance_group, group_advantages
+from thinktune import runtime
 from thinktune.config import LogConfig, ModelConfig, OptimConfig, save_config
 from thinktune.data.chat import prompt_messages, render_prompt
 from thinktune.data.io import write_json, write_jsonl
 from thinktune.data.order import step_units
 from thinktune.errors import ConfigError
-from thinktune.logprobs import PromptCache, length_sorted_chunks, right_padded
-from thinktune.losses import LOSS_AGGREGATIONS, aggregate, grpo_token_loss
-from thinktune.optim import build_optimizer, build_scheduler
+from thinktune.modeling import lora, models
 from thinktune.rewards import RewardConfig, StreamingScorer
 from thinktune.rollout.sampler import Completion, RolloutEngine, SamplingParams
 from thinktune.rollout.vllm_backend import (
@@ -66,6 +63,11 @@ from thinktune.rollout.vllm_backend import (
 )
 from thinktune.tasks.benchmarks import load_prompts
 from thinktune.tracking import MetricsLogger, plot_curves, progress
+from thinktune.train import checkpoint, distributed
+from thinktune.train.advantages import ADVANTAGE_MODES, annealed_temperature, balance_group, group_advantages
+from thinktune.train.logprobs import PromptCache, length_sorted_chunks, right_padded
+from thinktune.train.losses import LOSS_AGGREGATIONS, aggregate, grpo_token_loss
+from thinktune.train.optim import build_optimizer, build_scheduler
 
 
 @dataclass
@@ -185,7 +187,7 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
     """``updates_per_batch`` passes of the GRPO objective over the step's rollouts; returns update stats.
 
     Log-probs come from ``PromptCache``: each prompt forwarded once per pass, completions in micro-batches
-    of similar length (see ``thinktune.logprobs``). Without the sampler's log-probs (``ro.old_logps`` None),
+    of similar length (see ``thinktune.train.logprobs``). Without the sampler's log-probs (``ro.old_logps`` None),
     the old policy's are the first pass's own, detached: that pass runs before any optimizer step, on the
     weights that sampled, so its ratio is exactly 1 (what TRL does for one pass, and verl's recomputation).
     """

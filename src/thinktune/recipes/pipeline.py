@@ -17,7 +17,6 @@ named variants (``quick``) with their own run directory and per-stage overrides.
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import shutil
@@ -31,36 +30,11 @@ from tqdm import tqdm
 
 from thinktune.config import ConfigError, load_config, read_yaml, set_dotted, to_dict
 from thinktune.data.io import write_json
-from thinktune.report import compare, load_report, majority_table, plot_comparison
-
-# verb -> (module, config class). A choice is a string mapped here, in the module that owns it.
-VERBS = {
-    "synth": ("thinktune.recipes.synth", "SynthConfig"),
-    "build-model": ("thinktune.recipes.build_model", "BuildModelConfig"),
-    "import-model": ("thinktune.recipes.import_model", "ImportModelConfig"),
-    "sft": ("thinktune.recipes.sft", "SFTConfig"),
-    "evaluate": ("thinktune.recipes.evaluate", "EvalConfig"),
-    "dpo-pairs": ("thinktune.recipes.dpo_pairs", "DPOPairsConfig"),
-    "dpo": ("thinktune.recipes.dpo", "DPOConfig"),
-    "grpo": ("thinktune.recipes.grpo", "GRPOConfig"),
-    "select-prompts": ("thinktune.recipes.select_prompts", "SelectPromptsConfig"),
-    "serve": ("thinktune.recipes.serve", "ServeConfig"),
-    "distill": ("thinktune.recipes.distill", "DistillConfig"),
-    "select": ("thinktune.recipes.select", "SelectConfig"),
-    "decontaminate": ("thinktune.recipes.decontaminate", "DecontaminateConfig"),
-}
+from thinktune.evaluation.report import compare, load_report, majority_table, plot_comparison
+from thinktune.verbs import VERBS, recipe
 
 DONE = ".done.json"
 _REF = re.compile(r"\{([A-Za-z0-9_\-]+)\}")
-
-
-def recipe(verb: str) -> tuple[Any, type]:
-    """The recipe module and its config class for ``verb``."""
-    if verb not in VERBS:
-        raise ConfigError(f"unknown verb {verb!r}; choose one of {', '.join(VERBS)}")
-    module_name, cls_name = VERBS[verb]
-    module = importlib.import_module(module_name)
-    return module, getattr(module, cls_name)
 
 
 @dataclass

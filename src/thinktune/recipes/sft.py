@@ -11,7 +11,7 @@ A run that finds a checkpoint in its output directory resumes from it (weights, 
 and data position) and produces the same losses as an uninterrupted run.
 
 Scale: ``torchrun --nproc_per_node=N -m thinktune.cli sft ...`` shards the model with FSDP2 and gives each
-rank a contiguous share of every step's batch (``thinktune.distributed``); the loss is normalised by the
+rank a contiguous share of every step's batch (``thinktune.train.distributed``); the loss is normalised by the
 whole step's token count, so N ranks give the one-process loss. ``model.lora.r > 0`` trains LoRA adapters.
 
 Departures from the paper: the Phi-4-reasoning report does not say whether it packed SFT data or how it
@@ -31,17 +31,19 @@ from pathlib import Path
 
 import torch
 
-from thinktune import checkpoint, distributed, lora, models, runtime
-from thinktune.chat_format import prompt_overhead, too_long_note
+from thinktune import runtime
 from thinktune.config import LogConfig, ModelConfig, OptimConfig, save_config
 from thinktune.data.chat import IGNORE_INDEX, Example, pack_examples, packed_batch, pad_batch, render_sft
 from thinktune.data.io import read_jsonl_lines, write_json
 from thinktune.data.order import step_units
 from thinktune.errors import ConfigError, DataError
-from thinktune.logprobs import next_token_logps
-from thinktune.optim import build_optimizer, build_scheduler
+from thinktune.modeling import lora, models
+from thinktune.modeling.chat_format import prompt_overhead, too_long_note
 from thinktune.rewards.verify import is_correct_batch
 from thinktune.tracking import MetricsLogger, plot_curves, progress
+from thinktune.train import checkpoint, distributed
+from thinktune.train.logprobs import next_token_logps
+from thinktune.train.optim import build_optimizer, build_scheduler
 
 
 @dataclass

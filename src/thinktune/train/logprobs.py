@@ -41,10 +41,10 @@ import torch
 from torch.distributed.fsdp import FSDPModule
 from transformers import DynamicCache
 
-from thinktune import onednn, unpadded
 from thinktune.data.chat import IGNORE_INDEX
-from thinktune.losses import CHUNK_BYTES, chunked_score, shift_labels
+from thinktune.modeling import onednn, unpadded
 from thinktune.rollout import lean
+from thinktune.train.losses import CHUNK_BYTES, chunked_score, shift_labels
 
 
 def length_sorted_chunks(lengths: Sequence[int], size: int) -> list[list[int]]:
@@ -80,7 +80,7 @@ def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
 
 
 # Causal LMs whose forward returns ``lm_head``'s output untouched as its logits, each checked in the tests
-# against its own logits: the ones ``thinktune.unpadded`` implements, and common students it does not. Not
+# against its own logits: the ones ``thinktune.modeling.unpadded`` implements, and common students it does not. Not
 # Gemma 2/3 (soft-capped logits) or Granite (scaled): they take the logits path.
 PLAIN_HEAD_ARCHS = lean.ARCHS | {"mistral", "qwen3_moe", "olmo2"}
 
@@ -206,7 +206,7 @@ class PromptCache:
         share_prompt: forward each prompt once and reuse its keys and values (default), or forward
             every ``prompt + completion`` whole.
         autocast_dtype: run the forward under autocast to this dtype (None: no autocast).
-        unpadded_forward: with ``share_prompt``, run completions through ``thinktune.unpadded`` (every real
+        unpadded_forward: with ``share_prompt``, run completions through ``thinktune.modeling.unpadded`` (every real
             token in one matrix, padding only inside attention) where the model allows it, else through
             the HF forward on the cache.
         compile: run the unpadded forward under ``torch.compile`` (``model.compile``; the first call

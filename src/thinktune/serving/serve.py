@@ -8,7 +8,7 @@ Run:
 Listens on 127.0.0.1 (loopback) unless ``host`` says otherwise; with ``api_key_env`` set, requests must
 carry that environment variable's value as a bearer token. The ``<think>`` part comes back in
 ``reasoning_content`` (``reasoning=separate``) or inline in ``content`` (``reasoning=inline``). See
-``thinktune.server`` for the wire format and how concurrent requests are batched.
+``thinktune.serving.server`` for the wire format and how concurrent requests are batched.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from thinktune import models, runtime
+from thinktune import runtime
 from thinktune.config import ModelConfig, env_secret
 from thinktune.errors import ConfigError
+from thinktune.modeling import models
 from thinktune.rollout.sampler import RolloutEngine
-from thinktune.server import ServerSettings, start
+from thinktune.serving.server import ServerSettings, start
 
 
 @dataclass

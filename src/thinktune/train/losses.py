@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from thinktune import onednn
 from thinktune.data.chat import IGNORE_INDEX
+from thinktune.modeling import onednn
 
 # The most float32 logits one chunk of ``chunked_score`` holds: 256 MiB, 670 tokens of Phi-4's vocabulary.
 CHUNK_BYTES = 1 << 28

@@ -19,7 +19,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from thinktune import distributed, lora, runtime
+from thinktune import runtime
+from thinktune.modeling import lora
+from thinktune.train import distributed
 
 STATE_FILE = "trainer_state.pt"
 
@@ -72,7 +74,7 @@ def export(model: torch.nn.Module, tokenizer: Any, path: Path, extra: dict[str, 
     """Write the model as one plain HF checkpoint, whatever the training setup. Every rank must call it.
 
     FSDP shards are gathered onto rank 0, which alone writes; a LoRA policy is written merged, with its
-    adapter beside it in ``adapter/`` (see ``thinktune.lora``), or with the adapter alone when
+    adapter beside it in ``adapter/`` (see ``thinktune.modeling.lora``), or with the adapter alone when
     ``lora_merged`` is False. The other ranks wait until the files exist.
     """
     state = distributed.full_state_dict(model)
@@ -91,7 +93,7 @@ def save(output_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any, op
     """Write ``checkpoints/step-{step}`` and delete all but the newest ``keep`` checkpoints (every rank calls).
 
     ``lora_merged=False``: a LoRA policy's checkpoint holds its adapter, tokenizer and trainer state but no
-    merged model (a resume loads the starting base and the adapter anyway; see ``thinktune.lora``).
+    merged model (a resume loads the starting base and the adapter anyway; see ``thinktune.modeling.lora``).
     """
     path = Path(output_dir) / "checkpoints" / f"step-{step}"
     rng = distributed.gather_lists([runtime.rng_state()])  # one per rank: rank r resumes rank r's streams

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from thinktune import checkpoint, models
 from thinktune.config import save_config
 from thinktune.data.io import read_jsonl
 from thinktune.errors import ConfigError
+from thinktune.modeling import models
+from thinktune.train import checkpoint
 
 
 @dataclass

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from thinktune.errors import UserError  # noqa: E402
-from thinktune.metrics import combined_std  # noqa: E402
+from thinktune.evaluation.metrics import combined_std  # noqa: E402
 
 
 def load_report(path: str | Path) -> dict:

@@ -1,8 +1,8 @@
 """Models and tokenizers: load any HF causal LM (a directory, a hub id or a GGUF file), give it its chat
-format (``thinktune.chat_format``), build tiny ones.
+format (``thinktune.modeling.chat_format``), build tiny ones.
 
 A ``.gguf`` ``model.path`` is converted once into a plain HF directory in thinktune's cache
-(``thinktune.gguf_cache``) and loaded from there; checkpoints are always plain safetensors.
+(``thinktune.modeling.gguf_cache``) and loaded from there; checkpoints are always plain safetensors.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from thinktune import chat_format, gguf_cache, runtime
-from thinktune.chat_format import IM_END, PHI4_CHAT_TEMPLATE, PHI4_TOKENS, ChatFormat
+from thinktune import runtime
 from thinktune.config import ModelConfig
 from thinktune.errors import ConfigError, UserError
+from thinktune.modeling import chat_format, gguf_cache
+from thinktune.modeling.chat_format import IM_END, PHI4_CHAT_TEMPLATE, PHI4_TOKENS, ChatFormat
 
 PAD = "<|dummy_pad|>"
 
