@@ -1,12 +1,10 @@
-"""Tests for the lean decoder: its logits equal the HF model's, per architecture, on tiny random models.
+"""Tests for the lean decoder's own features on tiny random models, one per case of ``test_arch.CASES``.
 
-Each architecture gets the features that change the math: Phi3 with fused qkv/gate_up and partial
-rotary; Qwen2 with q/k/v biases (randomised: HF initialises them to zero) and grouped-query attention;
-Llama with attention and MLP biases, GQA and untied embeddings; Qwen3 with its per-head q/k RMSNorm and a head
-size that is not hidden / heads. Both weight paths are checked: the CPU
-copy path (fused, gains folded, complex rotary) and the view path the GPU uses (rotate-half). The
-static-shape step that CUDA graphs replay is checked here too, run eagerly on CPU. peft LoRA adapters are
-folded into the weights: the decoder's logits equal the peft model's.
+The architecture parity (the decoder's logits equal HF's for every row of the architecture table, on both
+weight paths) is in ``tests/unit/test_arch.py``; this file reuses its cases and helpers for what the decoder
+adds: length-grouped prefill, the unmasked path, row reordering, the static-shape step that CUDA graphs
+replay (run eagerly on CPU), bf16, and peft LoRA adapters (folded into the weights on the CPU copy path,
+applied as the step runs on the view path): the decoder's logits equal the peft model's.
 """
 
 from __future__ import annotations
@@ -14,69 +12,21 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from test_arch import CASES, NEXT, PROMPTS, VOCAB, lean_logits, reference_logits, tiny
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from thinktune.rollout.cuda_graphs import CudaGraphDecoder
 from thinktune.rollout.lean import LeanDecoder, _low_rank, prefill_groups, unsupported_reason
 
-VOCAB = 40
-BASE = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, intermediate_size=48,
-            max_position_embeddings=128, bos_token_id=None, eos_token_id=1, pad_token_id=0)
-ARCHS = {
-    "phi3": dict(num_attention_heads=4, num_key_value_heads=4, partial_rotary_factor=0.5),
-    "qwen2": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
-    "llama": dict(num_attention_heads=4, num_key_value_heads=1, attention_bias=True, mlp_bias=True,
-                  tie_word_embeddings=False),
-    # q_norm/k_norm (randomised with the other norms below), and a head size of its own (4 x 16 > hidden 32)
-    "qwen3": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16),
-}
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request) -> str:
+    return request.param
 
 
-def tiny(arch: str, **overrides) -> torch.nn.Module:
-    config = AutoConfig.for_model(arch, **BASE | ARCHS[arch] | overrides)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:  # HF starts them at 0 and 1: make them matter
-                p.add_(torch.randn_like(p) * 0.1)
-    return model
-
-
-@pytest.fixture(scope="module", params=list(ARCHS))
-def model(request):
-    return tiny(request.param)
-
-
-PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
-NEXT = [[20, 21, 22], [23, 24, 25], [26, 27, 28]]  # tokens fed to the decode steps
-
-
-def reference_logits(model, prompt: list[int], steps: list[int]) -> torch.Tensor:
-    """HF logits predicting each step's input: [len(steps) + 1, V]."""
-    ids = torch.tensor([prompt + steps])
-    with torch.no_grad():
-        return model(input_ids=ids).logits[0, len(prompt) - 1:].float()
-
-
-def lean_logits(decoder, prompts, steps, **prefill) -> torch.Tensor:
-    """Prefill left-padded prompts, then decode ``steps`` column by column: [B, S + 1, V]."""
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
-    pad = torch.tensor([width - len(p) for p in prompts])
-    with torch.inference_mode():
-        out = [decoder.prefill(ids, pad, **prefill)]
-        for s in range(len(steps[0])):
-            out.append(decoder.step(torch.tensor([row[s] for row in steps])))
-    return torch.stack(out, dim=1)
-
-
-@pytest.mark.parametrize("fuse", [True, False], ids=["cpu-copies", "views"])
-def test_lean_logits_equal_hf(model, fuse):
-    assert unsupported_reason(model, 32) is None
-    got = lean_logits(LeanDecoder(model, 4, 32, fuse=fuse), PROMPTS, NEXT)  # [B, S+1, V]
-    for i, (prompt, steps) in enumerate(zip(PROMPTS, NEXT, strict=True)):
-        torch.testing.assert_close(got[i], reference_logits(model, prompt, steps), atol=2e-5, rtol=1e-4)
+@pytest.fixture(scope="module")
+def model(case):
+    return tiny(case)
 
 
 @pytest.mark.parametrize("fuse", [True, False], ids=["cpu-copies", "views"])
@@ -143,9 +93,9 @@ def test_unsupported_models_are_named():
     assert "sliding window" in unsupported_reason(windowed, 17)
 
 
-def test_bf16_cpu_copies_use_rotate_half_and_track_hf(model):
+def test_bf16_cpu_copies_use_rotate_half_and_track_hf(case):
     """bf16 has no complex type: the copy path falls back to rotate-half, and agrees with HF's bf16 logits."""
-    half = tiny(model.config.model_type).to(torch.bfloat16)
+    half = tiny(case).to(torch.bfloat16)
     decoder = LeanDecoder(half, 4, 32, fuse=True)
     assert not decoder.complex_rope
     got = lean_logits(decoder, PROMPTS, NEXT)
@@ -155,10 +105,10 @@ def test_bf16_cpu_copies_use_rotate_half_and_track_hf(model):
         assert (got[i].argmax(-1) == ref.argmax(-1)).float().mean() >= 0.75
 
 
-def with_lora(arch: str, targets: str | list[str] = "all-linear", **lora_kwargs):
-    """``tiny(arch)`` with LoRA adapters whose B matrices are random (a fresh adapter's B is zero, which
+def with_lora(case: str, targets: str | list[str] = "all-linear", **lora_kwargs):
+    """``tiny(case)`` with LoRA adapters whose B matrices are random (a fresh adapter's B is zero, which
     would leave the logits unchanged and the test blind)."""
-    peft_model = get_peft_model(tiny(arch), LoraConfig(r=4, lora_alpha=8, target_modules=targets, **lora_kwargs))
+    peft_model = get_peft_model(tiny(case), LoraConfig(r=4, lora_alpha=8, target_modules=targets, **lora_kwargs))
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
@@ -167,8 +117,8 @@ def with_lora(arch: str, targets: str | list[str] = "all-linear", **lora_kwargs)
 
 
 @pytest.mark.parametrize("fuse", [True, False], ids=["cpu-copies", "views"])
-def test_lean_folds_lora_adapters(model, fuse):
-    peft_model = with_lora(model.config.model_type)
+def test_lean_folds_lora_adapters(case, fuse):
+    peft_model = with_lora(case)
     inner = peft_model.get_base_model()  # what the rollout engine samples from: LoRA layers in place
     assert unsupported_reason(inner, 32) is None
     got = lean_logits(LeanDecoder(inner, 4, 32, fuse=fuse), PROMPTS, NEXT)

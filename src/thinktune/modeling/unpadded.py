@@ -1,4 +1,4 @@
-"""A training forward over unpadded tokens for the Llama family (Llama, Qwen2, Qwen3, Phi3), on cached prompts.
+"""A training forward over unpadded tokens for the Llama family (``arch.ARCH_SPECS``), on cached prompts.
 
 A padded batch ``[B, T]`` spends the projections and the MLP (most of the FLOPs) on padding, and a long
 RL batch split into small micro-batches pays the per-call overhead many times. Here every real token of
@@ -8,9 +8,11 @@ in attention alone) and gathered back. It is what verl calls "remove padding", w
 varlen kernels, which CPUs lack.
 
 Each sequence is the continuation of one cached prompt: its queries attend to that prompt's cached
-keys and values (``prefix``) and causally to its own tokens. Rotary, scaling and projections are the HF
-modules' own (``apply_rotary_pos_emb`` from the model's modeling file, ``rotary_emb``, ``q_proj`` ...),
-so the result equals the HF forward to float rounding (``tests/unit/test_logprobs.py``).
+keys and values (``prefix``) and causally to its own tokens. The block is ``arch.decoder_block``, the one the
+lean decoder runs, read through the architecture table (``arch.ARCH_SPECS``); its projections and RMSNorms
+are the HF modules themselves (``q_proj``, ``input_layernorm`` ...: autocast, oneDNN routing and peft's
+adapters apply as in the HF forward) and its rotary tables the model's ``rotary_emb``, so the result equals the
+HF forward to float rounding (``tests/unit/test_logprobs.py``, ``tests/unit/test_arch.py``).
 
 ``unsupported_reason`` says when this path cannot run (a wrapped model such as peft's LoRA, another
 architecture, a sliding window shorter than the sequence, attention dropout in training, weights sharded
@@ -20,17 +22,20 @@ by FSDP, whose hooks fire only on a full module call); the caller then uses the 
 from __future__ import annotations
 
 import functools
-import sys
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from thinktune.modeling import arch
 from thinktune.rollout import lean
 
 
 def unsupported_reason(model: torch.nn.Module, max_len: int) -> str | None:
-    """Why ``forward`` cannot run ``model`` on sequences of up to ``max_len`` tokens (None: it can)."""
+    """Why ``forward`` cannot run ``model`` on sequences of up to ``max_len`` tokens (None: it can): the
+    architecture table's check (``arch.unsupported_reason``, through the lean decoder's, which also vets the
+    linears), and what the training forward adds."""
     if not isinstance(model, PreTrainedModel):  # e.g. a peft wrapper: its adapters live in its own forward
         return f"{type(model).__name__} is not a plain Hugging Face model"
     reason = lean.unsupported_reason(model, max_len)
@@ -43,17 +48,46 @@ def unsupported_reason(model: torch.nn.Module, max_len: int) -> str | None:
     return None
 
 
-def _qkv(attn: torch.nn.Module, x: torch.Tensor, heads: int, kv_heads: int, dim: int):
-    """[N, heads, D], [N, kv_heads, D], [N, kv_heads, D] from the attention block's own projections."""
-    if hasattr(attn, "qkv_proj"):  # Phi3 ships them fused
-        q, k, v = attn.qkv_proj(x).split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
-    else:
-        q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
-    n = x.shape[0]
-    q, k, v = q.view(n, heads, dim), k.view(n, kv_heads, dim), v.view(n, kv_heads, dim)
-    if hasattr(attn, "q_norm"):  # Qwen3: an RMSNorm over each head's queries and keys, before rotary
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    return q, k, v
+@dataclass
+class _Modules:
+    """One HF decoder layer as ``arch.decoder_block`` reads it (``arch.BlockWeights``): its own modules, found by
+    the spec's names, so the products keep the HF forward's autograd, autocast and adapters."""
+
+    layer: torch.nn.Module
+    qkv_mods: list[torch.nn.Module]
+    o_mod: torch.nn.Module
+    gate_up_mods: list[torch.nn.Module]
+    down_mod: torch.nn.Module
+    qk_gains: tuple[torch.Tensor, torch.Tensor] | None
+    qk_eps: float
+
+    @classmethod
+    def of(cls, spec: arch.ArchSpec, layer: torch.nn.Module) -> _Modules:
+        qkv_mods, o_mod = arch.attention_modules(spec, layer.self_attn)
+        gate_up_mods, down_mod = arch.mlp_modules(spec, layer.mlp)
+        norms = arch.qk_norm_modules(spec, layer.self_attn)  # Qwen3
+        gains, eps = (None, 0.0) if norms is None else ((norms[0].weight, norms[1].weight), norms[0].variance_epsilon)
+        return cls(layer, qkv_mods, o_mod, gate_up_mods, down_mod, gains, eps)
+
+    def norm1(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer.input_layernorm(x)
+
+    def norm2(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer.post_attention_layernorm(x)
+
+    def qkv(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [m(x) for m in self.qkv_mods]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)  # [N, (H+2K)*D]
+
+    def gate_up(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outs = [m(x) for m in self.gate_up_mods]
+        return tuple(outs) if len(outs) == 2 else outs[0].chunk(2, dim=-1)  # [N, I] each
+
+    def o_add(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return x + self.o_mod(a)
+
+    def down_add(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return x + self.down_mod(a)
 
 
 def forward(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor, row: torch.Tensor,
@@ -63,7 +97,7 @@ def forward(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tenso
     ``model.lm_head``, which the caller applies (``logprobs.chunked_score`` does, a chunk of tokens at a time).
 
     Args:
-        model: a Llama/Qwen2/Qwen3/Phi3 ``*ForCausalLM`` that ``unsupported_reason`` accepts.
+        model: a ``*ForCausalLM`` of the architecture table that ``unsupported_reason`` accepts.
         tokens: [N] every real token of the batch, sequence after sequence.
         positions: [N] each token's position in its full sequence (prompt included).
         row, col: [N] each token's sequence b < B and its index within that sequence (< ``width``).
@@ -78,14 +112,14 @@ def forward(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tenso
     Returns:
         [N, hidden] states after the final norm.
     """
-    cfg, inner = model.config, model.model
-    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
-    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    rotate = sys.modules[type(inner.layers[0].self_attn).__module__].apply_rotary_pos_emb
+    cfg, inner, spec = model.config, model.model, arch.spec_for(model)
+    heads, kv_heads, dim = cfg.num_attention_heads, cfg.num_key_value_heads, arch.head_dim(cfg)
     batch, length = prefix[0][0].shape[0], prefix[0][0].shape[2]  # B, L
 
     h = inner.embed_tokens(tokens)  # [N, hidden]
     cos, sin = inner.rotary_emb(h, positions)  # [N, R] each
+    layout = arch.head_layout(cfg, cos.shape[-1], h.device)
+    rope = tuple(t[:, None] for t in arch.fold_rope(cos, sin, dim))  # [N, 1, D] each: HF's rotation, rotate-half
     mask = None
     if prefix_mask is not None:
         causal = torch.ones(width, width, dtype=torch.bool, device=h.device).tril()  # [T, T]
@@ -101,21 +135,22 @@ def forward(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tenso
         out = x.new_zeros(batch, width, *x.shape[1:])
         return out.index_put((row, col), x).transpose(1, 2)
 
-    for layer, (prefix_k, prefix_v) in zip(inner.layers, prefix, strict=True):
-        attn = layer.self_attn
-        q, k, v = _qkv(attn, layer.input_layernorm(h), heads, kv_heads, dim)
-        q, k = rotate(q, k, cos, sin, unsqueeze_dim=1)
+    def attend(prefix_k: torch.Tensor, prefix_v: torch.Tensor, scaling: float, q: torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor) -> torch.Tensor:  # q [N, H, D]; k, v [N, K, D]; prefix [B, K, L, D] -> [N, H*D]
         keys = torch.cat([prefix_k, padded(k)], dim=2)  # [B, K, L+T, D]
         values = torch.cat([prefix_v, padded(v)], dim=2)
         if mask is None:  # L zero queries in front make it square: top-left causal is then the right one
             queries = torch.cat([q.new_zeros(batch, heads, length, dim), padded(q)], dim=2)  # [B, H, L+T, D]
-            out = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, scale=attn.scaling,
+            out = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, scale=scaling,
                                                  enable_gqa=heads != kv_heads)[:, :, length:]  # [B, H, T, D]
         else:
-            out = F.scaled_dot_product_attention(padded(q), keys, values, attn_mask=mask, scale=attn.scaling,
+            out = F.scaled_dot_product_attention(padded(q), keys, values, attn_mask=mask, scale=scaling,
                                                  enable_gqa=heads != kv_heads)  # [B, H, T, D]
-        h = h + attn.o_proj(out.transpose(1, 2)[row, col].reshape(-1, heads * dim))
-        h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return out.transpose(1, 2)[row, col].reshape(-1, heads * dim)  # [N, H*D]
+
+    for layer, (prefix_k, prefix_v) in zip(inner.layers, prefix, strict=True):
+        attention = functools.partial(attend, prefix_k, prefix_v, layer.self_attn.scaling)
+        h = arch.decoder_block(h, _Modules.of(spec, layer), layout, rope, attention)  # [N, hidden]
     return inner.norm(h)  # [N, hidden]
 
 

@@ -1,8 +1,13 @@
-"""A lean decoder for the Llama family (Llama, Qwen2, Qwen3, Phi3) with a static, preallocated KV cache.
+"""A lean decoder for the Llama family (the rows of ``thinktune.modeling.arch.ARCH_SPECS``: Llama, Qwen2,
+Qwen3, Phi3, Mistral) with a static, preallocated KV cache.
 
 Why it exists: ``model.generate`` on a small model spends most of each decode step in Python (cache
 objects, mask builders, logits processors, ~100 dispatched ops per layer). This decoder reads the HF
-model's own weight tensors and runs the same math in about 25 ops per layer:
+model's own weight tensors and runs the same math in about 25 ops per layer. The architecture's quirks
+(fused or split projections and their names, q/k norm, partial rotary...) come from its ``ArchSpec``; the
+block is ``arch.decoder_block``, shared with the training forward (``thinktune.modeling.unpadded``), for
+prefill and the GPU decode step, and the CPU decode step (``_decode_cpu``) runs the same steps into
+preallocated scratch:
 
 - one matmul for q, k and v (Phi3's fused ``qkv_proj``; Llama/Qwen2's three projections are
   concatenated on CPU, where per-op overhead dominates, and kept separate on CUDA, where CUDA graphs
@@ -40,43 +45,32 @@ peft LoRA linears: on the CPU copy path each projection's weight is its base plu
 step runs, ``scaling * (x @ A^T) @ B^T`` in the adapter's dtype as peft does, from views of its parameters:
 nothing is copied, and the optimizer's in-place updates reach the captured graphs.
 
-Anything this file does not implement (other architectures, dynamic rope scaling, a sliding window
-shorter than the sequence, quantized linears, LoRA variants such as DoRA) is reported by
-``unsupported_reason`` and the sampler falls back to the generic HF path.
+Anything this file does not implement (an architecture outside the table, dynamic rope scaling, a sliding
+window shorter than the sequence: ``arch.unsupported_reason``; quantized linears, LoRA variants such as DoRA:
+checked here) is reported by ``unsupported_reason`` and the sampler falls back to the generic HF path.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from thinktune.modeling import onednn
+from thinktune.modeling import arch, onednn
+from thinktune.modeling.arch import ARCH_SPECS, decoder_block, qk_norm
 
-ARCHS = {"llama", "qwen2", "qwen3", "phi3"}
+ARCHS = set(ARCH_SPECS)  # the model_types this decoder runs: the architecture table's rows
 LowRank = tuple[torch.Tensor, torch.Tensor, float]  # one LoRA adapter of a linear: A^T [in, r], B^T [r, out], scaling
-STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
 
 
 def unsupported_reason(model: torch.nn.Module, max_len: int) -> str | None:
-    """Why the lean decoder cannot run ``model`` for sequences of up to ``max_len`` tokens (None: it can)."""
-    cfg = model.config
-    if cfg.model_type not in ARCHS:
-        return f"model_type {cfg.model_type!r} is not one of {sorted(ARCHS)}"
-    if cfg.hidden_act != "silu":
-        return f"hidden_act {cfg.hidden_act!r} (only silu)"
-    rope = model.model.rotary_emb.rope_type
-    if rope == "longrope":
-        if max_len > cfg.rope_parameters["original_max_position_embeddings"]:
-            return "longrope past original_max_position_embeddings switches factors mid-sequence"
-    elif rope not in STATIC_ROPE:
-        return f"rope_type {rope!r} depends on the sequence length"
-    window = getattr(cfg, "sliding_window", None)  # absent on Llama; Qwen2 sets None when it is off
-    if window is not None and max_len > window:
-        return f"sliding window {window} < sequence length {max_len}"
-    if type(model.get_input_embeddings()) is not torch.nn.Embedding:
-        return f"the input embedding is a {type(model.get_input_embeddings()).__name__}, not a plain nn.Embedding"
+    """Why the lean decoder cannot run ``model`` for sequences of up to ``max_len`` tokens (None: it can): the
+    architecture table's check (``arch.unsupported_reason``), then every linear it reads must be a plain
+    ``nn.Linear`` or a peft LoRA linear whose adapters it can fold."""
+    if reason := arch.unsupported_reason(model, max_len):
+        return reason
     linears = [("lm_head", model.get_output_embeddings())]
     linears += [(f"layers.{i}.{name}", module) for i, layer in enumerate(model.model.layers)
                 for name, module in layer.named_modules() if name.endswith("_proj")]
@@ -93,7 +87,7 @@ def unsupported_reason(model: torch.nn.Module, max_len: int) -> str | None:
 def cache_bytes(model: torch.nn.Module, rows: int, max_len: int) -> int:
     """Bytes of the decoder's KV cache for ``rows`` rows of ``max_len`` tokens, in the model's dtype."""
     cfg = model.config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    head_dim = arch.head_dim(cfg)
     itemsize = model.get_input_embeddings().weight.element_size()
     return rows * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * max_len * head_dim * itemsize
 
@@ -151,17 +145,37 @@ def effective_weight(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tenso
     return weight, module.base_layer.bias
 
 
+@dataclass(frozen=True)
+class _RMSNorm:
+    """The decoder's RMSNorm. With a gain: ``F.rms_norm``. Without (the copy path folded the gain and sqrt(H)
+    into the next weight): x * rsqrt(sum(x^2) + H*eps) = x / rms(x) / sqrt(H), 5 cheap ops where F.rms_norm's
+    CPU composite (mean = sum + div, dtype checks) costs 3x."""
+
+    hidden: int
+    eps: float
+    scaled_eps: torch.Tensor  # H * eps as a tensor: adding a Python float converts it to a tensor on every call
+
+    def __call__(self, x: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
+        if gain is not None:
+            return F.rms_norm(x, (self.hidden,), gain, self.eps)
+        return x * torch.rsqrt(torch.sum(x * x, dim=-1, keepdim=True).add_(self.scaled_eps))
+
+
 @dataclass
 class _Layer:
+    """One layer's weights as ``_prepare`` leaves them, and the steps ``arch.decoder_block`` calls on them
+    (``arch.BlockWeights``)."""
+
+    rms: _RMSNorm
     ln1: torch.Tensor | None  # None: folded into the next weight
     ln2: torch.Tensor | None
-    qkv: list[torch.Tensor]  # [hidden, (H+2K)*D] fused, or q, k, v (all as [in, out])
+    qkv_weights: list[torch.Tensor]  # [hidden, (H+2K)*D] fused, or q, k, v (all as [in, out])
     qkv_bias: list[torch.Tensor | None]
     o: torch.Tensor
     o_bias: torch.Tensor | None
-    q_norm: torch.Tensor | None  # [D] Qwen3's per-head gains (in the copy path's paired order); None: no such norm
-    k_norm: torch.Tensor | None
-    gate_up: list[torch.Tensor]  # [hidden, 2I] fused, or gate, up
+    qk_gains: tuple[torch.Tensor, torch.Tensor] | None  # [D] each: Qwen3's q/k norm gains, None for the others
+    qk_eps: float  # (on the copy path, the gains in its rotary-paired order)
+    gate_up_weights: list[torch.Tensor]  # [hidden, 2I] fused, or gate, up
     gate_up_bias: list[torch.Tensor | None]
     down: torch.Tensor
     down_bias: torch.Tensor | None
@@ -171,6 +185,26 @@ class _Layer:
     o_lora: list[LowRank] = field(default_factory=list)
     gate_up_lora: list[list[LowRank]] = field(default_factory=list)
     down_lora: list[LowRank] = field(default_factory=list)
+
+    def norm1(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rms(x, self.ln1)
+
+    def norm2(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rms(x, self.ln2)
+
+    def qkv(self, x: torch.Tensor) -> torch.Tensor:
+        outs = _products(x, self.qkv_weights, self.qkv_bias, self.qkv_lora)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)  # [N, (H+2K)*D]
+
+    def gate_up(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outs = _products(x, self.gate_up_weights, self.gate_up_bias, self.gate_up_lora)
+        return tuple(outs) if len(outs) == 2 else outs[0].chunk(2, -1)  # [N, I] each
+
+    def o_add(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return _residual(x, a, self.o, self.o_bias, self.o_lora)
+
+    def down_add(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return _residual(x, a, self.down, self.down_bias, self.down_lora)
 
 
 def _prepare(weights: list[torch.Tensor], biases: list[torch.Tensor | None], gain: torch.Tensor | None,
@@ -223,12 +257,13 @@ def _mm_add_(x: torch.Tensor, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor 
     return x if b is None else x.add_(b)
 
 
-def _linear(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None],
-            lora: list[list[LowRank]] | None = None) -> torch.Tensor:
+def _products(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None],
+              lora: list[list[LowRank]]) -> list[torch.Tensor]:
+    """``x @ w + b`` for each weight of a group (one fused weight, or the split projections)."""
     outs = [_mm(x, w, b) for w, b in zip(weights, biases, strict=True)]
     if lora:  # the view path's adapters, per weight
         outs = [_low_rank(out, x, terms) for out, terms in zip(outs, lora, strict=True)]
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+    return outs
 
 
 def _residual(x: torch.Tensor, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
@@ -243,7 +278,7 @@ class LeanDecoder:
     """Prefill and one-token decode steps for up to ``max_batch`` rows of up to ``max_len`` tokens.
 
     Args:
-        model: a Llama, Qwen2, Qwen3 or Phi3 ``*ForCausalLM`` that ``unsupported_reason`` accepts.
+        model: a ``*ForCausalLM`` of the architecture table that ``unsupported_reason`` accepts.
         max_batch: rows the cache holds.
         max_len: prompt plus new tokens, the cache's time dimension.
         fuse: work on private copies of the weights (concatenated, gains folded, ``[in, out]``
@@ -253,18 +288,15 @@ class LeanDecoder:
 
     def __init__(self, model: torch.nn.Module, max_batch: int, max_len: int, fuse: bool) -> None:
         cfg = model.config
-        self.model, self.fuse = model, fuse
+        self.model, self.fuse, self.spec = model, fuse, arch.spec_for(model)
         self.max_batch, self.max_len = max_batch, max_len
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        self.head_dim = arch.head_dim(cfg)
         self.hidden = cfg.hidden_size
-        self.eps = model.model.norm.variance_epsilon
-        q_norm = getattr(model.model.layers[0].self_attn, "q_norm", None)
-        self.qk_eps = q_norm.variance_epsilon if q_norm is not None else None
         embed = model.get_input_embeddings().weight
         self.device, self.dtype = embed.device, embed.dtype
-        # H * eps as a tensor: adding a Python float converts it to a tensor on every call.
-        self.norm_eps = torch.tensor(self.hidden * self.eps, dtype=self.dtype, device=self.device)
+        eps = model.model.norm.variance_epsilon
+        self.rms = _RMSNorm(self.hidden, eps, torch.tensor(self.hidden * eps, dtype=self.dtype, device=self.device))
         self.complex_rope = fuse and self.dtype in (torch.float32, torch.float64)
         self._rope_tables()
         self._stamp: tuple[tuple[int, int], ...] | None = None
@@ -306,28 +338,27 @@ class LeanDecoder:
 
     def _layer(self, block: torch.nn.Module) -> _Layer:
         attn, mlp = block.self_attn, block.mlp
-        if self.model.config.model_type == "phi3":  # Phi3 ships q/k/v and gate/up already fused
-            qkv_mods, gu_mods = [attn.qkv_proj], [mlp.gate_up_proj]
-        else:
-            qkv_mods, gu_mods = [attn.q_proj, attn.k_proj, attn.v_proj], [mlp.gate_proj, mlp.up_proj]
+        qkv_mods, o_mod = arch.attention_modules(self.spec, attn)  # Phi3 ships q/k/v and gate/up already fused
+        gu_mods, down_mod = arch.mlp_modules(self.spec, mlp)
         qkv_w, qkv_b, qkv_lora = self._read(qkv_mods)
         gu_w, gu_b, gu_lora = self._read(gu_mods)
-        (o_w,), (o_b,), (o_lora,) = self._read([attn.o_proj])
-        (down_w,), (down_b,), (down_lora,) = self._read([mlp.down_proj])
+        (o_w,), (o_b,), (o_lora,) = self._read([o_mod])
+        (down_w,), (down_b,), (down_lora,) = self._read([down_mod])
         qkv, qkv_b, ln1 = _prepare(list(qkv_w), list(qkv_b), block.input_layernorm.weight, self.fuse, self.qkv_rows)
         gu, gu_b, ln2 = _prepare(list(gu_w), list(gu_b), block.post_attention_layernorm.weight, self.fuse)
         (o,), _, _ = _prepare([o_w], [None], None, self.fuse)
         (down,), _, _ = _prepare([down_w], [None], None, self.fuse)
-        q_norm = k_norm = None
-        if self.qk_eps is not None:  # Qwen3; the copy path pairs each head's rotary dims: pair the gains alike
-            q_norm, k_norm = attn.q_norm.weight, attn.k_norm.weight
-            if self.complex_rope:
-                q_norm, k_norm = q_norm[self.head_order], k_norm[self.head_order]
+        qk_gains, qk_eps = None, 0.0
+        if norms := arch.qk_norm_modules(self.spec, attn):  # Qwen3
+            qk_gains, qk_eps = (norms[0].weight, norms[1].weight), norms[0].variance_epsilon
+            if self.complex_rope:  # the copy path pairs each head's rotary dims: pair the gains alike
+                qk_gains = (qk_gains[0][self.head_order], qk_gains[1][self.head_order])
         lora = {}
         if not self.fuse and any(qkv_lora + gu_lora + [o_lora, down_lora]):
             lora = dict(qkv_lora=qkv_lora, o_lora=o_lora, gate_up_lora=gu_lora, down_lora=down_lora)
-        return _Layer(ln1=ln1, ln2=ln2, qkv=qkv, qkv_bias=qkv_b, o=o, o_bias=o_b, q_norm=q_norm, k_norm=k_norm,
-                      gate_up=gu, gate_up_bias=gu_b, down=down, down_bias=down_b, **lora)
+        return _Layer(rms=self.rms, ln1=ln1, ln2=ln2, qkv_weights=qkv, qkv_bias=qkv_b, o=o, o_bias=o_b,
+                      qk_gains=qk_gains, qk_eps=qk_eps, gate_up_weights=gu, gate_up_bias=gu_b, down=down,
+                      down_bias=down_b, **lora)
 
     def _read(self, modules: list[torch.nn.Module]) -> tuple[list, list, list[list[LowRank]]]:
         """Weights, biases and LoRA terms of ``modules``: adapters folded into the weights on the copy path, kept
@@ -349,6 +380,7 @@ class LeanDecoder:
         pair = torch.stack([torch.arange(half), torch.arange(half, rot)], dim=1).flatten()  # [R] i, i+R/2, ...
         head_order = torch.cat([pair, torch.arange(rot, d)])  # [D] rotary pairs side by side
         self.head_order = head_order
+        self.layout = arch.head_layout(self.model.config, rot, self.device)
         self.qkv_rows = None
         if self.complex_rope:
             qk_heads = self.heads + self.kv_heads
@@ -363,10 +395,7 @@ class LeanDecoder:
             self.freqs_all = torch.cat([self.freqs[:, None].expand(t, qk_heads, d // 2),
                                         torch.ones(t, self.kv_heads, d // 2, dtype=self.freqs.dtype)], dim=1)
             return
-        self.cos = torch.cat([cos, cos.new_ones(t, d - rot)], dim=-1)  # [T, D]
-        self.sin = torch.cat([-sin[:, :half], sin[:, half:], sin.new_zeros(t, d - rot)], dim=-1)  # [T, D]
-        self.perm = torch.cat([torch.arange(half, rot), torch.arange(half), torch.arange(rot, d)]).to(self.device)
-        self.full_rotary = rot == d  # then x[perm] is a roll by D/2, which is cheaper than a gather
+        self.cos, self.sin = arch.fold_rope(cos, sin, d)  # [T, D] each
 
     def rope_at(self, positions: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The rotation of ``positions`` (a tensor of any shape ``[...]``, or one int for every row):
@@ -376,30 +405,6 @@ class LeanDecoder:
         if self.complex_rope:
             return self.freqs[positions], None
         return self.cos[positions], self.sin[positions]
-
-    def _rotate(self, qk: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
-        """Rotary on ``qk`` ``[N, H+K, D]`` with ``rope`` broadcasting as ``[N, 1, ...]``."""
-        n, heads, d = qk.shape
-        cos, sin = rope
-        if sin is None:  # complex: (x_i + i x_{i+R/2}) * (cos + i sin), one multiply
-            return torch.view_as_real(torch.view_as_complex(qk.view(n, heads, d // 2, 2)) * cos).view(n, heads, d)
-        rotated = qk.roll(d // 2, -1) if self.full_rotary else qk[..., self.perm]  # [N, H+K, D]
-        return torch.addcmul(qk * cos, rotated, sin)
-
-    def _qk_norm(self, qk: torch.Tensor, layer: _Layer) -> torch.Tensor:
-        """Qwen3's RMSNorm of each head's queries and keys, ``qk`` ``[N, H+K, D]`` (unchanged for the others)."""
-        if layer.q_norm is None:
-            return qk
-        q, k = qk.split([self.heads, self.kv_heads], 1)
-        d = (self.head_dim,)
-        return torch.cat([F.rms_norm(q, d, layer.q_norm, self.qk_eps), F.rms_norm(k, d, layer.k_norm, self.qk_eps)], 1)
-
-    def _norm(self, x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-        if weight is not None:
-            return F.rms_norm(x, (self.hidden,), weight, self.eps)
-        # x * rsqrt(sum(x^2) + H*eps) = x / rms(x) / sqrt(H); the gain and sqrt(H) are folded into the next
-        # weight. 5 cheap ops, where F.rms_norm's CPU composite (mean = sum + div, dtype checks) costs 3x.
-        return x * torch.rsqrt(torch.sum(x * x, dim=-1, keepdim=True).add_(self.norm_eps))
 
     # ----------------------------------------------------------------------------------------------------
 
@@ -411,21 +416,19 @@ class LeanDecoder:
         """
         n, s = tokens.shape
         h_, k_, d = self.heads, self.kv_heads, self.head_dim
-        x = F.embedding(tokens.reshape(-1), self.embed)  # [N, hidden], N = n*S
-        for layer, kc, vc in zip(self.layers, self.k_cache, self.v_cache, strict=True):
-            qkv = _linear(self._norm(x, layer.ln1), layer.qkv, layer.qkv_bias, layer.qkv_lora)  # [N, (H+2K)*D]
-            qk = self._rotate(self._qk_norm(qkv[:, :(h_ + k_) * d].view(n * s, h_ + k_, d), layer), rope)  # [N, H+K, D]
-            q = qk[:, :h_].view(n, s, h_, d).transpose(1, 2)  # [n, H, S, D]
-            k = qk[:, h_:].view(n, s, k_, d).transpose(1, 2)  # [n, K, S, D]
-            v = qkv[:, (h_ + k_) * d:].view(n, s, k_, d).transpose(1, 2)  # [n, K, S, D]
+
+        def attend(kc: torch.Tensor, vc: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+                   ) -> torch.Tensor:  # q [N, H, D]; k, v [N, K, D]; kc, vc [Bmax, K, T, D] -> [N, H*D]
+            q = q.reshape(n, s, h_, d).transpose(1, 2)  # [n, H, S, D]
+            k, v = (t.reshape(n, s, k_, d).transpose(1, 2) for t in (k, v))  # [n, K, S, D]
             kc[rows, :, cols] = k
             vc[rows, :, cols] = v
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k_ != h_)  # [n, H, S, D]
-            x = _residual(x, a.transpose(1, 2).reshape(n * s, h_ * d), layer.o, layer.o_bias, layer.o_lora)
-            gu = _linear(self._norm(x, layer.ln2), layer.gate_up, layer.gate_up_bias, layer.gate_up_lora)  # [N, 2I]
-            inter = gu.shape[-1] // 2
-            x = _residual(x, F.silu(gu[:, :inter]) * gu[:, inter:], layer.down, layer.down_bias,
-                          layer.down_lora)  # [N, hidden]
+            return a.transpose(1, 2).reshape(n * s, h_ * d)
+
+        x = F.embedding(tokens.reshape(-1), self.embed)  # [N, hidden], N = n*S
+        for layer, kc, vc in zip(self.layers, self.k_cache, self.v_cache, strict=True):
+            x = decoder_block(x, layer, self.layout, rope, partial(attend, kc, vc))  # [N, hidden]
         return x.view(n, s, self.hidden)[:, -1]  # [n, hidden]
 
     def decode_forward(self, tokens: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor | None],
@@ -439,18 +442,11 @@ class LeanDecoder:
         """
         n = tokens.shape[0]
         h_, k_, d = self.heads, self.kv_heads, self.head_dim
-        split, group = [(h_ + k_) * d, k_ * d], h_ // k_
         graph = isinstance(write, torch.Tensor)
         rope = (rope[0].unsqueeze(-2), None if rope[1] is None else rope[1].unsqueeze(-2))  # [n or 1, 1, ...]
-        # Tensor methods with one-dimension arguments (narrow, select, split) rather than x[:, a:b]
-        # indexing: Python-side index parsing costs as much as a small kernel here.
-        x = F.embedding(tokens, self.embed)  # [n, hidden]
-        for layer, kc, vc in zip(self.layers, self.k_cache, self.v_cache, strict=True):
-            kc, vc = kc.narrow(0, 0, n), vc.narrow(0, 0, n)  # [n, K, T, D] live rows
-            qk, v = _linear(self._norm(x, layer.ln1), layer.qkv, layer.qkv_bias, layer.qkv_lora).split(split, 1)
-            qk = self._rotate(self._qk_norm(qk.view(n, h_ + k_, d), layer), rope)  # [n, H+K, D]
-            q, k = qk.split([h_, k_], 1)  # [n, H, D], [n, K, D]
-            v = v.view(n, k_, d)  # [n, K, D]
+
+        def attend(kc: torch.Tensor, vc: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+                   ) -> torch.Tensor:  # q [n, H, D]; k, v [n, K, D]; kc, vc [n, K, T, D] live rows -> [n, H*D]
             if graph:
                 kc.index_copy_(2, write, k.unsqueeze(2))
                 vc.index_copy_(2, write, v.unsqueeze(2))
@@ -459,13 +455,16 @@ class LeanDecoder:
                 vc.select(2, write).copy_(v)
             # The G query heads that share a kv head go in as G queries of that head: plain multi-head
             # attention with no GQA expansion, on every backend (the mask broadcasts over them).
-            a = F.scaled_dot_product_attention(q.view(n, k_, group, d), kc.narrow(2, 0, kv_len),
+            a = F.scaled_dot_product_attention(q.view(n, k_, h_ // k_, d), kc.narrow(2, 0, kv_len),
                                                vc.narrow(2, 0, kv_len), attn_mask=mask)  # [n, K, G, D]
             # reshape, not view: CUDA kernels may return the output in [n, G, K, D] memory order
-            x = _residual(x, a.reshape(n, h_ * d), layer.o, layer.o_bias, layer.o_lora)  # [n, hidden]
-            g, u = _linear(self._norm(x, layer.ln2), layer.gate_up, layer.gate_up_bias,
-                           layer.gate_up_lora).chunk(2, 1)  # [n, I] each
-            x = _residual(x, F.silu(g) * u, layer.down, layer.down_bias, layer.down_lora)  # [n, hidden]
+            return a.reshape(n, h_ * d)
+
+        # Tensor methods with one-dimension arguments (narrow, select, split) rather than x[:, a:b]
+        # indexing: Python-side index parsing costs as much as a small kernel here.
+        x = F.embedding(tokens, self.embed)  # [n, hidden]
+        for layer, kc, vc in zip(self.layers, self.k_cache, self.v_cache, strict=True):
+            x = decoder_block(x, layer, self.layout, rope, partial(attend, kc.narrow(0, 0, n), vc.narrow(0, 0, n)))
         return self._logits(x)
 
     def _buffers(self, n: int) -> dict[str, torch.Tensor]:
@@ -492,7 +491,7 @@ class LeanDecoder:
         """``_norm`` in 4 ops into scratch: r = rsqrt(|x|^2 + H*eps), then x * r."""
         r = buf["s"]
         torch.linalg.vector_norm(x, dim=-1, keepdim=True, out=r)
-        torch.addcmul(self.norm_eps, r, r, out=r).rsqrt_()
+        torch.addcmul(self.rms.scaled_eps, r, r, out=r).rsqrt_()
         return torch.mul(x, r, out=buf["h"])
 
     def _decode_cpu(self, tokens: torch.Tensor, freqs: torch.Tensor, write: int, mask: torch.Tensor | None,
@@ -503,6 +502,12 @@ class LeanDecoder:
         oneDNN-packed weights, which return new tensors), the residual adds are in place (or fused into
         the product), and q, k, v are rotated together (v by 1) so k and v reach the cache in one copy:
         ~22 ops per layer instead of ~40. ``freqs`` ``[n or 1, H+2K, D/2]`` (rows of ``freqs_all``).
+
+        Why it does not call ``arch.decoder_block``: that function returns a new tensor from every step, and
+        at a CPU decode step (a few rows) allocation and dispatch, not arithmetic, are the cost; writing
+        each step into scratch is what ``benchmarks/rollout.py`` measures. It runs the same block on the same
+        ``_Layer`` weights, read through the same ``ArchSpec``, and shares ``arch.qk_norm``; the tests check
+        its logits against HF's for every architecture in the table.
         """
         n = tokens.shape[0]
         buf = self._buffers(n)
@@ -510,21 +515,21 @@ class LeanDecoder:
         norm, mul, sdpa = self._norm_into, torch.mul, F.scaled_dot_product_attention
         x = F.embedding(tokens, self.embed)  # [n, hidden], a fresh tensor the in-place adds may update
         for layer, kv, kc, vc in buf["layers"]:  # kv [n, 2K, T, D]; kc, vc its k and v halves
-            qkv = _mm(norm(x, buf), layer.qkv[0], layer.qkv_bias[0], out=buf["qkv"])  # [n, (H+2K)*D]
-            if layer.q_norm is not None:  # Qwen3: normalise q and k in place, where the rotary reads them
+            qkv = _mm(norm(x, buf), layer.qkv_weights[0], layer.qkv_bias[0], out=buf["qkv"])  # [n, (H+2K)*D]
+            if layer.qk_gains is not None:  # Qwen3: normalise q and k in place, where the rotary reads them
                 qk = qkv.view(n, -1, self.head_dim).narrow(1, 0, self.heads + self.kv_heads)  # [n, H+K, D]
-                qk.copy_(self._qk_norm(qk, layer))
+                qk.copy_(qk_norm(qk, layer.qk_gains, layer.qk_eps, self.heads))
             mul(torch.view_as_complex(qkv.view(n, -1, self.head_dim // 2, 2)), freqs, out=rot)  # q, k rotated, v x 1
             kv.select(2, write).copy_(kv_rows)
             a = sdpa(q, kc.narrow(2, 0, kv_len), vc.narrow(2, 0, kv_len), attn_mask=mask)  # [n, K, G, D]
             x = _mm_add_(x, a.reshape(n, -1), layer.o, layer.o_bias)  # [n, hidden]
-            g, u = _mm(norm(x, buf), layer.gate_up[0], layer.gate_up_bias[0], out=buf["gu"]).chunk(2, 1)  # [n, I] each
-            mul(F.silu(g, inplace=True), u, out=act)
+            g, u = _mm(norm(x, buf), layer.gate_up_weights[0], layer.gate_up_bias[0], out=buf["gu"]).chunk(2, 1)
+            mul(F.silu(g, inplace=True), u, out=act)  # arch.swiglu into scratch; g, u [n, I]
             x = _mm_add_(x, act, layer.down, layer.down_bias)  # [n, hidden]
         return _mm(norm(x, buf), self.lm_head).float()  # [n, V]
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        h = self._norm(x, self.final_norm)
+        h = self.rms(x, self.final_norm)
         return _low_rank(_mm(h, self.lm_head), h, self.lm_head_lora).float()  # [n, V]
 
     def prefill(self, input_ids: torch.Tensor, pad: torch.Tensor, max_tokens: int = 8192) -> torch.Tensor:
