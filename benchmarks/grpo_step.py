@@ -63,7 +63,7 @@ MICRO_BATCH = {"cuda": 128, "cpu": 32}
 def correctness(completion: str, answer: str, num_tokens: int, finished: bool, cfg, mode: str) -> RewardResult:
     """0/1 correctness: the reward both sides use."""
     ok = float(is_correct(completion, answer, mode))
-    return RewardResult(ok, {"accuracy": ok})
+    return RewardResult(ok, ok == 1.0, {"accuracy": ok})
 
 
 def setup(root: Path) -> Path:
@@ -88,11 +88,11 @@ def thinktune_side(root: Path, steps: int, compile: bool, run: int, micro_batch:
     cfg = load_config(grpo.GRPOConfig, None, [
         f"model.path={root / 'model'}", "model.system_prompt=", f"data.prompts={root / 'data' / 'train_prompts.jsonl'}",
         "data.difficulties=[3]", "reward.name=grpo_step:correctness", f"prompts_per_step={PROMPTS}",
-        f"samples_per_prompt={GROUP}", f"max_new_tokens={NEW_TOKENS}", "temperature=1.0", "beta=0", "gamma=0",
+        f"sampling.n={GROUP}", f"sampling.max_new_tokens={NEW_TOKENS}", "sampling.temperature=1.0", "beta=0", "gamma=0",
         "updates_per_batch=1", f"optim.lr={LR}", "optim.warmup_steps=0", "optim.weight_decay=0",
         f"micro_batch_size={micro_batch}", f"model.compile={str(compile).lower()}", f"max_steps={steps}",
-        "log.log_every=1", "log.save_every=0", "log.progress=false", "dump_every=0", f"seed={SEED}",
-        "rollout_backend=thinktune", f"score_behind_decode={str(score_behind_decode).lower()}",
+        "log.log_every=1", "log.save_every=0", "log.progress=false", "dump_every=0", f"seed={SEED}", f"sampling.seed={SEED}",
+        "sampling.backend=thinktune", f"score_behind_decode={str(score_behind_decode).lower()}",
         f"output_dir={out}"])
     cold_scoring()
     grpo.run(cfg)

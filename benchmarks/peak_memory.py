@@ -69,8 +69,8 @@ def overrides(recipe: str, root: Path, steps: int, micro: int) -> list[str]:
         extra = {"data.train": root / "sft.jsonl", "data.max_seq_len": 512, "batch_size": 8,
                  "micro_batch_size": micro}
     else:
-        extra = {"data.prompts": root / "prompts.jsonl", "prompts_per_step": 4, "samples_per_prompt": 8,
-                 "max_new_tokens": 64, "micro_batch_size": 8, "rollout_batch_size": 32, "dump_every": 0}
+        extra = {"data.prompts": root / "prompts.jsonl", "prompts_per_step": 4, "sampling.n": 8,
+                 "sampling.max_new_tokens": 64, "micro_batch_size": 8, "sampling.batch_size": 32, "dump_every": 0}
     return [recipe, *(f"{k}={v}" for k, v in {**common, **extra}.items())]
 
 

@@ -106,7 +106,7 @@ def main() -> None:
     bounded, in_proc = RewardConfig(), RewardConfig(verify_timeout_s=0)
 
     def ours(cfg: RewardConfig) -> Callable[[str, str], bool]:
-        return lambda completion, gold: score(completion, gold, 120, True, cfg).components["accuracy"] == 1.0
+        return lambda completion, gold: score(completion, gold, 120, True, cfg).correct
 
     def peer(completion: str, gold: str) -> bool:
         return verify(parse(f"${gold}$"), parse(completion))

@@ -113,6 +113,70 @@ class LogConfig:
             raise ConfigError("log.log_every and log.keep_checkpoints must be >= 1, log.save_every >= 0")
 
 
+BACKENDS = ("auto", "thinktune", "vllm")  # auto: vLLM where it is installed and a GPU exists, else thinktune's
+
+
+@dataclass
+class VLLMOptions:
+    """Options of the vLLM backend (``thinktune.rollout.vllm_backend``); ignored by thinktune's own sampler."""
+
+    gpu_memory_utilization: float = 0.9  # vLLM's share of the GPU; a training stage leaves the rest to the update
+    sleep: bool = True  # between samplings, give the GPU memory (weights, KV cache) back to the update (GRPO)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"sampling.vllm.gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]")
+
+
+@dataclass
+class SamplingConfig:
+    """How a stage samples from a model: the one ``sampling:`` block of every stage that samples (grpo,
+    evaluate, dpo-pairs, select, select-prompts), read by ``thinktune.rollout.make_sampler``."""
+
+    n: int = 8  # completions per prompt
+    temperature: float = 1.0  # (grpo: at step 0; its temperature_end anneals it)
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k filter
+    greedy: bool = False  # argmax decoding (needs n = 1)
+    max_new_tokens: int = 31744
+    min_new_tokens: int = 0  # end-of-sequence tokens are not drawn before this many new tokens
+    stop: list[str] = field(default_factory=list)  # stop strings: a completion ends once its text holds one
+    seed: int = 0  # the draws; the same seed gives the same completions on the same backend
+    backend: Literal["auto", "thinktune", "vllm"] = "auto"
+    batch_size: int = 64  # sequences decoded together by thinktune's sampler (vLLM schedules its own)
+    decoder: Literal["auto", "lean", "hf"] = "auto"  # thinktune's sampler: auto is lean where the architecture is
+    vllm: VLLMOptions = field(default_factory=VLLMOptions)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"sampling.batch_size={self.batch_size} must be >= 1")
+        self.params()  # the per-call checks (n, temperature, top_p, ...) fail here, at load time
+
+    def params(self, **changes: Any) -> Any:
+        """The per-call ``SamplingParams`` of this block (``changes``: e.g. GRPO's annealed temperature)."""
+        from thinktune.rollout.sampler import SamplingParams
+
+        fields = dict(n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                      greedy=self.greedy, max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens,
+                      stop=tuple(self.stop))
+        try:
+            return SamplingParams(**(fields | changes))
+        except ConfigError as e:
+            raise ConfigError(f"sampling: {e}") from None
+
+
+# The sampling knobs' names before they moved into the sampling block; a config that still uses one is told the
+# new name. A recipe's config class lists its own in a RENAMED class attribute.
+SAMPLING_RENAMED = {
+    "samples_per_prompt": "sampling.n", "samples": "sampling.n", "k": "sampling.n", "n": "sampling.n",
+    "temperature": "sampling.temperature", "top_p": "sampling.top_p", "top_k": "sampling.top_k",
+    "greedy": "sampling.greedy", "max_new_tokens": "sampling.max_new_tokens",
+    "batch_size": "sampling.batch_size", "rollout_batch_size": "sampling.batch_size",
+    "rollout_backend": "sampling.backend",
+    "vllm_gpu_memory_utilization": "sampling.vllm.gpu_memory_utilization", "vllm_sleep": "sampling.vllm.sleep",
+}
+
+
 # --------------------------------------------------------------------------------------------------------
 # Loading and merging
 
@@ -193,6 +257,9 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", prefix:
     for key, value in data.items():
         full = prefix + key
         if key not in fields:
+            renamed = getattr(cls, "RENAMED", {}).get(key)
+            if renamed:
+                raise ConfigError(f"{where}: '{full}' is now '{prefix}{renamed}'; write it there instead")
             raise ConfigError(_unknown_key_message(full, list(fields), prefix, where))
         tp = hints[key]
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):

@@ -11,4 +11,4 @@ from thinktune.rewards import RewardConfig, RewardResult
 def ones_share(completion: str, answer: str, num_tokens: int, finished: bool, cfg: RewardConfig,
                mode: str) -> RewardResult:
     share = completion.count("1") / max(len(completion), 1)
-    return RewardResult(share, {"accuracy": float(share > 0.5), "ones": share})
+    return RewardResult(share, share > 0.5, {"ones": share})

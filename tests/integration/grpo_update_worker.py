@@ -19,6 +19,7 @@ from thinktune import runtime
 from thinktune.config import load_config
 from thinktune.modeling import models
 from thinktune.recipes import grpo
+from thinktune.rollout import weights
 from thinktune.train import distributed, logprobs
 from thinktune.train.advantages import group_advantages
 from thinktune.train.logprobs import PromptCache
@@ -76,7 +77,7 @@ def main(model_dir: str, out_file: str) -> None:
     assert bool(scored) == (rt.world_size > 1), scored  # FSDP: the whole-sequence path with the stand-in head
     state = distributed.full_state_dict(model)
     # What vLLM rollouts push every step: each parameter gathered whole, on every rank, in step.
-    pushed = {name: t.cpu().clone() for name, t in distributed.full_parameters(model)}
+    pushed = {name: t.cpu().clone() for name, t in weights.full_parameters(model)}
     if rt.is_main:
         assert pushed.keys() == {n for n, _ in model.named_parameters()}
         for name, t in pushed.items():

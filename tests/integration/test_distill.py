@@ -41,7 +41,7 @@ def write_prompts(path: Path, questions: dict[str, str]) -> Path:
 
 
 def distill_cfg(prompts: Path, url: str, out: Path, **extra) -> distill.DistillConfig:
-    args = {"prompts": prompts, "base_url": url, "model": "teacher", "api_key_env": "TEACHER_KEY", "k": 2,
+    args = {"prompts": prompts, "base_url": url, "model": "teacher", "api_key_env": "TEACHER_KEY", "n": 2,
             "temperature": 0.7, "max_tokens": 32, "concurrency": 4, "max_retries": 2, "timeout_s": 2.5,
             "output_dir": out} | extra
     return load_config(distill.DistillConfig, None, [f"{k}={v}" for k, v in args.items()])
@@ -160,7 +160,7 @@ def test_a_killed_run_resumes_without_asking_twice(tmp_path, char_tokenizer):
     handler = faulty_handler({}, slow_s=0)
     engine = ScriptedEngine(char_tokenizer, replies, delay_s=0.25)  # 36 samples, 2 at a time: ~4.5 s in all
     with running_server(char_tokenizer, engine, handler=handler) as server:
-        args = [f"prompts={prompts}", f"base_url={server.url}", "model=teacher", "api_key_env=", f"k={k}",
+        args = [f"prompts={prompts}", f"base_url={server.url}", "model=teacher", "api_key_env=", f"n={k}",
                 "concurrency=2", f"output_dir={out}"]
         proc = subprocess.Popen([sys.executable, "-m", "thinktune.cli", "distill", *args],
                                 env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
@@ -177,7 +177,7 @@ def test_a_killed_run_resumes_without_asking_twice(tmp_path, char_tokenizer):
         cached = Counter(r["prompt_id"] for r in ReplyCache(cache_file).records.values())
         assert 8 <= sum(cached.values()) < len(questions) * k
         first = len(handler.log)
-        summary = distill.run(distill_cfg(prompts, server.url, out, api_key_env="", k=k))
+        summary = distill.run(distill_cfg(prompts, server.url, out, api_key_env="", n=k))
     ids = {q: f"p{i}" for i, q in enumerate(questions)}
     asked = Counter(ids[q] for q, _, _ in handler.log[first:])
     assert asked == {pid: k - cached[pid] for pid in ids.values() if cached[pid] < k}
@@ -203,7 +203,7 @@ def test_a_thinktune_model_as_the_teacher(tmp_path, char_tokenizer, tiny_phi3):
     prompts = write_prompts(tmp_path / "p.jsonl", {"What is 1+2?": "3", "What is 2+3?": "5"})
     with running_server(char_tokenizer, RolloutEngine(tiny_phi3, char_tokenizer), reasoning="inline",
                         max_new_tokens=8) as server:
-        summary = distill.run(distill_cfg(prompts, server.url, tmp_path / "out", api_key_env="", k=3, max_tokens=8,
+        summary = distill.run(distill_cfg(prompts, server.url, tmp_path / "out", api_key_env="", n=3, max_new_tokens=8,
                                           require_reasoning="false"))
     assert summary["kept"] + summary["rejected"] + summary["failed"] == 6
     cached = ReplyCache(tmp_path / "out" / "cache.jsonl").records.values()

@@ -96,8 +96,8 @@ def test_sft_on_two_ranks_matches_one_and_resumes_on_one(small_world, tmp_path, 
 
 def grpo_args(root: Path, out: Path) -> list[str]:
     args = {"model.path": root / "model", "model.system_prompt": "",
-            "data.prompts": root / "data" / "train_prompts.jsonl", "prompts_per_step": 4, "samples_per_prompt": 4,
-            "max_new_tokens": 12, "scale_reward_to_context": "true", "optim.lr": 1e-3, "optim.warmup_steps": 1,
+            "data.prompts": root / "data" / "train_prompts.jsonl", "prompts_per_step": 4, "sampling.n": 4,
+            "sampling.max_new_tokens": 12, "scale_reward_to_context": "true", "optim.lr": 1e-3, "optim.warmup_steps": 1,
             "beta": 0.05, "gamma": 0.01, "max_steps": 3, "micro_batch_size": 3, "log.log_every": 1,
             "log.save_every": 1, "log.progress": "false", "dump_every": 1, "output_dir": out}
     return [f"{k}={v}" for k, v in args.items()]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from thinktune.config import load_config
+from thinktune.config import SamplingConfig, load_config
 from thinktune.data.synth import SynthConfig
 from thinktune.data.synth import run as run_synth
 from thinktune.errors import DataError
@@ -28,7 +28,7 @@ def mined(tmp_path_factory) -> Path:
         intermediate_size=64, max_position_embeddings=160, output_dir=str(root / "model")))
     cfg = load_config(dpo_pairs.DPOPairsConfig, None, [
         f"prompts={root / 'data' / 'train_prompts.jsonl'}", f"samples={root / 'data' / 'teacher_rollouts.jsonl'}",
-        "limit=120", "k=4", "pairs_per_prompt=2", "heldout_fraction=0.25", f"output_dir={root / 'pairs'}"])
+        "limit=120", "sampling.n=4", "pairs_per_prompt=2", "heldout_fraction=0.25", f"output_dir={root / 'pairs'}"])
     summary = dpo_pairs.run(cfg)
     assert summary["samples"] == 480
     train, held = summary["train"], summary["heldout"]
@@ -117,7 +117,7 @@ def _saved(tmp_path: Path, records: list[dict]) -> dpo_pairs.DPOPairsConfig:
     prompts.write_text("".join(json.dumps({"id": i, "prompt": f"{i}+1", "answer": str(i + 1)}) + "\n" for i in (1, 2)))
     samples = tmp_path / "samples.jsonl"
     samples.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return dpo_pairs.DPOPairsConfig(prompts=str(prompts), samples=str(samples), k=2, heldout_fraction=0.0,
+    return dpo_pairs.DPOPairsConfig(prompts=str(prompts), samples=str(samples), sampling=SamplingConfig(n=2), heldout_fraction=0.0,
                                     output_dir=str(tmp_path / "out"))
 
 

@@ -20,7 +20,7 @@ def test_evaluate_reads_aime_file_and_writes_reports(tiny_model_dir, tmp_path):
     out = tmp_path / "eval"
     cfg = load_config(evaluate.EvalConfig, None, [
         f"model.path={tiny_model_dir}", "model.system_prompt=", "data.benchmark=aime24", f"data.path={path}",
-        "samples=3", "ks=[1,2,3]", "max_new_tokens=6", f"output_dir={out}"])
+        "sampling.n=3", "ks=[1,2,3]", "sampling.max_new_tokens=6", f"output_dir={out}"])
     report = evaluate.run(cfg)
 
     summary = report["groups"]["all"]
@@ -46,19 +46,19 @@ def test_greedy_is_deterministic(tiny_model_dir, tmp_path):
     reports = []
     for name in ("a", "b"):
         cfg = load_config(evaluate.EvalConfig, None, [
-            f"model.path={tiny_model_dir}", "model.system_prompt=", f"data.prompts={prompts}", "samples=1",
-            "greedy=true", "max_new_tokens=5", f"output_dir={tmp_path / name}"])
+            f"model.path={tiny_model_dir}", "model.system_prompt=", f"data.prompts={prompts}", "sampling.n=1",
+            "sampling.greedy=true", "sampling.max_new_tokens=5", f"output_dir={tmp_path / name}"])
         evaluate.run(cfg)
         reports.append((tmp_path / name / "samples.jsonl").read_text())
     assert reports[0] == reports[1]
 
 
-def test_rollout_backend_is_checked(tiny_model_dir, tmp_path):
+def test_sampling_backend_is_checked(tiny_model_dir, tmp_path):
 
     from thinktune.errors import ConfigError
 
     args = [f"model.path={tiny_model_dir}", "data.prompts=p.jsonl", f"output_dir={tmp_path / 'e'}"]
-    with pytest.raises(ConfigError, match="rollout_backend='vlm'"):
-        load_config(evaluate.EvalConfig, None, [*args, "rollout_backend=vlm"])
+    with pytest.raises(ConfigError, match="'sampling.backend' is 'vlm'"):
+        load_config(evaluate.EvalConfig, None, [*args, "sampling.backend=vlm"])
     with pytest.raises(ConfigError, match="pip install 'thinktune\\[vllm\\]'"):
-        evaluate.run(load_config(evaluate.EvalConfig, None, [*args, "rollout_backend=vllm"]))
+        evaluate.run(load_config(evaluate.EvalConfig, None, [*args, "sampling.backend=vllm"]))

@@ -30,7 +30,7 @@ def world(tmp_path_factory) -> Path:
 
 def grpo_args(root: Path, out: Path, **extra) -> list[str]:
     args = {"model.path": root / "model", "model.system_prompt": "", "data.prompts": root / "data" / "train_prompts.jsonl",
-            "prompts_per_step": 4, "samples_per_prompt": 4, "max_new_tokens": 12, "scale_reward_to_context": "true",
+            "prompts_per_step": 4, "sampling.n": 4, "sampling.max_new_tokens": 12, "scale_reward_to_context": "true",
             "optim.lr": 1e-3, "optim.warmup_steps": 1, "beta": 0.05, "gamma": 0.01, "max_steps": 4,
             "micro_batch_size": 8, "log.log_every": 1, "log.save_every": 2, "log.progress": "false",
             "dump_every": 2, "output_dir": out}
@@ -96,8 +96,8 @@ def test_grpo_raises_mean_reward(world, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ASSETS))
     out = tmp_path / "learn"
     grpo.run(load_config(grpo.GRPOConfig, None, grpo_args(world, out, **{
-        "reward.name": "toy_rewards:ones_share", "prompts_per_step": 8, "samples_per_prompt": 8,
-        "max_new_tokens": 16, "optim.lr": 3e-3, "beta": 0.0, "gamma": 0.0, "max_steps": 30, "log.save_every": 0,
+        "reward.name": "toy_rewards:ones_share", "prompts_per_step": 8, "sampling.n": 8,
+        "sampling.max_new_tokens": 16, "optim.lr": 3e-3, "beta": 0.0, "gamma": 0.0, "max_steps": 30, "log.save_every": 0,
         "dump_every": 0, "micro_batch_size": 64})))
     rewards = [r["rollout/reward_mean"] for r in metrics(out)]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
@@ -162,13 +162,13 @@ def test_build_rollouts_without_sampler_log_probs(world):
     assert grpo.build_rollouts([[1]], [[with_logps, without]], [[1.0, 0.0]], keep, cfg).old_logps is None
 
 
-def test_rollout_backend_is_checked_before_loading(world, tmp_path):
+def test_sampling_backend_is_checked_before_loading(world, tmp_path):
     from thinktune.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="rollout_backend='nope'"):
-        load_config(grpo.GRPOConfig, None, grpo_args(world, tmp_path / "x", rollout_backend="nope"))
+    with pytest.raises(ConfigError, match="'sampling.backend' is 'nope'"):
+        load_config(grpo.GRPOConfig, None, grpo_args(world, tmp_path / "x", **{"sampling.backend": "nope"}))
     with pytest.raises(ConfigError, match="vllm"):
-        grpo.run(load_config(grpo.GRPOConfig, None, grpo_args(world, tmp_path / "y", rollout_backend="vllm")))
+        grpo.run(load_config(grpo.GRPOConfig, None, grpo_args(world, tmp_path / "y", **{"sampling.backend": "vllm"})))
     assert not (tmp_path / "y" / "metrics.jsonl").exists()
 
 
@@ -185,7 +185,7 @@ def test_vllm_refuses_token_ids_the_saved_model_cannot_take(world):
     rows = model.get_input_embeddings().num_embeddings
     check_vocab(str(world / "model"), rows, exact=True)  # as saved: fine
     check_vocab(str(world / "model"), rows - 1, exact=False)  # a tokenizer may use fewer ids than there are rows
-    with pytest.raises(ConfigError, match="rollout_backend=thinktune"):
+    with pytest.raises(ConfigError, match="sampling.backend=thinktune"):
         check_vocab(str(world / "model"), rows + 2, exact=True)  # a policy whose vocabulary grew since
     with pytest.raises(ConfigError, match="vocabulary of"):
         check_vocab(str(world / "model"), rows - 1, exact=True)  # pushed weights must match exactly

@@ -91,7 +91,7 @@ def test_lora_grpo_trains_only_adapters(small_world, tmp_path):
     out = tmp_path / "grpo"
     grpo.run(load_config(grpo.GRPOConfig, None, args(**{
         "model.path": small_world / "model", "data.prompts": small_world / "data" / "train_prompts.jsonl",
-        "prompts_per_step": 4, "samples_per_prompt": 4, "max_new_tokens": 8, "optim.lr": 3e-2,
+        "prompts_per_step": 4, "sampling.n": 4, "sampling.max_new_tokens": 8, "optim.lr": 3e-2,
         "optim.warmup_steps": 1, "beta": 0.05, "gamma": 0.01, "max_steps": 2, "log.save_every": 0,
         "dump_every": 0, "output_dir": out})))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

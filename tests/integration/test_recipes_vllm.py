@@ -24,6 +24,7 @@ from thinktune.data.synth import SynthConfig  # noqa: E402
 from thinktune.data.synth import run as run_synth  # noqa: E402
 from thinktune.modeling import build_model  # noqa: E402
 from thinktune.recipes import evaluate, grpo, select_prompts  # noqa: E402
+from thinktune.rollout.vllm_backend import VLLMSampler  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +53,14 @@ def test_evaluate_greedy_on_vllm_matches_thinktune(world, tmp_path):
 
 def test_grpo_samples_on_vllm_and_pushes_weights(world, tmp_path, monkeypatch):
     pushes = []
-    push = grpo.VLLMSampler.push_weights
-    monkeypatch.setattr(grpo.VLLMSampler, "push_weights", lambda self, weights: pushes.append(push(self, weights)))
+    push = VLLMSampler.push_weights
+    monkeypatch.setattr(VLLMSampler, "push_weights", lambda self, weights: pushes.append(push(self, weights)))
     out = tmp_path / "grpo"
     grpo.run(load_config(grpo.GRPOConfig, None, [
         f"model.path={world / 'model'}", "model.system_prompt=",
         f"data.prompts={world / 'data' / 'train_prompts.jsonl'}",
-        "rollout_backend=vllm", "vllm_gpu_memory_utilization=0.2", "prompts_per_step=4", "samples_per_prompt=4",
-        "max_new_tokens=16", "optim.lr=1e-3", "optim.warmup_steps=0", "beta=0.05", "max_steps=2",
+        "sampling.backend=vllm", "sampling.vllm.gpu_memory_utilization=0.2", "prompts_per_step=4", "sampling.n=4",
+        "sampling.max_new_tokens=16", "optim.lr=1e-3", "optim.warmup_steps=0", "beta=0.05", "max_steps=2",
         "log.log_every=1", "log.save_every=0", "log.progress=false", "dump_every=0", f"output_dir={out}"]))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
@@ -75,7 +76,8 @@ def test_select_prompts_samples_on_vllm(world, tmp_path):
     summary = select_prompts.run(load_config(select_prompts.SelectPromptsConfig, None, [
         f"model.path={world / 'model'}", "model.system_prompt=",
         f"prompts={world / 'data' / 'heldout_prompts.jsonl'}",
-        "k=3", "max_new_tokens=16", "keep_fraction=0.5", "rollout_backend=vllm", "vllm_gpu_memory_utilization=0.2",
+        "sampling.n=3", "sampling.max_new_tokens=16", "keep_fraction=0.5", "sampling.backend=vllm",
+        "sampling.vllm.gpu_memory_utilization=0.2",
         f"output_dir={out}"]))
     assert summary["kept"] == len((out / "selected.jsonl").read_text().splitlines()) > 0
     assert summary["before"]["mean_std"] > 0  # k sampled responses per prompt, not one repeated

@@ -30,7 +30,7 @@ class StubStudent:
         self.seen: list[list[str]] = []  # prompt ids per call
         self.fail_on_call = fail_on_call
 
-    def __call__(self, model, tokenizer, rows, params, seed, batch_size):
+    def __call__(self, sampler, tokenizer, rows, params, seed):
         if len(self.seen) == self.fail_on_call:
             raise KeyboardInterrupt  # as if killed in the middle of this chunk
         self.seen.append([r["id"] for r in rows])
@@ -44,7 +44,7 @@ class StubStudent:
 
 
 def cfg_for(tmp_path: Path, prompts: Path, *extra: str) -> select.SelectConfig:
-    return load_config(select.SelectConfig, None, [f"prompts={prompts}", "model.path=student", f"k={K}",
+    return load_config(select.SelectConfig, None, [f"prompts={prompts}", "model.path=student", f"sampling.n={K}",
                                                    f"output_dir={tmp_path / 'out'}", *extra])
 
 
@@ -54,7 +54,7 @@ def read(path: Path) -> list[dict]:
 
 def test_keeps_the_default_band_and_reuses_estimates(tmp_path, monkeypatch):
     student = StubStudent()
-    monkeypatch.setattr(select, "load_student", lambda cfg, seed, *backend: (None, None))
+    monkeypatch.setattr(select, "load_student", lambda cfg, sampling: (None, None))
     monkeypatch.setattr(select, "sample_rows", student)
     prompts = write_prompts(tmp_path / "p.jsonl", 5)  # 0, 1, 2, 3, 4 correct of 4
     summary = select.run(cfg_for(tmp_path, prompts))
@@ -74,7 +74,7 @@ def test_keeps_the_default_band_and_reuses_estimates(tmp_path, monkeypatch):
 
 
 def test_a_killed_run_resumes_with_the_next_chunk(tmp_path, monkeypatch):
-    monkeypatch.setattr(select, "load_student", lambda cfg, seed, *backend: (None, None))
+    monkeypatch.setattr(select, "load_student", lambda cfg, sampling: (None, None))
     prompts = write_prompts(tmp_path / "p.jsonl", 7)
     monkeypatch.setattr(select, "sample_rows", StubStudent(fail_on_call=1))
     with pytest.raises(KeyboardInterrupt):
@@ -96,7 +96,7 @@ def test_real_sampling_path_on_the_tiny_model(tmp_path, tiny_model_dir):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": i, "prompt": "What is 2+3?", "answer": "5"}) + "\n" for i in range(3)))
     summary = select.run(load_config(select.SelectConfig, None, [
-        f"prompts={prompts}", f"model.path={tiny_model_dir}", "model.system_prompt=", "k=2", "max_new_tokens=4",
+        f"prompts={prompts}", f"model.path={tiny_model_dir}", "model.system_prompt=", "sampling.n=2", "sampling.max_new_tokens=4",
         f"output_dir={tmp_path / 'out'}"]))
     estimates = read(tmp_path / "out" / "estimates.jsonl")
     assert [e["id"] for e in estimates] == ["0", "1", "2"] and all(0 <= e["correct"] <= 2 for e in estimates)

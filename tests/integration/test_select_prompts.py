@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from thinktune.config import ModelConfig, load_config
+from thinktune.config import ModelConfig, SamplingConfig, load_config
 from thinktune.curation.passrate import load_student
 from thinktune.errors import ConfigError
 from thinktune.recipes import select_prompts
@@ -21,8 +21,8 @@ def test_select_prompts_keeps_the_most_uniform_lengths(tiny_model_dir, tmp_path)
                                for i in range(6)))
     out = tmp_path / "sel"
     summary = select_prompts.run(load_config(select_prompts.SelectPromptsConfig, None, [
-        f"model.path={tiny_model_dir}", "model.system_prompt=", f"prompts={prompts}", "k=3", "max_new_tokens=8",
-        "keep_fraction=0.5", "rollout_backend=thinktune", f"output_dir={out}"]))
+        f"model.path={tiny_model_dir}", "model.system_prompt=", f"prompts={prompts}", "sampling.n=3", "sampling.max_new_tokens=8",
+        "keep_fraction=0.5", "sampling.backend=thinktune", f"output_dir={out}"]))
     kept = [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
     assert summary["candidates"] == 6 and summary["kept"] == len(kept) == 3
     # the kept prompts are the half with the smallest length CV, so their mean CV cannot exceed everyone's
@@ -34,8 +34,8 @@ def test_select_prompts_keeps_the_most_uniform_lengths(tiny_model_dir, tmp_path)
 
 def test_curation_verbs_sample_on_the_backend_asked_for(tiny_model_dir):
     cfg = ModelConfig(path=str(tiny_model_dir), system_prompt="")
-    engine, tokenizer = load_student(cfg, 0, "thinktune")
+    engine, tokenizer = load_student(cfg, SamplingConfig(backend="thinktune"))
     assert isinstance(engine, RolloutEngine) and len(tokenizer) > 0
-    assert isinstance(load_student(cfg, 0, "auto")[0], RolloutEngine)
+    assert isinstance(load_student(cfg, SamplingConfig())[0], RolloutEngine)
     with pytest.raises(ConfigError, match="needs `pip install 'thinktune\\[vllm\\]'`"):
-        load_student(cfg, 0, "vllm")
+        load_student(cfg, SamplingConfig(backend="vllm"))

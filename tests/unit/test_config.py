@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import shlex
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from thinktune.config import (
     LogConfig,
     ModelConfig,
     OptimConfig,
+    SamplingConfig,
     load_config,
     save_config,
 )
@@ -255,9 +257,11 @@ def test_sft_needs_train_data_and_some_length() -> None:
     [
         (["data.prompts=p.jsonl", "data.benchmark=aime25"], "exactly one of data.prompts"),
         ([], "exactly one of data.prompts"),
-        (["data.prompts=p.jsonl", "greedy=true", "samples=4"], "greedy decoding with n=4"),
-        (["data.prompts=p.jsonl", "samples=2", "ks=[1, 4]"], r"ks=\[4\] must lie in \[1, samples=2\]"),
-        (["data.prompts=p.jsonl", "samples=0"], "samples=0 must be >= 1"),
+        (["data.prompts=p.jsonl", "sampling.greedy=true", "sampling.n=4"], "sampling: greedy decoding with n=4"),
+        (["data.prompts=p.jsonl", "sampling.n=2", "ks=[1, 4]"], r"ks=\[4\] must lie in \[1, sampling.n=2\]"),
+        (["data.prompts=p.jsonl", "sampling.n=0"], "sampling: .*n=0 .*>= 1"),
+        (["data.prompts=p.jsonl", "sampling.top_p=0"], r"sampling: top_p=0.0 must be in \(0, 1\]"),
+        (["data.prompts=p.jsonl", "sampling.backend=vlm"], "'sampling.backend' is 'vlm'; choose one of"),
     ],
 )
 def test_eval_config_rejects_invalid_combinations(overrides: list[str], match: str) -> None:
@@ -270,10 +274,45 @@ def test_eval_config_rejects_invalid_combinations(overrides: list[str], match: s
 def test_eval_config_accepts_valid_combinations() -> None:
     from thinktune.recipes.evaluate import EvalConfig
 
-    greedy = load_config(EvalConfig, None, ["data.benchmark=aime25", "greedy=true", "samples=1"])
-    assert greedy.greedy and greedy.samples == 1
-    cfg = load_config(EvalConfig, None, ["data.prompts=p.jsonl", "samples=4", "ks=1,4"])
+    greedy = load_config(EvalConfig, None, ["data.benchmark=aime25", "sampling.greedy=true", "sampling.n=1"])
+    assert greedy.sampling.greedy and greedy.sampling.n == 1
+    cfg = load_config(EvalConfig, None, ["data.prompts=p.jsonl", "sampling.n=4", "ks=1,4"])
     assert cfg.ks == [1, 4]
+
+
+SAMPLING_VERBS = ("grpo", "evaluate", "dpo-pairs", "select", "select-prompts")
+
+
+def test_every_sampling_stage_has_the_same_sampling_block() -> None:
+    from thinktune.verbs import recipe
+
+    for verb in SAMPLING_VERBS:
+        cls = recipe(verb)[1]
+        assert typing.get_type_hints(cls)["sampling"] is SamplingConfig, verb
+        assert type(load_config(cls, None, validate=False).sampling) is SamplingConfig, verb
+
+
+@pytest.mark.parametrize(("verb", "old", "new"), [
+    ("grpo", "samples_per_prompt=4", "sampling.n"), ("grpo", "rollout_batch_size=8", "sampling.batch_size"),
+    ("grpo", "vllm_sleep=false", "sampling.vllm.sleep"), ("grpo", "max_new_tokens=9", "sampling.max_new_tokens"),
+    ("evaluate", "samples=4", "sampling.n"), ("evaluate", "seed=3", "sampling.seed"),
+    ("evaluate", "rollout_backend=vllm", "sampling.backend"), ("select", "k=4", "sampling.n"),
+    ("select-prompts", "vllm_gpu_memory_utilization=0.5", "sampling.vllm.gpu_memory_utilization"),
+    ("dpo-pairs", "k=4", "sampling.n"), ("dpo-pairs", "temperature=0.7", "sampling.temperature"),
+])
+def test_old_sampling_names_are_errors_that_give_the_new_name(verb: str, old: str, new: str) -> None:
+    from thinktune.verbs import recipe
+
+    with pytest.raises(ConfigError, match=f"'{old.split('=')[0]}' is now '{new}'"):
+        load_config(recipe(verb)[1], None, [old])
+
+
+def test_sampling_block_gives_the_per_call_params_with_a_stage_change() -> None:
+    cfg = load_config(SamplingConfig, None, ["n=3", "temperature=0.7", "stop=[</a>, END]", "min_new_tokens=2"])
+    params = cfg.params(temperature=0.5)
+    assert (params.n, params.temperature, params.stop, params.min_new_tokens) == (3, 0.5, ("</a>", "END"), 2)
+    with pytest.raises(ConfigError, match="sampling: temperature must be > 0"):
+        cfg.params(temperature=0.0)
 
 
 @pytest.mark.parametrize(
@@ -312,7 +351,8 @@ def test_save_then_load_round_trips_the_phi4_system_prompt_and_its_unset_default
 def test_save_then_load_round_trips_eval(tmp_path: Path) -> None:
     from thinktune.recipes.evaluate import EvalConfig
 
-    cfg = load_config(EvalConfig, None, ["data.prompts=p.jsonl", "samples=8", "ks=[1, 2, 8]", "top_k=20"])
+    cfg = load_config(EvalConfig, None, ["data.prompts=p.jsonl", "sampling.n=8", "ks=[1, 2, 8]", "sampling.top_k=20",
+                                          "sampling.stop=[</answer>]"])
     save_config(cfg, tmp_path / "e.yaml")
     assert load_config(EvalConfig, tmp_path / "e.yaml") == cfg
 

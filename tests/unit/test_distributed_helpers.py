@@ -11,6 +11,7 @@ from thinktune.config import LoRAConfig, ModelConfig, load_config
 from thinktune.errors import ConfigError
 from thinktune.modeling import lora
 from thinktune.recipes import sft
+from thinktune.rollout import weights
 from thinktune.runtime import Runtime, pick_device
 from thinktune.train import distributed
 
@@ -50,7 +51,7 @@ def test_one_process_helpers_are_identities(tiny_phi3):
     assert distributed.all_sum(2.0, 3.0) == [2.0, 3.0]
     assert distributed.pad_passes([[0, 1], [2]]) == [[0, 1], [2]]
     assert distributed.gather_lists(["a"]) == ["a"]
-    assert distributed.rollout_copy(tiny_phi3, one) is tiny_phi3
+    assert weights.rollout_copy(tiny_phi3, one) is tiny_phi3
 
 
 def test_lora_config_errors(tiny_model_dir, char_tokenizer):

@@ -25,6 +25,7 @@ from thinktune.rewards import (
     RewardConfig,
     RewardResult,
     StreamingScorer,
+    check_reward,
     length_reward,
     load_reward_fn,
     phi4_reward,
@@ -56,7 +57,8 @@ def test_final_reward_is_eight_thirteenths_of_r_acc(correct: bool, length: int, 
     result = score(GOOD, "8" if correct else "9", length, True, CFG)
     assert result.reward == pytest.approx(W_ACC * expected, abs=1e-12)
     assert result.components["r_acc"] == pytest.approx(expected, abs=1e-12)
-    assert result.components["accuracy"] == float(correct) and result.components["repetition"] == 0.0
+    assert result.correct is correct and result.components["accuracy"] == float(correct)
+    assert result.components["repetition"] == 0.0
 
 
 def test_quarter_points_follow_the_cosine() -> None:
@@ -193,21 +195,33 @@ def test_user_reward_by_dotted_path(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         from thinktune.rewards import RewardResult
 
         def shortest(completion, answer, num_tokens, finished, cfg, mode):
-            return RewardResult(-num_tokens / cfg.l_max, {"length": float(num_tokens)})
+            return RewardResult(-num_tokens / cfg.l_max, False, {"length": float(num_tokens)})
 
         def bad(completion, answer, num_tokens, finished, cfg, mode):
             return 1.0
+
+        def old_contract(completion, answer, num_tokens, finished, cfg, mode):  # no `correct`
+            return RewardResult(1.0, {"accuracy": 1.0})
+
+        def two_arguments(completion, answer):
+            return RewardResult(1.0, True)
     """)
     for name in ("my_rewards:shortest", "my_rewards.shortest"):
         result = score(GOOD, "8", 100, True, scale_to_context(RewardConfig(name=name), 1000))
-        assert result == RewardResult(-0.1, {"length": 100.0})
+        assert result == RewardResult(-0.1, False, {"length": 100.0})
+        check_reward(RewardConfig(name=name))
     with pytest.raises(TypeError, match="RewardResult"):
         score(GOOD, "8", 100, True, RewardConfig(name="my_rewards:bad"))
+    # what GRPO checks before it loads a model: each of these fails there, not at the first step's scoring
+    for name, match in (("bad", "returned float"), ("old_contract", "correct a bool"),
+                        ("two_arguments", "does not take")):
+        with pytest.raises(ConfigError, match=match):
+            check_reward(RewardConfig(name=f"my_rewards:{name}"))
 
 
 @pytest.mark.parametrize("name,match", [
     ("no_such_module_xyz:fn", "cannot import"), ("thinktune.rewards.phi4:nothing", "no function"),
-    ("thinktune.rewards.phi4:BUILTIN_REWARDS", "no function"), ("phi5", "phi4-mini"),
+    ("thinktune.rewards.phi4:REWARDS", "no function"), ("phi5", "phi4-mini"),
 ])
 def test_bad_reward_paths_are_config_errors(name: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

@@ -13,32 +13,27 @@ from collections.abc import Sequence
 from transformers import PreTrainedTokenizerBase
 
 from thinktune import runtime
-from thinktune.config import ModelConfig
+from thinktune.config import ModelConfig, SamplingConfig
 from thinktune.data.chat import prompt_messages, render_prompt
 from thinktune.modeling import models
 from thinktune.rewards.verify import is_correct_groups
-from thinktune.rollout.sampler import Completion, RolloutEngine, SamplingParams
-from thinktune.rollout.vllm_backend import VLLMSampler, check_vocab, engine_for, resolve_backend
+from thinktune.rollout.sampler import Completion, SamplingParams
+from thinktune.rollout.service import Sampler, make_sampler
 
 
-def load_student(cfg: ModelConfig, seed: int, backend: str = "thinktune", gpu_memory_utilization: float = 0.9
-                 ) -> tuple[RolloutEngine | VLLMSampler, PreTrainedTokenizerBase]:
-    """A sampler for the model of ``cfg`` and its tokenizer, with seeds set: thinktune's on the best device, or
-    (``backend`` "vllm", or "auto" where vLLM can run) a vLLM engine, with no HF copy of the model beside it."""
-    rt = runtime.init(cfg.dtype, seed)
-    backend = resolve_backend(backend)
+def load_student(cfg: ModelConfig, sampling: SamplingConfig) -> tuple[Sampler, PreTrainedTokenizerBase]:
+    """A sampler for the model of ``cfg`` (``make_sampler``: thinktune's on the best device, or vLLM, which
+    loads the weights itself) and its tokenizer, with the run's seeds set from ``sampling.seed``."""
+    rt = runtime.init(cfg.dtype, sampling.seed)
     tokenizer = models.load_tokenizer(cfg)
-    if backend == "vllm":
-        check_vocab(cfg.path, len(tokenizer), exact=False)
-        return engine_for(cfg.path, tokenizer, cfg.dtype, gpu_memory_utilization), tokenizer
-    return RolloutEngine(models.load_model(cfg, tokenizer, rt.device, rt.dtype), tokenizer), tokenizer
+    return make_sampler(sampling, cfg, tokenizer, rt), tokenizer
 
 
-def sample_rows(engine: RolloutEngine | VLLMSampler, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict],
-                params: SamplingParams, seed: int, batch_size: int) -> list[list[Completion]]:
+def sample_rows(sampler: Sampler, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict], params: SamplingParams,
+                seed: int) -> list[list[Completion]]:
     """``params.n`` completions for each prompt row, rendered with the chat template (and its system prompt)."""
     prompts = [render_prompt(tokenizer, prompt_messages(r["prompt"])) for r in rows]
-    return engine.sample(prompts, params, seed=seed, batch_size=batch_size)
+    return sampler.sample(prompts, params, seed=seed)
 
 
 def verify_groups(rows: Sequence[dict], texts: Sequence[Sequence[str]]) -> list[list[bool]]:

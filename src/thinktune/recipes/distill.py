@@ -1,4 +1,4 @@
-"""Distill a teacher: k samples per prompt from any OpenAI-compatible endpoint, verified traces to SFT JSONL.
+"""Distill a teacher: n samples per prompt from any OpenAI-compatible endpoint, verified traces to SFT JSONL.
 
 Run:
     export OPENAI_API_KEY=...
@@ -30,6 +30,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 import openai
 from tqdm import tqdm
@@ -59,10 +60,10 @@ class DistillConfig:
     base_url: str = ""  # the endpoint, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1
     model: str = ""  # the teacher's model name at that endpoint
     api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key ("": send none)
-    k: int = 4  # samples per prompt
+    n: int = 4  # samples per prompt
     temperature: float | None = None  # None: not sent (o3-mini accepts none)
     top_p: float | None = None  # None: not sent
-    max_tokens: int = 0  # sent as max_completion_tokens (0: not sent, the endpoint's default)
+    max_new_tokens: int = 0  # sent as max_completion_tokens (0: not sent, the endpoint's default)
     reasoning_effort: str = ""  # o3-mini: low | medium | high ("": not sent)
     system_prompt: str = ""  # sent to the teacher when set; not part of the SFT rows
     seed: int | None = None  # sample j asks with seed + j when set
@@ -75,13 +76,17 @@ class DistillConfig:
     cache: str = ""  # reply cache JSONL ("": output_dir/cache.jsonl); share it between runs to reuse replies
     output_dir: str = "runs/distill"
 
+    # The names the sampling stages use (sampling.n, sampling.max_new_tokens): the teacher's knobs stay at the top
+    # level here, since each is sent to the endpoint only when set.
+    RENAMED: ClassVar[dict[str, str]] = {"k": "n", "max_tokens": "max_new_tokens"}
+
     def __post_init__(self) -> None:
         if not self.prompts:
             raise ConfigError("prompts is empty; give the prompt JSONL to distill (prompts=FILE)")
         if not self.base_url or not self.model:
             raise ConfigError("set base_url (e.g. https://api.openai.com/v1) and model (e.g. o3-mini)")
-        if self.k < 1 or self.concurrency < 1 or self.max_retries < 0 or self.timeout_s <= 0:
-            raise ConfigError("k and concurrency must be >= 1, max_retries >= 0, timeout_s > 0")
+        if self.n < 1 or self.concurrency < 1 or self.max_retries < 0 or self.timeout_s <= 0:
+            raise ConfigError("n and concurrency must be >= 1, max_retries >= 0, timeout_s > 0")
         if self.reasoning_effort not in ("", "low", "medium", "high"):
             raise ConfigError(f"reasoning_effort={self.reasoning_effort!r}; use low, medium, high or leave it empty")
 
@@ -97,7 +102,7 @@ class Job:
 def request_options(cfg: DistillConfig, index: int) -> dict:
     """The request fields beyond model/messages/n, leaving out what the config leaves unset."""
     options: dict = {"temperature": cfg.temperature, "top_p": cfg.top_p,
-                     "max_completion_tokens": cfg.max_tokens or None, "reasoning_effort": cfg.reasoning_effort or None,
+                     "max_completion_tokens": cfg.max_new_tokens or None, "reasoning_effort": cfg.reasoning_effort or None,
                      "seed": None if cfg.seed is None else cfg.seed + index}
     return {k: v for k, v in options.items() if v is not None}
 
@@ -144,7 +149,7 @@ def ask_all(client: openai.OpenAI, cfg: DistillConfig, jobs: list[Job], cache: R
 def rejection(row: dict, reply: Reply, require_reasoning: bool) -> str | None:
     """Why a reply is not a usable trace, or None when it is (verified against the row's answer)."""
     if reply.finish_reason == "length":
-        return "truncated: the reply hit max_tokens"
+        return "truncated: the reply hit max_new_tokens"
     if require_reasoning and not reply.reasoning:
         return "no reasoning: the reply has no reasoning_content and no <think> block"
     verdict = check_answer(reply.trace(), row["answer"], row["mode"])
@@ -185,11 +190,11 @@ def sort_samples(jobs: list[Job], cache: ReplyCache, failures: dict[str, str],
 def summarize(cfg: DistillConfig, rows: list[dict], asked: int, kept: list[dict], rejected: list[dict],
               failed: list[dict], tokens: dict[str, int]) -> tuple[dict, str]:
     reasons = Counter(r["reason"].split(":")[0] for r in rejected)
-    summary = {"prompts": len(rows), "samples": len(rows) * cfg.k, "asked_this_run": asked, "kept": len(kept),
+    summary = {"prompts": len(rows), "samples": len(rows) * cfg.n, "asked_this_run": asked, "kept": len(kept),
                "rejected": len(rejected), "failed": len(failed), "rejected_by_reason": dict(reasons),
                "prompts_with_a_kept_trace": len({r["prompt_id"] for r in kept}),
                "tokens": {**tokens, "total": tokens["prompt"] + tokens["completion"]}}
-    lines = [f"[distill] {cfg.model} at {cfg.base_url}: {len(rows)} prompts x {cfg.k} samples "
+    lines = [f"[distill] {cfg.model} at {cfg.base_url}: {len(rows)} prompts x {cfg.n} samples "
              f"({asked} asked this run, the rest from the cache)",
              "| samples | count |", "|---|---|", f"| kept | {len(kept)} |", f"| rejected | {len(rejected)} |",
              *(f"| - {reason} | {n} |" for reason, n in reasons.most_common()),
@@ -212,7 +217,7 @@ def run(cfg: DistillConfig) -> dict:
     jobs = []
     for row in rows:
         messages = with_system(prompt_messages(row["prompt"]), cfg.system_prompt)
-        jobs += [Job(row, j, messages, sample_key(cfg.base_url, cfg.model, messages, j)) for j in range(cfg.k)]
+        jobs += [Job(row, j, messages, sample_key(cfg.base_url, cfg.model, messages, j)) for j in range(cfg.n)]
     todo = [job for job in jobs if job.key not in cache]
     tqdm.write(f"[distill] {len(jobs)} samples: {len(jobs) - len(todo)} cached, asking for {len(todo)}")
     failures = ask_all(client, cfg, todo, cache)

@@ -23,18 +23,17 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from tqdm import tqdm
 
-from thinktune.config import ModelConfig, save_config
+from thinktune.config import SAMPLING_RENAMED, ModelConfig, SamplingConfig, save_config
 from thinktune.curation.pairs import Scored, mine
 from thinktune.curation.passrate import load_student, sample_rows
 from thinktune.data.chat import prompt_messages, render_prompt
 from thinktune.data.io import read_jsonl_lines, write_json, write_jsonl
 from thinktune.errors import ConfigError, DataError
 from thinktune.rewards.verify import is_correct_groups
-from thinktune.rollout.sampler import SamplingParams
-from thinktune.rollout.vllm_backend import check_backend
 from thinktune.tasks.benchmarks import load_prompts
 
 
@@ -45,28 +44,24 @@ class DPOPairsConfig:
     samples: str = ""  # saved rollout records to pair instead of sampling
     difficulties: list[int] = field(default_factory=list)  # keep prompts of these levels only (empty: all)
     limit: int = 0  # first N prompts after the difficulty filter (0: all)
-    k: int = 8  # samples per prompt
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 2048
-    batch_size: int = 64
-    rollout_backend: str = "auto"  # auto: vLLM where it is installed and a GPU exists, else thinktune's sampler
-    vllm_gpu_memory_utilization: float = 0.9  # vLLM's share of the GPU
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=2048))  # n per prompt
     pairs_per_prompt: int = 1
     length_match: bool = True
     heldout_fraction: float = 0.1  # share of prompts whose pairs go to heldout_pairs.jsonl
-    seed: int = 0
+    seed: int = 0  # the pairing and the held-out split; the draws take sampling.seed
     output_dir: str = "runs/dpo-pairs"
+
+    # ``samples`` here is the file of saved rollout records, not a count
+    RENAMED: ClassVar[dict[str, str]] = {k: v for k, v in SAMPLING_RENAMED.items() if k != "samples"}
 
     def __post_init__(self) -> None:
         self.model.check_sampling_only("dpo-pairs")
-        check_backend(self.rollout_backend)
         if not self.prompts:
             raise ConfigError("prompts is empty; give the prompt JSONL to mine pairs for (prompts=FILE)")
         if not self.samples and not self.model.path:
             raise ConfigError("set model.path (a policy to sample) or samples (saved rollout records)")
-        if self.k < 2 or self.pairs_per_prompt < 1:
-            raise ConfigError("k must be >= 2 (a pair needs two samples) and pairs_per_prompt >= 1")
+        if self.sampling.n < 2 or self.pairs_per_prompt < 1:
+            raise ConfigError("sampling.n must be >= 2 (a pair needs two samples) and pairs_per_prompt >= 1")
         if not 0 <= self.heldout_fraction < 1:
             raise ConfigError(f"heldout_fraction={self.heldout_fraction} must be in [0, 1)")
 
@@ -80,11 +75,9 @@ Sample = tuple[str, int, bool]
 
 
 def sample_policy(cfg: DPOPairsConfig, rows: list[dict]) -> tuple[list[list[Sample]], list[str]]:
-    """k samples per prompt from the policy, and each prompt as the policy saw it (rendered)."""
-    engine, tokenizer = load_student(cfg.model, cfg.seed, cfg.rollout_backend, cfg.vllm_gpu_memory_utilization)
-    params = SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
-                            max_new_tokens=cfg.max_new_tokens)
-    outs = sample_rows(engine, tokenizer, rows, params, cfg.seed, cfg.batch_size)
+    """``sampling.n`` samples per prompt from the policy, and each prompt as the policy saw it (rendered)."""
+    sampler, tokenizer = load_student(cfg.model, cfg.sampling)
+    outs = sample_rows(sampler, tokenizer, rows, cfg.sampling.params(), cfg.sampling.seed)
     rendered = [tokenizer.decode(render_prompt(tokenizer, prompt_messages(r["prompt"]))) for r in rows]
     return [[(c.text, len(c.token_ids), c.finished) for c in group] for group in outs], rendered
 
@@ -154,7 +147,7 @@ def run(cfg: DPOPairsConfig) -> dict:
                f"{t['pairs']} train pairs, {h['pairs']} held-out pairs; no mixed outcome: "
                f"{t['all_correct'] + h['all_correct']} all correct, {t['all_wrong'] + h['all_wrong']} all wrong")
     if not t["pairs"]:
-        limit = None if cfg.samples else cfg.max_new_tokens
+        limit = None if cfg.samples else cfg.sampling.max_new_tokens
         raise DataError(f"no prompt in {cfg.prompts} had both a correct and an incorrect finished sample: "
                         f"{advice(summary, limit)}")
     return summary

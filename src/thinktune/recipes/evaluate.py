@@ -2,7 +2,7 @@
 
 Run:
     thinktune evaluate --config configs/demo/eval.yaml model.path=runs/demo/sft/final
-    thinktune evaluate model.path=DIR data.benchmark=aime25 data.path=aime25.jsonl samples=50
+    thinktune evaluate model.path=DIR data.benchmark=aime25 data.path=aime25.jsonl sampling.n=50
 
 Run j is the j-th sample of every problem; pass@1 is the mean of the N run accuracies and the std is taken
 across them (the paper's "mean +- std over 50 runs" for AIME 2025). Also maj@N, best-of-N, worst-of-N,
@@ -10,8 +10,8 @@ unbiased pass@k, mean response length, and the share of responses with a well-fo
 answer. Writes ``report.json``, ``report.md``, ``samples.jsonl`` and ``plots/runs.png`` (the distribution
 of run accuracies).
 
-Sampling runs on vLLM where it is installed and a GPU exists (``rollout_backend=auto``; the paper's 32k-token
-budget needs its paged cache on real models), else on thinktune's sampler.
+Sampling runs on vLLM where it is installed and a GPU exists (``sampling.backend=auto``; the paper's 32k-token
+budget needs its paged cache on real models), else on thinktune's sampler (``thinktune.rollout.service``).
 
 Departures from the paper: the paper samples Phi models at temperature 0.8 with a top-p it does not state
 (RECIPE.md section 4.1); we default to 0.8 and top-p 0.95, the values of the model card's example.
@@ -21,12 +21,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-import torch
 from tqdm import tqdm
 
 from thinktune import runtime
-from thinktune.config import ModelConfig, save_config
+from thinktune.config import SAMPLING_RENAMED, ModelConfig, SamplingConfig, save_config
 from thinktune.data.chat import prompt_messages, render_prompt
 from thinktune.data.io import write_json, write_jsonl
 from thinktune.errors import ConfigError
@@ -34,8 +34,7 @@ from thinktune.evaluation.metrics import per_run_accuracy, summarize
 from thinktune.evaluation.report import eval_markdown, plot_run_accuracies
 from thinktune.modeling import models
 from thinktune.rewards.verify import extract_answer, has_valid_think, is_correct_groups
-from thinktune.rollout.sampler import SamplingParams, sample
-from thinktune.rollout.vllm_backend import check_backend, check_vocab, engine_for, resolve_backend
+from thinktune.rollout.service import check_sampling, make_sampler
 from thinktune.tasks.benchmarks import load_benchmark, load_prompts
 
 
@@ -52,30 +51,21 @@ class EvalDataConfig:
 class EvalConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
-    samples: int = 5  # N samples per problem = N runs
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 0
-    greedy: bool = False
-    max_new_tokens: int = 32768
-    batch_size: int = 64  # sequences per generation batch (thinktune's sampler; vLLM schedules its own)
-    rollout_backend: str = "auto"  # auto: vLLM where it is installed and a GPU exists, else thinktune's sampler
-    vllm_gpu_memory_utilization: float = 0.9  # vLLM's share of the GPU (nothing else runs beside it here)
+    # n: N samples per problem = N runs; the paper's temperature 0.8, and the model card's top-p 0.95
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
+        n=5, temperature=0.8, top_p=0.95, max_new_tokens=32768))
     ks: list[int] = field(default_factory=lambda: [1])  # unbiased pass@k values to report
-    seed: int = 0
     label: str = ""  # the name of this model in comparison tables (default: the output dir's name)
     output_dir: str = "runs/eval"
+
+    RENAMED: ClassVar[dict[str, str]] = SAMPLING_RENAMED | {"seed": "sampling.seed"}
 
     def __post_init__(self) -> None:
         self.model.check_sampling_only("evaluate")
         if bool(self.data.prompts) == bool(self.data.benchmark):
             raise ConfigError("set exactly one of data.prompts (a prompt JSONL) or data.benchmark (a name)")
-        if self.samples < 1:
-            raise ConfigError(f"samples={self.samples} must be >= 1")
-        if bad := [k for k in self.ks if not 1 <= k <= self.samples]:
-            raise ConfigError(f"ks={bad} must lie in [1, samples={self.samples}]")
-        SamplingParams(n=self.samples, temperature=self.temperature, top_p=self.top_p, greedy=self.greedy)
-        check_backend(self.rollout_backend)
+        if bad := [k for k in self.ks if not 1 <= k <= self.sampling.n]:
+            raise ConfigError(f"ks={bad} must lie in [1, sampling.n={self.sampling.n}]")
 
 
 def load_rows(cfg: EvalConfig) -> list[dict]:
@@ -117,27 +107,20 @@ def summarize_groups(rows: list[dict], mats: dict, cfg: EvalConfig) -> dict[str,
 
 
 def run(cfg: EvalConfig) -> dict:
-    rt = runtime.init(cfg.model.dtype, cfg.seed)
-    backend = resolve_backend(cfg.rollout_backend)
+    rt = runtime.init(cfg.model.dtype, cfg.sampling.seed)
+    check_sampling(cfg.sampling, cfg.model)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     tokenizer = models.load_tokenizer(cfg.model)
     rows = load_rows(cfg)
     prompts = [render_prompt(tokenizer, prompt_messages(r["prompt"])) for r in rows]
-    params = SamplingParams(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                            max_new_tokens=cfg.max_new_tokens, greedy=cfg.greedy)
+    params = cfg.sampling.params()
     label = cfg.label or out.name
-    tqdm.write(f"[eval] {label}: {len(rows)} problems x {cfg.samples} samples from {cfg.model.path} on {backend}")
-    if backend == "vllm":  # the engine loads the weights itself: no HF copy beside it
-        check_vocab(cfg.model.path, len(tokenizer), exact=False)
-        engine = engine_for(cfg.model.path, tokenizer, cfg.model.dtype, cfg.vllm_gpu_memory_utilization,
-                            max(map(len, prompts)) + cfg.max_new_tokens)
-        completions = engine.sample(prompts, params, seed=cfg.seed)
-    else:
-        model = models.load_model(cfg.model, tokenizer, rt.device, rt.dtype)
-        with torch.inference_mode():
-            completions = sample(model, tokenizer, prompts, params, seed=cfg.seed, batch_size=cfg.batch_size)
+    sampler = make_sampler(cfg.sampling, cfg.model, tokenizer, rt, longest_prompt=max(map(len, prompts)))
+    tqdm.write(f"[eval] {label}: {len(rows)} problems x {params.n} samples from {cfg.model.path} on "
+               f"{sampler.backend}")
+    completions = sampler.sample(prompts, params, seed=cfg.sampling.seed)
     mats, records = score(rows, completions, tokenizer, prompts)
     groups = summarize_groups(rows, mats, cfg)
     report = {"label": label, "model": cfg.model.path, "source": cfg.data.prompts or cfg.data.benchmark,
@@ -149,7 +132,7 @@ def run(cfg: EvalConfig) -> dict:
     plot_run_accuracies(report, out / "plots" / "runs.png")
     a = groups["all"]
     tqdm.write(f"[eval] {label}: pass@1 {a['pass@1']:.1f} +- {a['pass@1_std']:.1f}  "
-               f"maj@{cfg.samples} {a[f'maj@{cfg.samples}']:.1f}  "
+               f"maj@{params.n} {a[f'maj@{params.n}']:.1f}  "
                f"format ok {a['format_ok']:.1f}%  mean length {a['mean_length']:.0f}")
     return report
 

@@ -4,23 +4,23 @@ Run:
     thinktune grpo --config configs/phi4-reasoning-plus/grpo.yaml model.path=runs/sft/final data.prompts=math.jsonl
     thinktune grpo --config configs/demo/grpo.yaml model.path=runs/demo/dpo/final data.prompts=...
 
-Each step: P prompts x G samples from the rollout engine at the step's temperature -> rewards and their
+Each step: P prompts x G samples from the sampler at the step's temperature -> rewards and their
 components -> (optional) Phi-4-mini rebalancing: keep every positive sample and as many negatives, drop
 prompts above an accuracy threshold -> group advantages -> reference log-probs -> ``updates_per_batch``
 passes of the clipped surrogate with KL (k3, coefficient beta) and an entropy bonus (gamma) -> log, dump
 rollouts, checkpoint.
 
-The old policy's log-probs are the ones the rollout engine returns under the distribution it sampled
+The old policy's log-probs are the ones the sampler returns under the distribution it sampled
 (softmax of logits / temperature); the update computes the policy's log-probs at the same temperature, so
 the importance ratio compares like with like. That is why top_p must stay 1.0 here: a nucleus-truncated
 sampling distribution is not the policy's. vLLM returns none (only raw log-probs, in its own kernels), so
 with it the update's first pass, made on the weights that sampled, supplies them.
 
-Rollouts: ``rollout_backend=auto`` samples with vLLM where it is installed and a GPU exists (the policy's
-weights are pushed into the engine before every step; needed at the paper's 32k-token budget, where a
-static cache per row does not fit), else with thinktune's sampler (``thinktune.rollout``). With
-``vllm_sleep`` (default) the engine discards its weights and KV cache after sampling, so the update has the
-whole GPU, and the next push brings them back.
+Rollouts come from a ``Sampler`` (``thinktune.rollout.service``) built from the ``sampling`` block:
+``sampling.backend=auto`` samples with vLLM where it is installed and a GPU exists (needed at the paper's
+32k-token budget, where a static cache per row does not fit), else with thinktune's sampler. Every step
+the loop reads: sync the policy's weights into the sampler, sample, score, select, release the sampler's
+memory (vLLM sleeps with ``sampling.vllm.sleep``, the default), update.
 
 Scale: under ``torchrun`` each rank samples its contiguous share of the step's prompts (whole groups, so
 advantages stay local) from an unsharded copy of the policy, and the FSDP2-sharded policy and reference
@@ -42,25 +42,28 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from thinktune import runtime
-from thinktune.config import LogConfig, ModelConfig, OptimConfig, save_config
+from thinktune.config import (
+    SAMPLING_RENAMED,
+    LogConfig,
+    ModelConfig,
+    OptimConfig,
+    SamplingConfig,
+    VLLMOptions,
+    save_config,
+)
 from thinktune.data.chat import prompt_messages, render_prompt
 from thinktune.data.io import write_json, write_jsonl
 from thinktune.data.order import step_units
 from thinktune.errors import ConfigError
 from thinktune.modeling import lora, models
-from thinktune.rewards import RewardConfig, StreamingScorer
-from thinktune.rollout.sampler import Completion, RolloutEngine, SamplingParams
-from thinktune.rollout.vllm_backend import (
-    VLLMSampler,
-    check_backend,
-    check_vocab,
-    engine_for,
-    resolve_backend,
-)
+from thinktune.rewards import RewardConfig, StreamingScorer, check_reward
+from thinktune.rollout.sampler import Completion
+from thinktune.rollout.service import check_sampling, make_sampler
 from thinktune.tasks.benchmarks import load_prompts
 from thinktune.tracking import MetricsLogger, plot_curves, progress
 from thinktune.train import checkpoint, distributed
@@ -85,11 +88,12 @@ class GRPOConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-8, warmup_steps=10, weight_decay=0.0,
                                                                    schedule="constant"))
     log: LogConfig = field(default_factory=LogConfig)
+    # n: G samples per prompt (with balance, the kept share may be smaller); temperature: at step 0. vLLM takes
+    # 0.4 of the GPU and sleeps during the update; thinktune's sampler decodes 256 rows at once.
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
+        n=8, batch_size=256, vllm=VLLMOptions(gpu_memory_utilization=0.4, sleep=True)))
     prompts_per_step: int = 64
-    samples_per_prompt: int = 8  # G drawn per prompt (with balance, the kept share may be smaller)
-    max_new_tokens: int = 31744
-    scale_reward_to_context: bool = False  # rescale the reward's length constants to max_new_tokens
-    temperature: float = 1.0  # sampling temperature at step 0
+    scale_reward_to_context: bool = False  # rescale the reward's length constants to sampling.max_new_tokens
     temperature_end: float = 0.0  # > 0: anneal linearly to this (Phi-4-mini: 0.6) ...
     anneal_fraction: float = 0.5  # ... over this share of the steps, then hold it
     advantage: str = "grpo"  # grpo: (r - mean) / std; drgrpo: r - mean
@@ -103,15 +107,13 @@ class GRPOConfig:
     max_group_accuracy: float = 0.5  # with balance: prompts above this accuracy are dropped
     micro_batch_size: int = 8  # completions per forward pass in the update (sorted by length)
     share_prompt: bool = True  # forward each prompt once per pass, not once per sample (same result)
-    rollout_batch_size: int = 256  # sequences decoded together (thinktune's sampler; vLLM schedules its own)
     score_behind_decode: bool | None = None  # score each completion as it ends, beside the decode; None: on GPUs
-    rollout_backend: str = "auto"  # auto: vLLM where it is installed and a GPU exists, else thinktune's sampler
-    vllm_gpu_memory_utilization: float = 0.4  # vLLM's share of the GPU; the rest is left to training
-    vllm_sleep: bool = True  # vLLM frees its GPU memory (weights, KV cache) while the policy updates
     max_steps: int = 90
     dump_every: int = 10  # steps between rollout dumps to samples/ (0: never)
     seed: int = 0
     output_dir: str = "runs/grpo"
+
+    RENAMED: ClassVar[dict[str, str]] = SAMPLING_RENAMED
 
     def __post_init__(self) -> None:
         if not self.data.prompts:
@@ -120,20 +122,22 @@ class GRPOConfig:
             raise ConfigError(f"advantage={self.advantage!r}; choose one of {', '.join(ADVANTAGE_MODES)}")
         if self.loss_agg not in LOSS_AGGREGATIONS:
             raise ConfigError(f"loss_agg={self.loss_agg!r}; choose one of {', '.join(LOSS_AGGREGATIONS)}")
-        if self.samples_per_prompt < 2:
-            raise ConfigError("samples_per_prompt must be >= 2: a group advantage needs a group")
-        if self.temperature <= 0 or self.temperature_end < 0:
-            raise ConfigError("temperature must be > 0 (and temperature_end >= 0, 0 meaning no annealing)")
+        if self.sampling.n < 2:
+            raise ConfigError("sampling.n must be >= 2: a group advantage needs a group")
+        if self.sampling.greedy or self.sampling.top_p != 1 or self.sampling.top_k:
+            raise ConfigError("grpo samples from the policy itself: sampling.greedy=false, top_p=1 and top_k=0 (a "
+                              "truncated distribution is not the policy whose log-probs the update compares)")
+        if self.temperature_end < 0:
+            raise ConfigError("temperature_end must be >= 0 (0: no annealing)")
         if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
             raise ConfigError("clip_low must be in [0, 1) and clip_high >= 0")
         if self.max_steps < 1 or self.updates_per_batch < 1 or self.prompts_per_step < 1:
             raise ConfigError("max_steps, updates_per_batch and prompts_per_step must be >= 1")
-        check_backend(self.rollout_backend)
 
     def temperature_at(self, step: int) -> float:
         if not self.temperature_end:
-            return self.temperature
-        return annealed_temperature(step, self.max_steps, self.temperature, self.temperature_end,
+            return self.sampling.temperature
+        return annealed_temperature(step, self.max_steps, self.sampling.temperature, self.temperature_end,
                                     self.anneal_fraction)
 
 
@@ -248,16 +252,6 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
     return {f"update/{k}": v / denom for k, v in sums.items()} | {"update/grad_norm": grad_norm}
 
 
-def rollout_engine(cfg: GRPOConfig, backend: str, model, rollout_model, tokenizer, longest_prompt: int):
-    """thinktune's sampler on the rollout model, or (backend "vllm") a vLLM engine built from ``model.path``
-    that takes the policy's weights before every step's sampling."""
-    if backend == "thinktune":
-        return RolloutEngine(lora.decodable(rollout_model), tokenizer)
-    check_vocab(cfg.model.path, model.get_input_embeddings().num_embeddings, exact=True)
-    return engine_for(cfg.model.path, tokenizer, cfg.model.dtype, cfg.vllm_gpu_memory_utilization,
-                      longest_prompt + cfg.max_new_tokens, sleep_mode=cfg.vllm_sleep)
-
-
 def reference_model(cfg: GRPOConfig, model, tokenizer, rt: runtime.Runtime):
     """The frozen reference for the KL term: None without one (beta = 0); with LoRA, the policy with its
     adapters disabled (no second copy of the weights); else the starting model, sharded like the policy."""
@@ -343,10 +337,7 @@ def scores_behind_decode(device: torch.device, choice: bool | None = None) -> bo
 def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; its stages are calls
     rt = runtime.init(cfg.model.dtype, cfg.seed)
     distributed.check_divisible("prompts_per_step", cfg.prompts_per_step, 1, rt)
-    backend = resolve_backend(cfg.rollout_backend)  # before any loading: "vllm" where it cannot run is an error
-    if backend == "vllm" and cfg.model.lora.r:
-        raise ConfigError("model.lora.r > 0 with vLLM rollouts: the engine would need the merged weights pushed "
-                          "every step, which thinktune does not do yet; use rollout_backend=thinktune")
+    check_sampling(cfg.sampling, cfg.model)  # before any loading: vLLM where it cannot run is an error
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if rt.is_main:
@@ -355,7 +346,8 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
     if cfg.scale_reward_to_context:
         from thinktune.rewards import scale_to_context
 
-        reward_cfg = scale_to_context(cfg.reward, cfg.max_new_tokens)
+        reward_cfg = scale_to_context(cfg.reward, cfg.sampling.max_new_tokens)
+    check_reward(reward_cfg)  # a reward that cannot serve fails here, not at the first step's scoring
     tokenizer, fmt = models.load_chat(cfg.model)
     if fmt.added_tokens and (warning := format_warning(reward_cfg, f"the model has never seen {fmt.added_tokens[0]} "
                                                                    "(thinktune just added it)")):
@@ -366,17 +358,17 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
 
     resume_from = checkpoint.latest(out)
     model = lora.load_policy(cfg.model, resume_from, tokenizer, rt.device)
-    # thinktune's sampler reads whole weights: on N ranks a copy made before sharding. vLLM holds its own.
-    rollout_model = distributed.rollout_copy(model, rt) if backend == "thinktune" else None
+    # Before sharding: thinktune's sampler reads whole weights (on N ranks, a copy made here). vLLM holds its own.
+    sampler = make_sampler(cfg.sampling, cfg.model, tokenizer, rt, model=model,
+                           longest_prompt=max(map(len, prompt_ids)))
     model = distributed.prepare(model, cfg.model, rt)
     reference = reference_model(cfg, model, tokenizer, rt)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
     start = checkpoint.resume(resume_from, model, optimizer, scheduler, "grpo")
     logger = MetricsLogger(out / "metrics.jsonl", resume_step=start, enabled=rt.is_main)
-    engine = rollout_engine(cfg, backend, model, rollout_model, tokenizer, max(map(len, prompt_ids)))
     runtime.print0(f"[grpo] {len(rows)} prompts; {cfg.max_steps} steps of {cfg.prompts_per_step} x "
-                   f"{cfg.samples_per_prompt} on {rt.world_size} rank(s), rollouts on {backend}; reward "
+                   f"{cfg.sampling.n} on {rt.world_size} rank(s), rollouts on {sampler.backend}; reward "
                    f"{reward_cfg.name}; lr {cfg.optim.lr}, beta {cfg.beta}, gamma {cfg.gamma}; balance {cfg.balance}")
 
     bar = progress(cfg.max_steps, start, "grpo", cfg.log.progress and rt.is_main)
@@ -390,25 +382,18 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
             idx = distributed.shard(idx, rt)  # data-parallel rollouts: each rank samples its share of prompts
             step_rows, step_prompts = [rows[i] for i in idx], [prompt_ids[i] for i in idx]
             # on 1 rank this is the one-process seed
-            rank_seed = (cfg.seed * 1_000_003 + step) * rt.world_size + rt.rank
+            rank_seed = (cfg.sampling.seed * 1_000_003 + step) * rt.world_size + rt.rank
 
             t = time.perf_counter()
-            if isinstance(engine, VLLMSampler):  # gathered a parameter at a time under FSDP: no second copy
-                engine.push_weights(distributed.full_parameters(model))
-            else:  # the engine re-reads the copy's weights by itself
-                distributed.sync_rollout_copy(rollout_model, model, trainable_only=step > start)
-            params = SamplingParams(n=cfg.samples_per_prompt, temperature=temperature,
-                                    max_new_tokens=cfg.max_new_tokens)
+            sampler.sync_weights(model)
 
             def start_scoring(p: int, j: int, c: Completion, rows: list[dict] = step_rows) -> None:
                 scorer.submit((p, j), c.text, str(rows[p]["answer"]), len(c.token_ids), c.finished,
                               rows[p].get("mode"))
 
-            groups = engine.sample(step_prompts, params, seed=rank_seed, batch_size=cfg.rollout_batch_size,
-                                   show_progress=False,
-                                   on_complete=start_scoring if score_behind_decode else None)
-            if isinstance(engine, VLLMSampler) and cfg.vllm_sleep:
-                engine.sleep()  # the update gets the GPU; the next push wakes it
+            groups = sampler.sample(step_prompts, cfg.sampling.params(temperature=temperature), seed=rank_seed,
+                                    show_progress=False, on_complete=start_scoring if score_behind_decode else None)
+            sampler.release()  # the update gets the memory; the next sync_weights takes it back
             timer["time/generate"] = time.perf_counter() - t
 
             t = time.perf_counter()  # the scoring left when sampling ends
@@ -416,12 +401,12 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
                 for p, group in enumerate(groups):
                     for j, c in enumerate(group):
                         start_scoring(p, j, c)
-            g = cfg.samples_per_prompt
+            g = cfg.sampling.n
             results = [scorer.results((p, j) for j in range(g)) for p in range(len(groups))]
             rewards = [[r.reward for r in rs] for rs in results]
             if step == start and (warning := unformatted_warning(results, reward_cfg)):
                 runtime.print0(warning)
-            correct = [[bool(r.components.get("accuracy", 0.0) > 0) for r in rs] for rs in results]
+            correct = [[r.correct for r in rs] for rs in results]
             timer["time/score"] = time.perf_counter() - t
 
             t = time.perf_counter()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import matplotlib
 
@@ -32,13 +33,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from thinktune.config import ModelConfig, save_config  # noqa: E402
+from thinktune.config import SAMPLING_RENAMED, ModelConfig, SamplingConfig, save_config  # noqa: E402
 from thinktune.curation.cache import ReplyCache, cache_key  # noqa: E402
 from thinktune.curation.passrate import in_band, load_student, pass_rate, sample_rows, verify_groups  # noqa: E402
 from thinktune.data.io import write_json, write_jsonl  # noqa: E402
 from thinktune.errors import ConfigError  # noqa: E402
-from thinktune.rollout.sampler import SamplingParams  # noqa: E402
-from thinktune.rollout.vllm_backend import check_backend  # noqa: E402
 from thinktune.tasks.benchmarks import load_prompts  # noqa: E402
 from thinktune.tracking import save_figure  # noqa: E402
 
@@ -49,28 +48,22 @@ class SelectConfig:
     prompts: str = ""  # candidate prompt JSONL: {"id", "prompt", "answer", "mode"?}
     difficulties: list[int] = field(default_factory=list)  # keep these levels only (empty: all)
     limit: int = 0  # first N candidates (0: all)
-    k: int = 8  # samples per prompt
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 31744
-    batch_size: int = 64
-    rollout_backend: str = "auto"  # auto: vLLM where it is installed and a GPU exists, else thinktune's sampler
-    vllm_gpu_memory_utilization: float = 0.9  # vLLM's share of the GPU
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # n: samples per prompt
     pass_rate_above: float = 0.0  # keep pass rates > this (-1 also keeps never-solved prompts) ...
     pass_rate_at_most: float = 0.5  # ... and <= this
     chunk_prompts: int = 256  # prompts sampled between saves of the estimates
-    seed: int = 0
     output_dir: str = "runs/select"
+
+    RENAMED: ClassVar[dict[str, str]] = SAMPLING_RENAMED | {"seed": "sampling.seed"}
 
     def __post_init__(self) -> None:
         self.model.check_sampling_only("select")
-        check_backend(self.rollout_backend)
         if not self.prompts:
             raise ConfigError("prompts is empty; give the candidate prompt JSONL (prompts=FILE)")
         if not self.model.path:
             raise ConfigError("model.path is empty; set the student whose pass rates to estimate")
-        if self.k < 1 or self.chunk_prompts < 1:
-            raise ConfigError("k and chunk_prompts must be >= 1")
+        if self.chunk_prompts < 1:
+            raise ConfigError("chunk_prompts must be >= 1")
         if not self.pass_rate_above < self.pass_rate_at_most:
             raise ConfigError(f"the band pass_rate_above={self.pass_rate_above} < pass rate <= "
                               f"pass_rate_at_most={self.pass_rate_at_most} is empty; make the first smaller")
@@ -81,13 +74,12 @@ def estimate(cfg: SelectConfig, rows: list[dict], cache: ReplyCache, keys: list[
     todo = [i for i, key in enumerate(keys) if key not in cache]
     if not todo:
         return
-    engine, tokenizer = load_student(cfg.model, cfg.seed, cfg.rollout_backend, cfg.vllm_gpu_memory_utilization)
-    params = SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
-                            max_new_tokens=cfg.max_new_tokens)
+    sampler, tokenizer = load_student(cfg.model, cfg.sampling)
+    params = cfg.sampling.params()
     for start in range(0, len(todo), cfg.chunk_prompts):
         chunk = [rows[i] for i in todo[start:start + cfg.chunk_prompts]]
         # The seed is the chunk's first row number, so a resumed run samples each chunk as the first did.
-        groups = sample_rows(engine, tokenizer, chunk, params, cfg.seed + todo[start], cfg.batch_size)
+        groups = sample_rows(sampler, tokenizer, chunk, params, cfg.sampling.seed + todo[start])
         verdicts = verify_groups(chunk, [[c.text for c in g] for g in groups])
         for i, correct in zip(todo[start:start + cfg.chunk_prompts], verdicts, strict=True):
             cache.put(keys[i], {"id": rows[i]["id"], "correct": correct})
@@ -110,8 +102,10 @@ def run(cfg: SelectConfig) -> dict:
     rows = load_prompts(cfg.prompts, limit=cfg.limit or None, difficulties=cfg.difficulties)
     cache = ReplyCache(out / "estimates_cache.jsonl")
     # The estimate depends on the student, the prompt and how it is sampled: all of them are in the key.
-    how = [str(Path(cfg.model.path).resolve()), cfg.model.chat_template, cfg.model.system_prompt, cfg.k, cfg.temperature, cfg.top_p,
-           cfg.max_new_tokens, cfg.seed]
+    s = cfg.sampling  # the knobs before top_k, min_new_tokens and stop join only when set: older caches stay valid
+    how = [str(Path(cfg.model.path).resolve()), cfg.model.chat_template, cfg.model.system_prompt, s.n, s.temperature,
+           s.top_p, s.max_new_tokens, s.seed, *([s.top_k, s.min_new_tokens, s.stop] if s.top_k or s.min_new_tokens
+                                                  or s.stop else [])]
     keys = [cache_key(*how, r["id"], r["prompt"]) for r in rows]
     estimate(cfg, rows, cache, keys)
     estimates = [{**r, "pass_rate": pass_rate(cache.get(key)["correct"]), "correct": sum(cache.get(key)["correct"])}
@@ -120,15 +114,15 @@ def run(cfg: SelectConfig) -> dict:
     write_jsonl(out / "estimates.jsonl", estimates)
     write_jsonl(out / "selected.jsonl", kept)
     rates = [e["pass_rate"] for e in estimates]
-    histogram = {f"{j}/{cfg.k}": sum(e["correct"] == j for e in estimates) for j in range(cfg.k + 1)}
-    summary = {"candidates": len(rows), "kept": len(kept), "k": cfg.k, "mean_pass_rate": sum(rates) / len(rates),
+    histogram = {f"{j}/{cfg.sampling.n}": sum(e["correct"] == j for e in estimates) for j in range(cfg.sampling.n + 1)}
+    summary = {"candidates": len(rows), "kept": len(kept), "k": cfg.sampling.n, "mean_pass_rate": sum(rates) / len(rates),
                "band": [cfg.pass_rate_above, cfg.pass_rate_at_most], "histogram": histogram}
     write_json(out / "summary.json", summary)
     lines = ["# Teachable prompts", "",
-             f"{len(rows)} candidates, {cfg.k} samples each from {cfg.model.path}; kept {len(kept)} with "
+             f"{len(rows)} candidates, {cfg.sampling.n} samples each from {cfg.model.path}; kept {len(kept)} with "
              f"{cfg.pass_rate_above:g} < pass rate <= {cfg.pass_rate_at_most:g}.", "",
              "| correct of k | prompts | kept |", "|---|---|---|"]
-    band = [in_band(j / cfg.k, cfg.pass_rate_above, cfg.pass_rate_at_most) for j in range(cfg.k + 1)]
+    band = [in_band(j / cfg.sampling.n, cfg.pass_rate_above, cfg.pass_rate_at_most) for j in range(cfg.sampling.n + 1)]
     lines += [f"| {label} | {n} | {'yes' if inside else ''} |"
               for (label, n), inside in zip(histogram.items(), band, strict=True)]
     (out / "report.md").write_text("\n".join(lines) + "\n")

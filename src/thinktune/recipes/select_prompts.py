@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import matplotlib
 
@@ -20,13 +21,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from thinktune.config import ModelConfig, save_config  # noqa: E402
+from thinktune.config import SAMPLING_RENAMED, ModelConfig, SamplingConfig, save_config  # noqa: E402
 from thinktune.curation.lengths import length_cv, most_uniform, spread  # noqa: E402
 from thinktune.curation.passrate import load_student, pass_rate, sample_rows, verify_groups  # noqa: E402
 from thinktune.data.io import write_json, write_jsonl  # noqa: E402
 from thinktune.errors import ConfigError  # noqa: E402
-from thinktune.rollout.sampler import SamplingParams  # noqa: E402
-from thinktune.rollout.vllm_backend import check_backend  # noqa: E402
 from thinktune.tasks.benchmarks import load_prompts  # noqa: E402
 from thinktune.tracking import save_figure  # noqa: E402
 
@@ -37,23 +36,18 @@ class SelectPromptsConfig:
     prompts: str = ""  # candidate prompt JSONL
     difficulties: list[int] = field(default_factory=list)  # keep these levels only (empty: all)
     limit: int = 0  # first N candidates (0: all)
-    k: int = 8  # responses sampled per prompt
-    temperature: float = 1.0
-    max_new_tokens: int = 31744
-    batch_size: int = 64
-    rollout_backend: str = "auto"  # auto: vLLM where it is installed and a GPU exists, else thinktune's sampler
-    vllm_gpu_memory_utilization: float = 0.9  # vLLM's share of the GPU
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # n: responses sampled per prompt
     keep_fraction: float = 0.5  # share of candidates kept, most uniform first
-    seed: int = 0
     output_dir: str = "runs/select-prompts"
+
+    RENAMED: ClassVar[dict[str, str]] = SAMPLING_RENAMED | {"seed": "sampling.seed"}
 
     def __post_init__(self) -> None:
         self.model.check_sampling_only("select-prompts")
-        check_backend(self.rollout_backend)
         if not self.prompts:
             raise ConfigError("prompts is empty; give the candidate prompt JSONL (prompts=FILE)")
-        if self.k < 2:
-            raise ConfigError("k must be >= 2: a length spread needs two responses")
+        if self.sampling.n < 2:
+            raise ConfigError("sampling.n must be >= 2: a length spread needs two responses")
         if not 0 < self.keep_fraction <= 1:
             raise ConfigError(f"keep_fraction={self.keep_fraction} must be in (0, 1]")
 
@@ -75,16 +69,15 @@ def run(cfg: SelectPromptsConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     rows = load_prompts(cfg.prompts, limit=cfg.limit or None, difficulties=cfg.difficulties)
-    engine, tokenizer = load_student(cfg.model, cfg.seed, cfg.rollout_backend, cfg.vllm_gpu_memory_utilization)
-    params = SamplingParams(n=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
-    groups = sample_rows(engine, tokenizer, rows, params, cfg.seed, cfg.batch_size)
+    sampler, tokenizer = load_student(cfg.model, cfg.sampling)
+    groups = sample_rows(sampler, tokenizer, rows, cfg.sampling.params(), cfg.sampling.seed)
 
     lengths = [[len(c.token_ids) for c in g] for g in groups]
     cvs = [length_cv(g) for g in lengths]
     kept = most_uniform(cvs, cfg.keep_fraction)
     pass_rates = [pass_rate(c) for c in verify_groups(rows, [[c.text for c in g] for g in groups])]
     write_jsonl(out / "selected.jsonl", (
-        {**rows[i], "length_mean": sum(lengths[i]) / cfg.k, "length_cv": cvs[i], "pass_rate": pass_rates[i]}
+        {**rows[i], "length_mean": sum(lengths[i]) / cfg.sampling.n, "length_cv": cvs[i], "pass_rate": pass_rates[i]}
         for i in kept))
     before, after = spread(lengths), spread([lengths[i] for i in kept])
     summary = {"candidates": len(rows), "kept": len(kept), "before": before, "after": after,
@@ -92,7 +85,7 @@ def run(cfg: SelectPromptsConfig) -> dict:
                "pass_rate_after": sum(pass_rates[i] for i in kept) / len(kept)}
     write_json(out / "summary.json", summary)
     lines = ["# Prompt selection for uniform response lengths", "",
-             f"{len(rows)} candidates, {cfg.k} responses each; kept {len(kept)} ({cfg.keep_fraction:.0%}) with "
+             f"{len(rows)} candidates, {cfg.sampling.n} responses each; kept {len(kept)} ({cfg.keep_fraction:.0%}) with "
              "the lowest coefficient of variation (CV) of response length.", "",
              "| | prompts | mean CV | mean std (tokens) | mean max/min | mean pass rate |", "|---|---|---|---|---|---|"]
     for name, n, s, pr in (("before", len(rows), before, summary["pass_rate_before"]),

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from thinktune.errors import ConfigError
 from thinktune.rewards.phi4 import (
+    REWARDS,
     RewardConfig,
     RewardResult,
     length_reward,
@@ -37,10 +39,9 @@ from thinktune.rewards.phi4 import (
 from thinktune.rewards.pool import MAX_WORKERS, threaded_map
 
 RewardFn = Callable[[str, str, int, bool, RewardConfig, str], RewardResult]
-REWARDS: dict[str, RewardFn] = {"phi4": phi4_reward, "phi4-mini": phi4_mini_reward}
 
 __all__ = [
-    "REWARDS", "RewardConfig", "RewardResult", "StreamingScorer", "length_reward", "load_reward_fn",
+    "REWARDS", "RewardConfig", "RewardResult", "StreamingScorer", "check_reward", "length_reward", "load_reward_fn",
     "phi4_mini_reward", "phi4_reward", "repetition_penalty", "scale_to_context", "score", "score_batch",
 ]
 
@@ -93,8 +94,29 @@ def score(completion: str, answer: str, num_tokens: int, finished: bool, cfg: Re
     result = fn(completion, str(answer), num_tokens, finished, cfg, mode or cfg.mode)
     if not isinstance(result, RewardResult):
         raise TypeError(f"reward {cfg.name!r} returned {type(result).__name__}; return "
-                        "thinktune.rewards.RewardResult(reward, components)")
+                        "thinktune.rewards.RewardResult(reward, correct, components)")
     return result
+
+
+def check_reward(cfg: RewardConfig) -> None:
+    """Fail at the start of a run, not at its first scoring, on a reward that cannot serve: one that does not
+    load, does not take ``fn(completion, answer, num_tokens, finished, cfg, mode)``, or does not return a
+    ``RewardResult`` (with ``correct``) for a well-formed correct reply to a toy problem.
+
+    Raises:
+        ConfigError: naming the reward and what to change.
+    """
+    fn = load_reward_fn(cfg.name)
+    probe = ("<think>1 + 1 = 2</think>\nThe answer is \\boxed{2}.", "2", 16, True, cfg, cfg.mode)
+    try:
+        inspect.signature(fn).bind(*probe)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"reward {cfg.name!r} does not take (completion, answer, num_tokens, finished, cfg, "
+                          f"mode): {e}") from None
+    try:
+        score(*probe[:5], mode=probe[5])
+    except TypeError as e:
+        raise ConfigError(f"reward {cfg.name!r}: {e}") from None
 
 
 def score_batch(completions: Sequence[str], answers: Sequence[str], num_tokens: Sequence[int],

@@ -32,7 +32,8 @@ Choices where RECIPE.md marks the paper unconfirmed (each one a ``RewardConfig``
 Phi-4-mini-reasoning (RECIPE.md section 3.3): ``correct_max`` (+1) if correct, else ``wrong_min`` (-1),
 with no length, truncation, format or repetition terms (format and truncation are still reported).
 
-Components (``RewardResult.components``, all floats, for logging): ``accuracy`` (R_acc_raw, 0/1),
+Every reward returns a ``RewardResult``: the ``reward``, whether the answer was ``correct`` (what GRPO's
+accuracy and Phi-4-mini balancing read), and ``components``, all floats, for logging: ``accuracy`` (R_acc_raw, 0/1),
 ``length_reward`` (the cosine value before overrides), ``r_acc`` (after overrides), ``format`` (1 if the
 think block is valid), ``truncated`` (1 if no EOS), ``repetition`` (R_rep), ``verify_failed`` (1 if the
 answer check was guarded, timed out or errored).
@@ -43,13 +44,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from thinktune.errors import ConfigError
 from thinktune.rewards.verify import DEFAULT_TIMEOUT_S, check_answer, has_valid_think
-
-BUILTIN_REWARDS = ("phi4", "phi4-mini")
 
 
 @dataclass
@@ -80,8 +79,8 @@ class RewardConfig:
     verify_timeout_s: float = DEFAULT_TIMEOUT_S  # hard limit per math-verify check; 0 = in-process, unbounded
 
     def __post_init__(self) -> None:
-        if self.name not in BUILTIN_REWARDS and not any(sep in self.name for sep in ".:"):
-            raise ConfigError(f"reward.name={self.name!r}: use one of {', '.join(BUILTIN_REWARDS)} or a "
+        if self.name not in REWARDS and not any(sep in self.name for sep in ".:"):
+            raise ConfigError(f"reward.name={self.name!r}: use one of {', '.join(REWARDS)} or a "
                               "function path like 'my_pkg.rewards:my_reward'")
         if not 0 <= self.l_pos_control < self.l_max or not 0 < self.l_neg_control <= self.l_max:
             raise ConfigError(f"reward lengths need 0 <= l_pos_control < l_max and 0 < l_neg_control <= l_max; "
@@ -95,12 +94,19 @@ class RewardConfig:
             raise ConfigError("reward.w_acc, reward.w_rep and reward.verify_timeout_s must be >= 0")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RewardResult:
-    """A reward and the terms it was made of (see the module docstring for the component names)."""
+    """What every reward returns: the scalar GRPO optimises, whether the answer is right, and the terms the
+    reward was made of (logged as ``reward/<name>``; see the module docstring for the built-in names)."""
 
     reward: float
-    components: dict[str, float]
+    correct: bool  # the final answer checked correct: rollout accuracy, Phi-4-mini balancing, DPO pairs
+    components: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.reward, int | float) or not isinstance(self.correct, bool):
+            raise TypeError(f"RewardResult(reward={self.reward!r}, correct={self.correct!r}, ...): reward must be a "
+                            "number and correct a bool; a reward returns RewardResult(reward, correct, components)")
 
 
 def scale_to_context(cfg: RewardConfig, max_len: int) -> RewardConfig:
@@ -200,7 +206,7 @@ def phi4_reward(completion: str, answer: str, num_tokens: int, finished: bool, c
     else:
         comp["r_acc"] = comp["length_reward"]
     comp["repetition"] = repetition_penalty(completion, cfg.rep_ngram, cfg.rep_threshold, cfg.rep_cap)
-    return RewardResult(cfg.w_acc * comp["r_acc"] + cfg.w_rep * comp["repetition"], comp)
+    return RewardResult(cfg.w_acc * comp["r_acc"] + cfg.w_rep * comp["repetition"], comp["accuracy"] == 1.0, comp)
 
 
 def phi4_mini_reward(completion: str, answer: str, num_tokens: int, finished: bool, cfg: RewardConfig,
@@ -211,4 +217,9 @@ def phi4_mini_reward(completion: str, answer: str, num_tokens: int, finished: bo
     truncated, verify_failed``.
     """
     comp = _base_components(completion, answer, finished, cfg, mode)
-    return RewardResult(cfg.correct_max if comp["accuracy"] else cfg.wrong_min, comp)
+    correct = comp["accuracy"] == 1.0
+    return RewardResult(cfg.correct_max if correct else cfg.wrong_min, correct, comp)
+
+
+# The built-in rewards, by the name a config gives (reward.name); any other name is a "package.module:function".
+REWARDS = {"phi4": phi4_reward, "phi4-mini": phi4_mini_reward}

@@ -42,6 +42,8 @@ from transformers import PreTrainedTokenizerBase
 
 from thinktune import runtime
 from thinktune.errors import ConfigError
+from thinktune.modeling import lora
+from thinktune.rollout import weights
 from thinktune.rollout.cuda_graphs import CudaGraphDecoder
 from thinktune.rollout.hf_decoder import HFDecoder
 from thinktune.rollout.lean import LeanDecoder, cache_bytes, unsupported_reason
@@ -66,7 +68,7 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.greedy and self.n > 1:
             raise ConfigError(f"greedy decoding with n={self.n} samples gives the same completion every time; "
-                              "set samples=1 or greedy=false")
+                              "set n=1 or greedy=false")
         if not self.greedy and self.temperature <= 0:
             raise ConfigError("temperature must be > 0 for sampling; use greedy=true for argmax decoding")
         if not 0 < self.top_p <= 1:
@@ -138,12 +140,18 @@ class RolloutEngine:
         ConfigError: an unknown decoder, or CUDA graphs asked for off CUDA.
     """
 
+    backend = "thinktune"
+
     def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, decoder: str = "auto",
-                 cuda_graphs: bool | None = None) -> None:
+                 cuda_graphs: bool | None = None, batch_size: int = 64) -> None:
         if decoder not in DECODERS:
             raise ConfigError(f"decoder={decoder!r}; choose one of {', '.join(DECODERS)}")
-        self.model, self.tokenizer, self.decoder_choice = model, tokenizer, decoder
-        self.device = next(model.parameters()).device
+        # ``source`` is what ``sync_weights`` writes into (a peft model, or under FSDP the policy's plain copy);
+        # the decoder reads the HF model inside it, adapters active.
+        self.source, self.model = model, lora.decodable(model)
+        self.tokenizer, self.decoder_choice, self.batch_size = tokenizer, decoder, batch_size
+        self._synced = False
+        self.device = next(self.model.parameters()).device
         if cuda_graphs and self.device.type != "cuda":
             raise ConfigError(f"cuda_graphs=true needs the model on CUDA, it is on {self.device}")
         self.graphs_required = cuda_graphs is True
@@ -151,6 +159,20 @@ class RolloutEngine:
         self._decoder: Decoder | None = None
         self.lean_unsupported: str | None = None  # why the lean decoder could not run this model, if so
         self.stats: dict[str, int | str] = {}  # of the last call: decoder, steps, decoded_rows
+
+    def sync_weights(self, policy: torch.nn.Module) -> None:
+        """Sample from ``policy``'s current weights from now on. On one process the engine reads the policy
+        itself and re-reads its weights at every call, so there is nothing to do; under FSDP it reads a plain
+        copy (``weights.rollout_copy``), refreshed here from the shards (every rank calls this together)."""
+        weights.sync_copy(self.source, policy, trainable_only=self._synced)
+        self._synced = True
+
+    def release(self) -> None:
+        """Nothing: the engine keeps its KV cache (and CUDA graphs) between calls, since rebuilding them every
+        step would cost more than the memory they hold; sample fewer rows at once to make it smaller."""
+
+    def resume(self) -> None:
+        """Nothing to restore (see ``release``)."""
 
     def _get_decoder(self, rows: int, max_len: int) -> Decoder:
         d = self._decoder
@@ -178,13 +200,14 @@ class RolloutEngine:
         if free is not None and need > free:
             raise ConfigError(
                 f"the rollout KV cache for {rows} rows of up to {max_len} tokens needs {need / 2**30:.1f} GiB, but "
-                f"{free / 2**30:.1f} GiB is free on {self.device}: sample fewer rows at once (rollout_batch_size "
-                "in grpo, batch_size elsewhere), lower max_new_tokens, or let GRPO sample with vLLM "
+                f"{free / 2**30:.1f} GiB is free on {self.device}: sample fewer rows at once "
+                "(sampling.batch_size), lower sampling.max_new_tokens, or sample with vLLM "
                 "(pip install 'thinktune[vllm]')")
 
-    def sample(self, prompts: list[list[int]], params: SamplingParams, seed: int = 0, batch_size: int = 64,
+    def sample(self, prompts: list[list[int]], params: SamplingParams, seed: int = 0, batch_size: int | None = None,
                show_progress: bool = True, on_complete: OnComplete | None = None) -> list[list[Completion]]:
-        """Sample ``params.n`` completions for each tokenized prompt, ``batch_size`` rows at a time.
+        """Sample ``params.n`` completions for each tokenized prompt, ``batch_size`` rows at a time (None: the
+        engine's own).
 
         ``on_complete(p, j, completion)``, if given, is called from the decode loop as soon as completion ``j``
         of prompt ``p`` has ended, while the rest are still decoding: GRPO starts scoring it there.
@@ -197,6 +220,7 @@ class RolloutEngine:
         """
         if not prompts:
             return []
+        batch_size = batch_size or self.batch_size
         if any(len(p) == 0 for p in prompts) or batch_size < 1:
             raise ConfigError(f"every prompt needs at least one token and batch_size={batch_size} must be >= 1")
         tok = self.tokenizer

@@ -20,10 +20,10 @@ from typing import Literal
 from tqdm import tqdm
 
 from thinktune import runtime
-from thinktune.config import ModelConfig, env_secret
+from thinktune.config import ModelConfig, SamplingConfig, env_secret
 from thinktune.errors import ConfigError
 from thinktune.modeling import models
-from thinktune.rollout.sampler import RolloutEngine
+from thinktune.rollout.service import make_sampler
 from thinktune.serving.server import ServerSettings, start
 
 
@@ -64,7 +64,9 @@ def run(cfg: ServeConfig) -> None:
     tokenizer = models.load_tokenizer(cfg.model)
     model = models.load_model(cfg.model, tokenizer, rt.device, rt.dtype)
     settings = settings_for(cfg, context_len=model.config.max_position_embeddings)
-    engine = RolloutEngine(model, tokenizer, decoder=cfg.decoder)
+    # thinktune's sampler: it streams each completion as it ends and batches concurrent requests together
+    engine = make_sampler(SamplingConfig(backend="thinktune", decoder=cfg.decoder, batch_size=cfg.batch_size),
+                          cfg.model, tokenizer, rt, model=model)
     server = start(settings, tokenizer, engine, cfg.host, cfg.port, log=tqdm.write if cfg.verbose else None)
     print(f"[serve] {settings.model_name!r} on {server.url} (reasoning {cfg.reasoning}, "
           f"{'key required' if settings.api_key else 'no key'}); Ctrl-C stops it", flush=True)

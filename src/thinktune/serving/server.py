@@ -33,7 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
@@ -41,16 +41,10 @@ from thinktune.data.chat import render_prompt
 from thinktune.errors import ConfigError
 from thinktune.rewards.verify import split_think
 from thinktune.rollout.sampler import Completion, SamplingParams
+from thinktune.rollout.service import Sampler
 
 REASONING_FORMATS = ("separate", "inline")
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
-
-
-class Engine(Protocol):
-    """What the server needs from a sampler (``RolloutEngine`` has it)."""
-
-    def sample(self, prompts: list[list[int]], params: SamplingParams, seed: int = 0, batch_size: int = 64,
-               show_progress: bool = True) -> list[list[Completion]]: ...
 
 
 @dataclass(frozen=True)
@@ -87,7 +81,7 @@ class _Job:
 class EngineWorker:
     """One thread that owns the engine; ``submit`` from any thread, batches formed from what is queued."""
 
-    def __init__(self, engine: Engine, batch_size: int) -> None:
+    def __init__(self, engine: Sampler, batch_size: int) -> None:
         self.engine, self.batch_size = engine, batch_size
         self.jobs: queue.Queue[_Job | None] = queue.Queue()
         self.seeds = itertools.count(1)
@@ -356,7 +350,7 @@ class ChatHandler(BaseHTTPRequestHandler):
             self.server.log(f"{self.address_string()} {format % args}")
 
 
-def start(settings: ServerSettings, tokenizer: PreTrainedTokenizerBase, engine: Engine, host: str = "127.0.0.1",
+def start(settings: ServerSettings, tokenizer: PreTrainedTokenizerBase, engine: Sampler, host: str = "127.0.0.1",
           port: int = 0, handler: type[BaseHTTPRequestHandler] = ChatHandler,
           log: Callable[[str], None] | None = None) -> ChatServer:
     """Bind a server (port 0: a free port, see ``server.url``); call ``serve_forever`` to run it.
