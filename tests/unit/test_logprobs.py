@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from reference import entropy_from_logits
 from thinktune.data.chat import IGNORE_INDEX
 from thinktune.modeling.models import build_tiny_model
 from thinktune.train import logprobs
@@ -15,7 +16,6 @@ from thinktune.train.logprobs import PromptCache, length_sorted_chunks, next_tok
 from thinktune.train.losses import (
     CHUNK_BYTES,
     chunked_score,
-    entropy_from_logits,
     score_tokens,
     sequence_logps,
     sft_nll_sum,

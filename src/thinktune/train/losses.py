@@ -207,11 +207,6 @@ def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Per-position entropy of softmax(logits): [B, T, V] -> [B, T]."""
-    return entropy_from_logprobs(torch.log_softmax(logits.float(), dim=-1))
-
-
 def entropy_from_logprobs(logp: torch.Tensor) -> torch.Tensor:
     """Per-position entropy from log-probabilities already normalised over the last dim: [..., V] -> [...]."""
     return -(logp.exp() * logp).sum(-1)
