@@ -44,8 +44,8 @@ def test_evaluate_greedy_on_vllm_matches_thinktune(world, tmp_path):
         evaluate.run(load_config(evaluate.EvalConfig, None, [
             f"model.path={world / 'model'}", "model.system_prompt=",
             f"data.prompts={world / 'data' / 'heldout_prompts.jsonl'}",
-            "greedy=true", "samples=1", "max_new_tokens=16", f"rollout_backend={backend}",
-            "vllm_gpu_memory_utilization=0.2", f"output_dir={out}"]))
+            "sampling.greedy=true", "sampling.n=1", "sampling.max_new_tokens=16", f"sampling.backend={backend}",
+            "sampling.vllm.gpu_memory_utilization=0.2", f"output_dir={out}"]))
         lines = (out / "samples.jsonl").read_text().splitlines()
         samples[backend] = [json.loads(line)["completion"] for line in lines]
     assert samples["vllm"] == samples["thinktune"]

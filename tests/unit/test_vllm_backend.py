@@ -1,6 +1,6 @@
 """The parts of the vLLM backend that are thinktune's own logic and run without vLLM: how pushed weights are
-cut into chunks, and the backend choice. The engine itself is exercised in tests/integration/test_*vllm*.py
-where vLLM and a GPU exist."""
+cut into chunks, and the backend choice. The calls into vLLM run against a stand-in in test_vllm_glue.py; the
+engine itself is exercised in tests/integration/test_*vllm*.py where vLLM and a GPU exist."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ class RecordingLLM:
 
 def fake_engine(sleep_mode: bool = False, parameters: int = 10) -> VLLMSampler:
     engine = object.__new__(VLLMSampler)  # no vLLM here: only thinktune's side of the calls is under test
-    engine.llm, engine.sleep_mode, engine.asleep = RecordingLLM(parameters), sleep_mode, False
+    engine.llm, engine.sleep_mode, engine.asleep, engine.stale = RecordingLLM(parameters), sleep_mode, False, False
     return engine
 
 
@@ -88,7 +88,7 @@ def test_a_sleeping_engine_wakes_weights_then_loads_then_wakes_its_cache(monkeyp
     weights = [(f"w{i}", torch.zeros(256)) for i in range(4)]
     engine.sleep()
     assert engine.asleep and engine.llm.events == ["sleep2"]
-    with pytest.raises(RuntimeError, match="asleep"):
+    with pytest.raises(RuntimeError, match="discarded by release"):
         engine.sample([[1, 2]], SamplingParams())
     assert engine.push_weights(iter(weights), chunk_bytes=2 * 1024) == 4
     assert engine.llm.events == ["sleep2", "gc", "empty_cache", "wake:weights", "load", "load", "reset",
@@ -100,7 +100,7 @@ def test_a_push_after_sleep_must_cover_every_parameter():
     engine = fake_engine(sleep_mode=True, parameters=5)
     engine.sleep()
     with pytest.raises(RuntimeError, match=r"left 1 of the vLLM engine's 5 parameters unwritten \(p4\).*"
-                                           r"push every weight, or set vllm_sleep=false"):
+                                           r"push every weight, or set sampling.vllm.sleep=false"):
         engine.push_weights([(f"w{i}", torch.zeros(4)) for i in range(4)])
     # as many names as the engine has parameters, but one of them not the engine's: p4 is still missing
     with pytest.raises(RuntimeError, match=r"left 1 of .* unwritten \(p4\)"):
@@ -143,7 +143,7 @@ def test_finish_reasons_map_to_thinktunes():
 
 def test_backend_choice_without_vllm_or_off_the_gpu():  # conftest keeps this test on the CPU
     assert resolve_backend("auto") == "thinktune" and resolve_backend("thinktune") == "thinktune"
-    with pytest.raises(ConfigError, match="use rollout_backend=thinktune"):
+    with pytest.raises(ConfigError, match="use sampling.backend=thinktune"):
         resolve_backend("vllm")
     with pytest.raises(ConfigError, match="choose one of auto, thinktune, vllm"):
         resolve_backend("sglang")
@@ -156,5 +156,5 @@ def test_every_sampling_verb_refuses_an_unknown_backend_when_its_config_loads(ve
     from thinktune.recipes.pipeline import recipe
 
     _, config_class = recipe(verb)
-    with pytest.raises(ConfigError, match="rollout_backend='vlm'"):
-        load_config(config_class, None, ["model.path=m", f"{data}=p.jsonl", "rollout_backend=vlm"])
+    with pytest.raises(ConfigError, match="'sampling.backend' is 'vlm'; choose one of 'auto', 'thinktune'"):
+        load_config(config_class, None, ["model.path=m", f"{data}=p.jsonl", "sampling.backend=vlm"])

@@ -31,6 +31,9 @@ from thinktune.rollout.vllm_backend import check_vocab, engine_for, resolve_back
 from thinktune.runtime import Runtime
 
 
+VLLM_MAX_TEMPERATURE = 2.0  # vLLM 0.33 and 0.34 reject a higher one at the first request, not at start
+
+
 class Sampler(Protocol):
     """What every stage asks of a rollout backend."""
 
@@ -59,13 +62,16 @@ def check_sampling(cfg: SamplingConfig, model_cfg: ModelConfig) -> str:
     """The backend ``make_sampler`` will build ("thinktune" | "vllm"), checked before any model is loaded.
 
     Raises:
-        ConfigError: vLLM asked for where it cannot run, or with LoRA adapters (the engine would need the
-            merged weights pushed every step, which thinktune does not do yet).
+        ConfigError: vLLM asked for where it cannot run, with LoRA adapters (the engine would need the
+            merged weights pushed every step, which thinktune does not do yet), or at a temperature it refuses.
     """
     backend = resolve_backend(cfg.backend)
     if backend == "vllm" and model_cfg.lora.r:
         raise ConfigError("model.lora.r > 0 with vLLM rollouts: the engine would need the merged weights pushed "
                           "every step, which thinktune does not do yet; use sampling.backend=thinktune")
+    if backend == "vllm" and not cfg.greedy and cfg.temperature > VLLM_MAX_TEMPERATURE:
+        raise ConfigError(f"sampling.temperature={cfg.temperature}: vLLM refuses temperatures above "
+                          f"{VLLM_MAX_TEMPERATURE}; lower it or use sampling.backend=thinktune")
     return backend
 
 

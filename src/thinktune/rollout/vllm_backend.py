@@ -20,6 +20,13 @@ Differences from thinktune's sampler, stated rather than hidden:
 Tested in ``tests/integration/test_rollout_vllm.py`` and ``test_recipes_vllm.py`` (GRPO, evaluate and a curation
 verb on vLLM) where vllm and CUDA exist, skipped elsewhere; thinktune's own logic here (seeds, finish reasons,
 how pushed weights are chunked) in ``tests/unit/test_vllm_backend.py``.
+
+What CI runs: ``tests/unit/test_vllm_glue.py`` drives this module against ``tests/stubs/vllm``, a stand-in for
+vLLM (not vLLM) with the signatures of vLLM 0.34.0's ``LLM``, ``SamplingParams``, ``TokensPrompt`` and outputs,
+restricted to what is called here, that samples with a transformers model on CPU and really discards the weights
+in a level-2 sleep. It checks the keywords and the mapping both ways, the weight pushes and the sleep/wake order,
+and a GRPO run on this backend. The real vLLM engine has not been run in CI: it runs only in the two integration
+tests above, where vLLM and a GPU exist.
 """
 
 from __future__ import annotations
@@ -32,21 +39,15 @@ from collections.abc import Iterable
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from thinktune.config import BACKENDS
 from thinktune.errors import ConfigError, UserError
 from thinktune.rollout.sampler import Completion, OnComplete, SamplingParams, make_completion
+from thinktune.rollout.weights import full_parameters
 from thinktune.runtime import pick_device, rng_state, set_rng_state
-
-BACKENDS = ("auto", "thinktune", "vllm")
 
 
 def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
-
-
-def check_backend(name: str) -> None:
-    """Refuse an unknown ``rollout_backend`` (configs call it on load, so a typo fails before any work)."""
-    if name not in BACKENDS:
-        raise ConfigError(f"rollout_backend={name!r}; choose one of {', '.join(BACKENDS)}")
 
 
 def resolve_backend(name: str) -> str:
@@ -56,12 +57,13 @@ def resolve_backend(name: str) -> str:
     Raises:
         ConfigError: an unknown name, or ``"vllm"`` where it cannot run.
     """
-    check_backend(name)
+    if name not in BACKENDS:
+        raise ConfigError(f"sampling.backend={name!r}; choose one of {', '.join(BACKENDS)}")
     usable = vllm_available() and pick_device().type == "cuda"
     if name == "vllm" and not usable:
         forced = " (THINKTUNE_DEVICE keeps this run off the GPU)" if torch.cuda.is_available() else ""
         raise ConfigError(f"rollout backend vllm needs `pip install 'thinktune[vllm]'` and a CUDA GPU{forced}; "
-                          "use rollout_backend=thinktune")
+                          "use sampling.backend=thinktune")
     if name == "auto":
         return "vllm" if usable else "thinktune"
     return name
@@ -81,7 +83,7 @@ def check_vocab(model_path: str, tokens: int, exact: bool) -> None:
     if tokens > saved or (exact and tokens != saved):
         raise ConfigError(f"{tokens} token ids are in use but {model_path} was saved with a vocabulary of {saved}, "
                           "so vLLM cannot run it; save the model with its tokenizer first (SFT does) or use "
-                          "rollout_backend=thinktune")
+                          "sampling.backend=thinktune")
 
 
 def engine_for(model_path: str, tokenizer: PreTrainedTokenizerBase, dtype: str, gpu_memory_utilization: float,
@@ -165,7 +167,7 @@ def check_every_parameter_written(engine_names: list[str], loaded: set[str]) -> 
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
         raise RuntimeError(f"the pushed weights left {len(missing)} of the vLLM engine's {len(engine_names)} "
                            f"parameters unwritten ({shown}), and its sleep discarded them, so they would hold "
-                           "garbage; push every weight, or set vllm_sleep=false in the GRPO config to keep the "
+                           "garbage; push every weight, or set sampling.vllm.sleep=false in the GRPO config to keep the "
                            "engine's weights resident")
 
 
@@ -195,13 +197,34 @@ class VLLMSampler:
         from vllm import LLM
 
         self.tokenizer = tokenizer
-        self.sleep_mode, self.asleep = sleep_mode, False
+        self.sleep_mode, self.asleep, self.stale = sleep_mode, False, False
         # vLLM reseeds the process's global RNGs (Python, NumPy, torch) with its seed while it starts: keep
         # the caller's state, which resumable runs save in their checkpoints.
         state = rng_state()
         self.llm = LLM(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                        enable_prefix_caching=True, enable_sleep_mode=sleep_mode, **engine_kwargs)
         set_rng_state(state)
+
+    backend = "vllm"
+
+    def sync_weights(self, policy: torch.nn.Module) -> None:
+        """Sample from ``policy``'s current weights from now on: push them into the engine, gathered one
+        parameter at a time under FSDP (no second whole copy); wakes a released engine."""
+        self.push_weights(full_parameters(policy))
+
+    def release(self) -> None:
+        """Give the engine's GPU memory to the update until the next ``sync_weights`` (``sleep``), where the
+        engine was built with sleep mode; otherwise nothing."""
+        if self.sleep_mode:
+            self.sleep()
+
+    def resume(self) -> None:
+        """Take back the memory ``release`` gave away. The sleep discarded the weights, so the engine cannot
+        sample until ``sync_weights`` has pushed them again: a training loop calls ``sync_weights`` instead."""
+        if self.asleep:
+            _release_cached_memory()
+            self.llm.wake_up()
+            self.asleep, self.stale = False, True
 
     def sleep(self) -> None:
         """Give the engine's GPU memory back until the next ``push_weights``: its weights and KV cache are
@@ -255,23 +278,25 @@ class VLLMSampler:
             _release_cached_memory()
             self.llm.wake_up(tags=["kv_cache"])
             self.asleep = False
+        self.stale = False
         return len(loaded)
 
     def sample(self, prompts: list[list[int]], params: SamplingParams, seed: int = 0, batch_size: int | None = None,
                show_progress: bool = True, on_complete: OnComplete | None = None) -> list[list[Completion]]:
         """Sample ``params.n`` completions per tokenized prompt; ``out[p][j]`` is completion ``j`` of ``p``.
 
-        ``batch_size`` is accepted for ``RolloutEngine``'s signature and unused: vLLM schedules its own batches.
+        ``batch_size`` is accepted for the ``Sampler`` signature and unused: vLLM schedules its own batches.
         ``on_complete(p, j, completion)`` is called for every completion once ``generate`` returns them all.
         """
-        if self.asleep:
-            raise RuntimeError("the vLLM engine is asleep (its weights were discarded): push_weights before sampling")
+        if self.asleep or self.stale:
+            raise RuntimeError("the vLLM engine's weights were discarded by release(): sync_weights before sampling")
         from vllm import SamplingParams as VLLMParams
         from vllm import TokensPrompt
 
         eos = self.tokenizer.convert_tokens_to_ids(self.tokenizer.eos_token)
         per_prompt = [VLLMParams(
             n=params.n, temperature=0.0 if params.greedy else params.temperature, top_p=params.top_p,
+            # -1 is off in every release we support: 0.34 prefers 0 but accepts -1; older releases reject 0
             top_k=params.top_k if params.top_k > 0 else -1, max_tokens=params.max_new_tokens,
             min_tokens=params.min_new_tokens, stop=list(params.stop), stop_token_ids=[eos, *params.stop_token_ids],
             include_stop_str_in_output=True, skip_special_tokens=False, logprobs=0,
