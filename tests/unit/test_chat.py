@@ -1,6 +1,6 @@
 """Tests for thinktune.data.chat and the SFT loss: the Phi-4 format, loss masks, padding and packing.
 
-Expected strings are written out by hand from the format in RECIPE.md section 1.2, not produced by the
+Expected strings are written out by hand from the format in docs/recipe.md section 1.2, not produced by the
 template under test. The packing test compares a tiny random Phi3 model's logits inside a packed row with
 its logits for each example alone: equal logits mean no attention crosses an example boundary.
 """

@@ -1,4 +1,4 @@
-"""The Phi-4 rewards, checked against their formula (RECIPE.md 2.2, ``rewards/phi4.py`` docstring).
+"""The Phi-4 rewards, checked against their formula (docs/recipe.md 2.2, ``rewards/phi4.py`` docstring).
 
 Hand-worked values with the paper's constants (L_max 31,744, L_pos 25,600, L_neg 3,702):
     correct:   L <= 25,600 -> 1.0;  L = 28,672 (cosine midpoint) -> 0.75;  L >= 31,744 -> 0.5

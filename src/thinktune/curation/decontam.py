@@ -1,6 +1,6 @@
 """Decontamination: find training rows that share a word n-gram with an evaluation item.
 
-Phi-4-reasoning scrubbed its training data of evaluation problems (RECIPE.md §1.1; its method is not
+Phi-4-reasoning scrubbed its training data of evaluation problems (docs/recipe.md §1.1; its method is not
 published). We use the common word n-gram test (13 words by default, as GPT-3 did): a training row is
 contaminated when any ``n`` consecutive words of it, after normalisation, also occur consecutively in an
 evaluation item.

@@ -2,7 +2,7 @@
 
 Phi-4-mini's authors saw response lengths within a GRPO group range from ~12K to ~20K tokens and
 destabilise training; they kept the RL prompts whose sampled responses had relatively uniform lengths
-(RECIPE.md section 3.4; the exact criterion is unreported). We measure uniformity by the coefficient of
+(docs/recipe.md section 3.4; the exact criterion is unreported). We measure uniformity by the coefficient of
 variation of a prompt's k response lengths, std / mean (population std), and keep the lowest share.
 """
 

@@ -1,6 +1,6 @@
 """Rollout preference pairs: a correct completion (chosen) against an incorrect one (rejected), same prompt.
 
-Phi-4-mini-reasoning's rollout DPO (RECIPE.md section 3.3) builds its preference set this way from
+Phi-4-mini-reasoning's rollout DPO (docs/recipe.md section 3.3) builds its preference set this way from
 DeepSeek-R1 rollouts. A prompt yields pairs only when its samples have a mixed outcome; prompts whose
 samples are all correct or all wrong are counted, since they say how well the sampling budget matched the
 prompts' difficulty.

@@ -2,7 +2,7 @@
 (``dpo-pairs``), length-uniformity selection (``select-prompts``) and teachable-prompt selection
 (``select``) share.
 
-Phi-4-reasoning kept seeds "at the edge of the student's ability" (RECIPE.md §1.1): prompts the student
+Phi-4-reasoning kept seeds "at the edge of the student's ability" (docs/recipe.md §1.1): prompts the student
 sometimes but not usually solves. ``in_band`` is that test on a pass rate estimated from k samples.
 """
 

@@ -1,6 +1,6 @@
 """JSONL reading and writing with schema checks and atomic writes.
 
-Rows follow DESIGN.md's schemas. A row that breaks its schema is an error naming the file, the line and
+Rows follow docs/design.md's schemas. A row that breaks its schema is an error naming the file, the line and
 the field, never a silent skip. Writes go to a temporary file in the same directory and are renamed into
 place, so a crash never leaves half a file where a finished one is expected.
 """

@@ -4,7 +4,7 @@ Run:
     thinktune data synth --config configs/demo/synth.yaml [n_train=50000 ...]
 
 Held-out prompts, train prompts, teacher CoT traces (some wrong on purpose, at ``slip_rate``) and
-direct-answer rows, in DESIGN.md's row schemas; see ``thinktune.tasks.synth``.
+direct-answer rows, in docs/design.md's row schemas; see ``thinktune.tasks.synth``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Evaluation statistics over N sampled runs per problem (RECIPE.md §4).
+"""Evaluation statistics over N sampled runs per problem (docs/recipe.md §4).
 
 Phi-4-reasoning reports pass@1 as the mean accuracy over N independent runs with the standard deviation
 across runs as ±, plus best-of-N, majority-of-N and worst-of-N. A "run" j is sample j of every problem,

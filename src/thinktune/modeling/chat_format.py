@@ -5,7 +5,7 @@ Two formats (``model.chat_template``):
 - ``model``: the model's own template, kept as it is, with ``<think>``/``</think>`` added as single special
   tokens when the vocabulary lacks them. An instruct model answers coherently in its own layout, so this is
   what ``auto`` (the default) picks whenever the tokenizer has a template.
-- ``phi4``: the Phi-4-reasoning format (RECIPE.md section 1.2), applied only where asked or where the
+- ``phi4``: the Phi-4-reasoning format (docs/recipe.md section 1.2), applied only where asked or where the
   tokenizer has no template::
 
     <|im_start|>system<|im_sep|>{system}<|im_end|><|im_start|>user<|im_sep|>{question}<|im_end|>
@@ -34,7 +34,7 @@ IM_START, IM_SEP, IM_END = "<|im_start|>", "<|im_sep|>", "<|im_end|>"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 PHI4_TOKENS = [IM_START, IM_SEP, IM_END, THINK_OPEN, THINK_CLOSE]
 
-# The Phi-4-reasoning chat template (S9 in RECIPE.md) with no default system message: the system prompt is
+# The Phi-4-reasoning chat template (S9 in docs/recipe.md) with no default system message: the system prompt is
 # added by ``with_system_prompt`` so that it is the configured one.
 PHI4_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -43,7 +43,7 @@ PHI4_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant<|im_sep|>' }}{% endif %}"
 )
 
-# The fixed reasoning system message of Phi-4-reasoning (RECIPE.md section 1.2, from its chat template).
+# The fixed reasoning system message of Phi-4-reasoning (docs/recipe.md section 1.2, from its chat template).
 PHI4_REASONING_SYSTEM_PROMPT = (
     "You are Phi, a language model trained by Microsoft to help users. Your role as an assistant involves "
     "thoroughly exploring questions through a systematic thinking process before providing the final precise "

@@ -17,7 +17,7 @@ Scale: under ``torchrun`` the policy and reference are sharded with FSDP2 and ea
 of every step's pairs; the loss is divided by the global ``batch_size``, so N ranks give the one-process
 loss. With ``model.lora.r > 0`` the reference is the policy with its adapters disabled.
 
-Departures from the paper: the report gives lr 5e-7 and one epoch but not beta (RECIPE.md section 3.3,
+Departures from the paper: the report gives lr 5e-7 and one epoch but not beta (docs/recipe.md section 3.3,
 unconfirmed); we default to beta 0.1, the value of the DPO paper. Reward accuracy counts a tie (chosen and
 rejected rewards equal, as before the first update) as half right, so it starts at 50%, the chance level.
 """

@@ -14,7 +14,7 @@ Sampling runs on vLLM where it is installed and a GPU exists (``sampling.backend
 budget needs its paged cache on real models), else on thinktune's sampler (``thinktune.rollout.service``).
 
 Departures from the paper: the paper samples Phi models at temperature 0.8 with a top-p it does not state
-(RECIPE.md section 4.1); we default to 0.8 and top-p 0.95, the values of the model card's example.
+(docs/recipe.md section 4.1); we default to 0.8 and top-p 0.95, the values of the model card's example.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ update with the loss normalised by the token and sequence counts of all ranks (`
 Metrics and dumps cover every rank's samples; rank 0 writes them. ``model.lora.r > 0`` trains LoRA
 adapters, with the adapters-off base as the reference.
 
-Departures from the paper: the Phi-4-reasoning report prints its KL against pi_old (RECIPE.md section
+Departures from the paper: the Phi-4-reasoning report prints its KL against pi_old (docs/recipe.md section
 2.1); we take it against the frozen starting model, as GRPO (DeepSeekMath) and verl do, since against
 pi_old it is zero on the first of the ``updates_per_batch`` passes. The clip ratio, rollout temperature
 and Adam betas are not reported; they are config fields with conventional defaults (0.2, 1.0, 0.9/0.999).

@@ -16,7 +16,7 @@ without sampling again), ``summary.json``, ``report.md`` and ``plots/pass_rate.p
 pass rates with the band marked).
 
 Departures from the paper: Phi-4-reasoning estimated difficulty as the agreement of weaker models with a
-strong model's plurality answer where no verified answer existed, plus LLM rubrics (RECIPE.md §1.1); we
+strong model's plurality answer where no verified answer existed, plus LLM rubrics (docs/recipe.md §1.1); we
 need a reference answer per prompt and use the student's own samples. Its thresholds are not published;
 the band is a config.
 """

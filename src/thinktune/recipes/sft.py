@@ -15,7 +15,7 @@ rank a contiguous share of every step's batch (``thinktune.train.distributed``);
 whole step's token count, so N ranks give the one-process loss. ``model.lora.r > 0`` trains LoRA adapters.
 
 Departures from the paper: the Phi-4-reasoning report does not say whether it packed SFT data or how it
-masked the loss (RECIPE.md section 1.3, unconfirmed); we take the loss on the final assistant turn only and
+masked the loss (docs/recipe.md section 1.3, unconfirmed); we take the loss on the final assistant turn only and
 leave packing off by default, as Phi-4-mini-reasoning did for SFT so that the model learns when to stop.
 Rows longer than ``data.max_seq_len`` are dropped and counted rather than truncated, since a truncated
 trace would teach the model to stop mid-thought.

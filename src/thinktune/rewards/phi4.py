@@ -1,6 +1,6 @@
 """The Phi-4-reasoning reward (length-aware accuracy, format overrides, repetition) and the Phi-4-mini one.
 
-Phi-4-reasoning-plus (RECIPE.md section 2.2), with L the number of generated tokens:
+Phi-4-reasoning-plus (docs/recipe.md section 2.2), with L the number of generated tokens:
 
     R_acc_scaled = cosine of L, by correctness:
         correct:   rho = clip((L - L_pos_control) / (L_max - L_pos_control), 0, 1)
@@ -14,7 +14,7 @@ Phi-4-reasoning-plus (RECIPE.md section 2.2), with L the number of generated tok
     R_rep     = -min(rep_cap, max(#frequent / #ngrams, max_count / (#words / n)))   (0 if none frequent)
     R_final   = w_acc * R_acc_scaled + w_rep * R_rep,   w_acc = 8/13, w_rep = 1/13
 
-Choices where RECIPE.md marks the paper unconfirmed (each one a ``RewardConfig`` field):
+Choices where docs/recipe.md marks the paper unconfirmed (each one a ``RewardConfig`` field):
     - The cosine formula is S6's reconstruction [S]; its behaviour (flat/decay points, ranges) is [C].
       Lengths beyond L_max are clamped (rho <= 1), as TRL does, never wrapped around as open-r1 does.
     - R_rep follows S6 [S]: word 5-grams of ``completion.split()`` (case kept), an n-gram is "frequent"
@@ -29,7 +29,7 @@ Choices where RECIPE.md marks the paper unconfirmed (each one a ``RewardConfig``
       think block, so "malformed think first" would leave -0.5 unreachable, against the paper's intent
       of a milder penalty for running out of budget than for a broken format.
 
-Phi-4-mini-reasoning (RECIPE.md section 3.3): ``correct_max`` (+1) if correct, else ``wrong_min`` (-1),
+Phi-4-mini-reasoning (docs/recipe.md section 3.3): ``correct_max`` (+1) if correct, else ``wrong_min`` (-1),
 with no length, truncation, format or repetition terms (format and truncation are still reported).
 
 Every reward returns a ``RewardResult``: the ``reward``, whether the answer was ``correct`` (what GRPO's
@@ -53,7 +53,7 @@ from thinktune.rewards.verify import DEFAULT_TIMEOUT_S, check_answer, has_valid_
 
 @dataclass
 class RewardConfig:
-    """Which reward, and every constant of the Phi-4 rewards (defaults: the paper, RECIPE.md 2.2).
+    """Which reward, and every constant of the Phi-4 rewards (defaults: the paper, docs/recipe.md 2.2).
 
     ``name`` is ``"phi4"``, ``"phi4-mini"`` or a user function ``"package.module:function"`` with the
     signature of ``phi4_reward``. Nested in the GRPO config as ``reward``; use ``scale_to_context`` for a

@@ -2,7 +2,7 @@
 
 Every stage (curation filters, rollout DPO pairing, the GRPO reward, evaluation) calls ``is_correct`` from
 here, so "correct" means the same thing everywhere. Phi-4-reasoning extracts the final answer (normally
-from ``\\boxed{}``) and checks it against the ground truth with equivalence checks (RECIPE.md §2.2).
+from ``\\boxed{}``) and checks it against the ground truth with equivalence checks (docs/recipe.md §2.2).
 
 Modes (``MODES``):
     - ``math``: plain integers/decimals are compared numerically in pure Python (fast path, in-process);

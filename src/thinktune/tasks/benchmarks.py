@@ -5,7 +5,7 @@ Every loader returns rows ``{"id", "prompt", "answer", "source", "mode"}`` where
 Hugging Face datasets, either from a local file (.jsonl, .json list, .parquet, or a directory holding one)
 or, when no path is given, from the Hub through ``datasets.load_dataset``.
 
-Phi-4-reasoning reports AIME 2024/2025 and GPQA-Diamond (RECIPE.md §4.1); MATH-500 and GSM8K are here for
+Phi-4-reasoning reports AIME 2024/2025 and GPQA-Diamond (docs/recipe.md §4.1); MATH-500 and GSM8K are here for
 small-model and CPU runs (Phi-4-mini-reasoning reports MATH-500).
 """
 

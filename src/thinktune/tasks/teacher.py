@@ -1,6 +1,6 @@
 """The programmatic teacher: short step-by-step traces for world problems, sometimes with a slip.
 
-Trace formats (CALIBRATION.md; every character is a token for the tiny model, so they stay terse):
+Trace formats (docs/calibration.md; every character is a token for the tiny model, so they stay terse):
 
 - ``add``: digit by digit from the right, the carry written as ``+1``:
   964+498 -> ``4+8=12 6+9+1=16 9+4+1=14`` (answer 1462);

@@ -1,7 +1,7 @@
 """The embedded math world: procedurally generated integer problems at graded difficulty.
 
 Four levels, each a fixed family of expressions over operands with fixed digit counts (sized in
-CALIBRATION.md for a 1M-parameter model with a 128-token context):
+docs/calibration.md for a 1M-parameter model with a 128-token context):
 
 - L1 ``add``: 3-digit + 3-digit, e.g. ``964+498``;
 - L2 ``mul``: 2-digit * 2-digit, e.g. ``63*15``;
@@ -247,7 +247,7 @@ def train_problems(levels: Sequence[int], n: int, seed: int, exclude: Collection
 
 
 def prompt_row(p: Problem) -> dict:
-    """The prompt row (DESIGN.md schema) of a problem.
+    """The prompt row (docs/design.md schema) of a problem.
 
     Returns:
         ``{"id", "prompt", "answer", "source": "world", "difficulty", "family"}``.

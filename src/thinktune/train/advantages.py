@@ -4,7 +4,7 @@ GRPO scores each of a prompt's G samples against its own group: A_i = (r_i - mea
 or (r_i - mean(r)) alone in Dr. GRPO (Liu et al. 2025), which drops the std because dividing by it
 over-weights groups whose rewards barely differ.
 
-Phi-4-mini-reasoning's stabilisers (RECIPE.md section 3.4):
+Phi-4-mini-reasoning's stabilisers (docs/recipe.md section 3.4):
 
 - rebalancing: oversample each prompt, keep every positive (correct) sample and an equal number of
   randomly chosen negatives, and drop the rest; prompts whose group accuracy exceeds a threshold (50% in
