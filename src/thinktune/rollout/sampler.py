@@ -6,8 +6,9 @@ its KV cache (and CUDA graphs) between calls, which is what GRPO wants: build it
 
 The decode loop is ours, not ``model.generate``'s:
 
-- Llama, Qwen2, Qwen3 and Phi3 models run on ``LeanDecoder`` (static KV cache, ~25 ops per layer); on CUDA its
-  decode step is replayed from CUDA graphs (``cuda_graphs.py``), in the model's dtype (bf16 for training).
+- The architectures in ``modeling/arch.py``'s table (Llama, Qwen2, Qwen3, Phi3, Mistral) run on ``LeanDecoder``
+  (static KV cache, ~25 ops per layer); on CUDA its decode step is replayed from CUDA graphs
+  (``cuda_graphs.py``), in the model's dtype (bf16 for training).
   Any other causal LM runs on ``HFDecoder`` (``model.forward`` with a ``DynamicCache``). Both feed the
   same loop, so sampling, stops and log-probs are identical code.
 - A row stops at an end-of-sequence token (the tokenizer's EOS plus ``stop_token_ids``), at a stop string,
@@ -324,7 +325,7 @@ def sample(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: 
     """Sample ``params.n`` completions for each tokenized prompt (a one-off ``RolloutEngine``).
 
     Args:
-        model: any HF causal LM (Llama, Qwen2, Qwen3 and Phi3 take the lean path).
+        model: any HF causal LM (those in ``modeling.arch.ARCH_SPECS`` take the lean path).
         tokenizer: its tokenizer.
         prompts: token ids per prompt; lengths may differ.
         params: how to sample and when to stop.

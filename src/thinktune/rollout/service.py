@@ -30,7 +30,6 @@ from thinktune.rollout.sampler import Completion, OnComplete, RolloutEngine, Sam
 from thinktune.rollout.vllm_backend import check_vocab, engine_for, resolve_backend
 from thinktune.runtime import Runtime
 
-
 VLLM_MAX_TEMPERATURE = 2.0  # vLLM 0.33 and 0.34 reject a higher one at the first request, not at start
 
 
