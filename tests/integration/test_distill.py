@@ -42,7 +42,7 @@ def write_prompts(path: Path, questions: dict[str, str]) -> Path:
 
 def distill_cfg(prompts: Path, url: str, out: Path, **extra) -> distill.DistillConfig:
     args = {"prompts": prompts, "base_url": url, "model": "teacher", "api_key_env": "TEACHER_KEY", "n": 2,
-            "temperature": 0.7, "max_tokens": 32, "concurrency": 4, "max_retries": 2, "timeout_s": 2.5,
+            "temperature": 0.7, "max_new_tokens": 32, "concurrency": 4, "max_retries": 2, "timeout_s": 2.5,
             "output_dir": out} | extra
     return load_config(distill.DistillConfig, None, [f"{k}={v}" for k, v in args.items()])
 

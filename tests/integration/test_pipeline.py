@@ -24,10 +24,10 @@ TINY = {
             "log.progress": False}},
         "eval-model": {"verb": "evaluate", "set": {
             "model.path": "{model}", "model.system_prompt": "", "data.prompts": "{data}/heldout_prompts.jsonl",
-            "samples": 2, "max_new_tokens": 8, "label": "init"}},
+            "sampling.n": 2, "sampling.max_new_tokens": 8, "label": "init"}},
         "eval-sft": {"verb": "evaluate", "set": {
             "model.path": "{sft}/final", "model.system_prompt": "", "data.prompts": "{data}/heldout_prompts.jsonl",
-            "samples": 2, "max_new_tokens": 8, "label": "sft"}},
+            "sampling.n": 2, "sampling.max_new_tokens": 8, "label": "sft"}},
     },
     "report": ["eval-model", "eval-sft"],
 }

@@ -43,8 +43,8 @@ def test_evaluate_reports_pass_at_1_on_benchmark_files(smollm2_dir, smollm2, tmp
     path = write_jsonl(tmp_path / f"{benchmark}.jsonl", rows)
     out = tmp_path / "eval"
     report = evaluate.run(load_config(evaluate.EvalConfig, None, [
-        f"model.path={smollm2_dir}", f"data.benchmark={benchmark}", f"data.path={path}", "samples=2",
-        "ks=[1,2]", "max_new_tokens=24", f"output_dir={out}"]))
+        f"model.path={smollm2_dir}", f"data.benchmark={benchmark}", f"data.path={path}", "sampling.n=2",
+        "ks=[1,2]", "sampling.max_new_tokens=24", f"output_dir={out}"]))
     assert report["groups"] == json.loads((out / "report.json").read_text())["groups"]
     summary = report["groups"]["all"]
     assert summary["num_problems"] == len(rows) and summary["samples_per_problem"] == 2

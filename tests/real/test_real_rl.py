@@ -50,7 +50,7 @@ def test_dpo_prefers_correct_traces_and_moves_the_weights(smollm2_dir, data, tmp
     assert max_change(smollm2_dir, out / "final", "model.layers.0.self_attn.q_proj.weight") > 0
 
 
-GRPO_TINY = {"prompts_per_step": 2, "samples_per_prompt": 4, "max_new_tokens": 32, "micro_batch_size": 8,
+GRPO_TINY = {"prompts_per_step": 2, "sampling.n": 4, "sampling.max_new_tokens": 32, "micro_batch_size": 8,
              "optim.lr": 1e-5, "optim.warmup_steps": 1, "beta": 0.01, "max_steps": 2, "dump_every": 0,
              "scale_reward_to_context": "true"}
 GRPO_METRICS = ("rollout/reward_mean", "rollout/accuracy", "rollout/length_mean", "update/kl", "update/entropy",

@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from reference import entropy_from_logits
 from thinktune.data.chat import IGNORE_INDEX
+from thinktune.modeling import hf_compat
 from thinktune.modeling.models import build_tiny_model
 from thinktune.train import logprobs
 from thinktune.train.logprobs import PromptCache, length_sorted_chunks, next_token_logps
@@ -231,7 +232,7 @@ def test_training_forwards_build_no_kv_cache(char_tokenizer, monkeypatch, scorin
     model = build_tiny_model("qwen2", char_tokenizer, **SHAPE).float()
     assert model.config.use_cache  # what HF would do unasked
     caches = []
-    model.register_forward_hook(lambda module, args, out: caches.append(out.cache))
+    model.register_forward_hook(lambda module, args, out: caches.append(hf_compat.output_cache(out)))
     ids = torch.randint(3, len(char_tokenizer), (2, 8), generator=torch.Generator().manual_seed(0))
     next_token_logps(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, ids).sum().backward()
     assert caches == [None]

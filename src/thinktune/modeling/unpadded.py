@@ -117,7 +117,9 @@ def forward(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tenso
     batch, length = prefix[0][0].shape[0], prefix[0][0].shape[2]  # B, L
 
     h = inner.embed_tokens(tokens)  # [N, hidden]
-    cos, sin = inner.rotary_emb(h, positions)  # [N, R] each
+    # As one row of N tokens: the rotary modules of older transformers (5.16) take only [B, T] position ids.
+    cos, sin = inner.rotary_emb(h[None], positions[None])  # [1, N, R] each
+    cos, sin = cos[0], sin[0]  # [N, R]
     layout = arch.head_layout(cfg, cos.shape[-1], h.device)
     rope = tuple(t[:, None] for t in arch.fold_rope(cos, sin, dim))  # [N, 1, D] each: HF's rotation, rotate-half
     mask = None

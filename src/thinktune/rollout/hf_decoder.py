@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from thinktune.modeling.hf_compat import forward_with_cache
+
 
 class HFDecoder:
     """Prefill and decode steps through ``model.forward`` with a ``DynamicCache``.
@@ -41,18 +43,20 @@ class HFDecoder:
         self.attention = (self.columns[None] >= pad[:, None]).long()  # [n, T]
         positions = (self.columns[None, :p] - pad[:, None]).clamp(min=0)  # [n, P]
         self.cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=input_ids, attention_mask=self.attention[:, :p], position_ids=positions,
-                         cache=self.cache, use_cache=True, logits_to_keep=1)
+        logits, _ = forward_with_cache(self.model, self.cache, input_ids=input_ids,
+                                       attention_mask=self.attention[:, :p], position_ids=positions,
+                                       logits_to_keep=1)  # [n, 1, V]
         self.t = p
-        return out.logits[:, -1].float()  # [n, V]
+        return logits[:, -1].float()  # [n, V]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Decode one token for the ``n`` live rows (``tokens`` ``[n]``); returns logits ``[n, V]``."""
         t = self.t
-        out = self.model(input_ids=tokens[:, None], attention_mask=self.attention[:, :t + 1],
-                         position_ids=(t - self.pad)[:, None], cache=self.cache, use_cache=True)
+        logits, _ = forward_with_cache(self.model, self.cache, input_ids=tokens[:, None],
+                                       attention_mask=self.attention[:, :t + 1],
+                                       position_ids=(t - self.pad)[:, None])  # [n, 1, V]
         self.t = t + 1
-        return out.logits[:, -1].float()  # [n, V]
+        return logits[:, -1].float()  # [n, V]
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep rows ``index`` ``[m]`` as the new rows ``0..m-1``."""

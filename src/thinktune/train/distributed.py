@@ -15,12 +15,7 @@ one. How the pieces fit:
   same, but its PREMUL_SUM reduction does not exist in gloo, which the CPU tests use.)
 - Every forward pass of a sharded model gathers weights collectively, so every rank must run the same
   number of passes; ``pad_passes`` pads a rank with fewer micro-batches with empty ones.
-- Rollouts: the rollout engine reads weights directly (and on CUDA replays graphs that captured their
-  addresses), so it samples from a plain, unsharded copy of the policy, refreshed from the shards before
-  every step (``sync_rollout_copy``). This costs one full copy of the weights per rank in the compute
-  dtype (as a colocated vLLM engine would), and keeps FSDP's resharding from ever moving memory the
-  engine holds. (The alternative, ``unshard()`` around sampling, would hold the same full weights while
-  sampling, and the engine would cache addresses that FSDP frees on ``reshard()``.)
+- Rollouts: how a sampler gets the sharded policy's weights is ``thinktune.rollout.weights``.
 - Checkpoints gather full weights and optimizer state onto rank 0 (``get_model_state_dict`` /
   ``get_optimizer_state_dict`` with ``full_state_dict=True, cpu_offload=True``), keyed by parameter name,
   so a checkpoint saved by N ranks is a plain HF model and resumes on any other N.
@@ -28,8 +23,6 @@ one. How the pieces fit:
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import torch
@@ -45,6 +38,7 @@ from torch.distributed.tensor import DTensor
 
 from thinktune.config import ModelConfig
 from thinktune.errors import ConfigError
+from thinktune.modeling import hf_compat
 from thinktune.runtime import Runtime
 
 T = TypeVar("T")
@@ -79,11 +73,7 @@ def prepare(model: torch.nn.Module, cfg: ModelConfig, rt: Runtime, trainable: bo
     """
     if trainable and cfg.gradient_checkpointing:
         # Non-reentrant checkpointing works with frozen inputs (LoRA) and with FSDP's hooks.
-        kwargs = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.25's name for it
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:  # older releases (the range vLLM pins) have only this one, deprecated from 5.25 on
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        hf_compat.enable_activation_checkpointing(model, {"use_reentrant": False})
         model.config.use_cache = False
     if trainable and cfg.compile:
         for block in decoder_blocks(model):
@@ -121,42 +111,6 @@ def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
                           "cannot be sharded or compiled block by block; run it on one process (no torchrun) "
                           "with model.compile=false")
     return blocks
-
-
-def rollout_copy(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
-    """What the rollout engine reads: the policy itself on one rank, a plain copy (made before sharding) on N.
-
-    The copy is in the run's compute dtype: with bf16 it costs half an fp32 copy, and it samples in the
-    precision the update computes in (the master weights stay fp32 in the sharded policy).
-    """
-    if rt.world_size == 1:
-        return model
-    return copy.deepcopy(model).to(rt.dtype).eval().requires_grad_(False)
-
-
-@torch.no_grad()
-def sync_rollout_copy(rollout_model: torch.nn.Module, model: torch.nn.Module, trainable_only: bool) -> None:
-    """Copy the sharded policy's current weights into the rollout copy, one parameter at a time.
-
-    All ranks call it together (each parameter is all-gathered); gathering one parameter at a time keeps
-    the extra memory to the largest parameter. ``copy_`` writes in place, so the engine's weight pointers
-    stay valid and its version check sees the change. The first sync copies everything (rank 0's broadcast
-    weights may differ from this rank's copy); later ones, ``trainable_only``, skip frozen weights (a LoRA
-    base), which no step changes.
-    """
-    if rollout_model is model:
-        return
-    for (name, p), (copy_name, q) in zip(model.named_parameters(), rollout_model.named_parameters(), strict=True):
-        assert name == copy_name, (name, copy_name)
-        if p.requires_grad or not trainable_only:
-            q.copy_(p.full_tensor() if isinstance(p, DTensor) else p)
-
-
-def full_parameters(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, whole tensor) of every parameter, detached: under FSDP each is all-gathered when reached, so every
-    rank must consume the iterator in step, and only one gathered parameter need exist at a time."""
-    for name, p in model.named_parameters():
-        yield name, (p.full_tensor() if isinstance(p, DTensor) else p).detach()
 
 
 def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:

@@ -43,6 +43,7 @@ from transformers import DynamicCache
 
 from thinktune.data.chat import IGNORE_INDEX
 from thinktune.modeling import onednn, unpadded
+from thinktune.modeling.hf_compat import forward_with_cache
 from thinktune.rollout import lean
 from thinktune.train.losses import CHUNK_BYTES, chunked_score, shift_labels
 
@@ -258,9 +259,10 @@ class PromptCache:
         self.head_mask = self.head_mask.to(self.device)
         positions = (self.head_mask.cumsum(-1) - 1).clamp(min=0)  # [P, L], what HF derives from the mask
         with self._autocast(), self._eager():
-            out = self.model(input_ids=ids.to(self.device), attention_mask=self.head_mask, position_ids=positions,
-                             use_cache=True, logits_to_keep=1, **_no_router_logits(self.model))
-        self.kv = [(layer.keys, layer.values) for layer in out.cache.layers]
+            _, cache = forward_with_cache(self.model, None, input_ids=ids.to(self.device),
+                                          attention_mask=self.head_mask, position_ids=positions, logits_to_keep=1,
+                                          **_no_router_logits(self.model))
+        self.kv = [(layer.keys, layer.values) for layer in cache.layers]
         grad = torch.is_grad_enabled()
         self.leaves = [(k.detach().requires_grad_(grad), v.detach().requires_grad_(grad)) for k, v in self.kv]
 
@@ -296,8 +298,9 @@ class PromptCache:
                                              for k, v in self.leaves])
         attention = torch.cat([self.head_mask[index], mask], dim=1)  # [B, L+T]
         with self._autocast(), self._eager():
-            picked = self.model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=cache,
-                                **_no_router_logits(self.model)).logits  # [B, T, V]: column k predicts token k
+            picked, _ = forward_with_cache(self.model, cache, input_ids=ids, attention_mask=attention,
+                                           position_ids=positions,
+                                           **_no_router_logits(self.model))  # [B, T, V]: column k predicts token k
         targets, mask = right_padded([list(c) for c in completions], self.pad_id, self.device)  # [B, T]
         logps, entropy = _score_logits(picked, targets, temperature, need_entropy, self.chunk_bytes)
         mask = mask.float()
