@@ -2,7 +2,7 @@
 
 It has the same interface as ``LeanDecoder`` (``prefill``, ``step``, ``reorder``), so the sampler's loop,
 sampling, stop handling and log-probs are shared and both paths give the same outputs for the same model
-and seed. It is no faster than ``model.generate`` (measured: CALIBRATION.md); it exists so that
+and seed. It is no faster than ``model.generate`` (measured: docs/calibration.md); it exists so that
 architectures the lean decoder does not implement still sample, with finished rows dropped from the
 batch (``Cache.batch_select_indices``) rather than decoded to the end.
 """
