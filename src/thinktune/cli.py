@@ -82,14 +82,23 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return dispatch(args)
+        code = dispatch(args)
     except UserError as e:
         print(f"thinktune: error: {e}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print("thinktune: interrupted; rerun the same command to resume from the last checkpoint",
               file=sys.stderr)
-        return 130
+        code = 130
+    if argv is None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        # A torchrun rank whose work is done and whose process group is closed can still abort in C++ static
+        # destructors on the way out ("terminate called without an active exception", a few runs in a hundred
+        # on CPU), and torchrun then fails the whole launch: leave without running them. Everything a run
+        # writes is closed (and atomically renamed) by now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def dispatch(args: argparse.Namespace) -> int:
