@@ -131,3 +131,45 @@ class ReferenceView(torch.nn.Module):
         """The transformers model under the adapters, as peft's own ``get_base_model`` (``logprobs`` swaps its
         head for one that scores inside the forward)."""
         return self.policy[0].get_base_model()
+
+
+def is_lora_linear(module: torch.nn.Module) -> bool:
+    """A peft LoRA linear (``peft.tuners.lora.layer.Linear``): a base linear plus low-rank adapters."""
+    return hasattr(module, "base_layer") and hasattr(module, "get_delta_weight") and hasattr(module, "lora_A")
+
+
+def fold_reason(module: torch.nn.Module) -> str | None:
+    """Why a LoRA linear's adapters cannot be read as a plain low-rank delta (None: they can)."""
+    if type(module.base_layer) is not torch.nn.Linear:
+        return f"LoRA over a {type(module.base_layer).__name__}, not a plain nn.Linear"
+    active = [a for a in module.active_adapters if a in module.lora_A]
+    variants = getattr(module, "lora_variant", {})  # DoRA and the like: not a plain low-rank delta
+    if any(module.use_dora.get(a) or getattr(module, "lora_bias", {}).get(a) or a in variants for a in active):
+        return "a LoRA variant (DoRA or a LoRA bias), not a plain low-rank delta"
+    if getattr(module, "fan_in_fan_out", False):  # a base stored [in, out] (GPT-2's Conv1D layout)
+        return "a LoRA linear with fan_in_fan_out"
+    return None
+
+
+def active_adapters(module: torch.nn.Module) -> list[str]:
+    """The adapters a LoRA linear applies in its forward: none once merged into the base, or disabled."""
+    if module.merged or module.disable_adapters:
+        return []
+    return [name for name in module.active_adapters if name in module.lora_A]
+
+
+def linears_reason(model: torch.nn.Module) -> str | None:
+    """Why thinktune's own forwards (the lean decoder, the unpadded training forward) cannot read ``model``'s
+    linears (None: they can): each projection and the head must be a plain ``nn.Linear`` or a peft LoRA linear
+    whose adapters are a plain low-rank delta."""
+    linears = [("lm_head", model.get_output_embeddings())]
+    linears += [(f"layers.{i}.{name}", module) for i, layer in enumerate(model.model.layers)
+                for name, module in layer.named_modules() if name.endswith("_proj")]
+    for name, module in linears:
+        if type(module) is torch.nn.Linear:
+            continue
+        if not is_lora_linear(module):
+            return f"{name} is a {type(module).__name__}, not a plain nn.Linear or a peft LoRA linear"
+        if reason := fold_reason(module):
+            return f"{name}: {reason}"
+    return None

@@ -28,17 +28,16 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from thinktune.modeling import arch
-from thinktune.rollout import lean
+from thinktune.modeling import arch, lora
 
 
 def unsupported_reason(model: torch.nn.Module, max_len: int) -> str | None:
     """Why ``forward`` cannot run ``model`` on sequences of up to ``max_len`` tokens (None: it can): the
-    architecture table's check (``arch.unsupported_reason``, through the lean decoder's, which also vets the
-    linears), and what the training forward adds."""
+    architecture table's check (``arch.unsupported_reason``), the linears' (``lora.linears_reason``), and what
+    the training forward adds."""
     if not isinstance(model, PreTrainedModel):  # e.g. a peft wrapper: its adapters live in its own forward
         return f"{type(model).__name__} is not a plain Hugging Face model"
-    reason = lean.unsupported_reason(model, max_len)
+    reason = arch.unsupported_reason(model, max_len) or lora.linears_reason(model)
     if reason:
         return reason
     if model.training and getattr(model.config, "attention_dropout", 0.0):

@@ -58,7 +58,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from thinktune.modeling import arch, onednn
+from thinktune.modeling import arch, lora, onednn
 from thinktune.modeling.arch import ARCH_SPECS, decoder_block, qk_norm
 
 ARCHS = set(ARCH_SPECS)  # the model_types this decoder runs: the architecture table's rows
@@ -68,20 +68,8 @@ LowRank = tuple[torch.Tensor, torch.Tensor, float]  # one LoRA adapter of a line
 def unsupported_reason(model: torch.nn.Module, max_len: int) -> str | None:
     """Why the lean decoder cannot run ``model`` for sequences of up to ``max_len`` tokens (None: it can): the
     architecture table's check (``arch.unsupported_reason``), then every linear it reads must be a plain
-    ``nn.Linear`` or a peft LoRA linear whose adapters it can fold."""
-    if reason := arch.unsupported_reason(model, max_len):
-        return reason
-    linears = [("lm_head", model.get_output_embeddings())]
-    linears += [(f"layers.{i}.{name}", module) for i, layer in enumerate(model.model.layers)
-                for name, module in layer.named_modules() if name.endswith("_proj")]
-    for name, module in linears:
-        if type(module) is torch.nn.Linear:
-            continue
-        if not _is_lora(module):
-            return f"{name} is a {type(module).__name__}, not a plain nn.Linear or a peft LoRA linear"
-        if reason := _lora_reason(module):
-            return f"{name}: {reason}"
-    return None
+    ``nn.Linear`` or a peft LoRA linear whose adapters it can fold (``lora.linears_reason``)."""
+    return arch.unsupported_reason(model, max_len) or lora.linears_reason(model)
 
 
 def cache_bytes(model: torch.nn.Module, rows: int, max_len: int) -> int:
@@ -92,55 +80,30 @@ def cache_bytes(model: torch.nn.Module, rows: int, max_len: int) -> int:
     return rows * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * max_len * head_dim * itemsize
 
 
-def _is_lora(module: torch.nn.Module) -> bool:
-    """A peft LoRA linear (``peft.tuners.lora.layer.Linear``): a base linear plus low-rank adapters."""
-    return hasattr(module, "base_layer") and hasattr(module, "get_delta_weight") and hasattr(module, "lora_A")
-
-
-def _lora_reason(module: torch.nn.Module) -> str | None:
-    """Why the decoder cannot fold a LoRA linear's adapters into its weights (None: it can)."""
-    if type(module.base_layer) is not torch.nn.Linear:
-        return f"LoRA over a {type(module.base_layer).__name__}, not a plain nn.Linear"
-    active = [a for a in module.active_adapters if a in module.lora_A]
-    variants = getattr(module, "lora_variant", {})  # DoRA and the like: not a plain low-rank delta
-    if any(module.use_dora.get(a) or getattr(module, "lora_bias", {}).get(a) or a in variants for a in active):
-        return "a LoRA variant (DoRA or a LoRA bias), not a plain low-rank delta"
-    if getattr(module, "fan_in_fan_out", False):  # a base stored [in, out] (GPT-2's Conv1D layout)
-        return "a LoRA linear with fan_in_fan_out"
-    return None
-
-
-def _active_adapters(module: torch.nn.Module) -> list[str]:
-    """The adapters a LoRA linear applies in its forward: none once merged into the base, or disabled."""
-    if module.merged or module.disable_adapters:
-        return []
-    return [name for name in module.active_adapters if name in module.lora_A]
-
-
 def adapter_state(model: torch.nn.Module) -> tuple:
     """What each peft LoRA linear applies besides its weights' values: merged or not, disabled or not, which
     adapters are active, their scaling. peft changes these without bumping a parameter's ``_version``
     (``merge_adapter`` writes the base through ``.data``), so the decoder watches them too."""
     return tuple((m.merged, m.disable_adapters, tuple(m.active_adapters), tuple(map(m.scaling.get, m.active_adapters)))
-                 for m in model.modules() if _is_lora(m))
+                 for m in model.modules() if lora.is_lora_linear(m))
 
 
 def low_rank_terms(module: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
     """A linear's LoRA adapters as ``(A^T [in, r], B^T [r, out], scaling)`` views, for ``x @ A^T @ B^T`` (none
     for a plain linear)."""
-    if not _is_lora(module):
+    if not lora.is_lora_linear(module):
         return []
     return [(module.lora_A[name].weight.t(), module.lora_B[name].weight.t(), module.scaling[name])
-            for name in _active_adapters(module)]
+            for name in lora.active_adapters(module)]
 
 
 def effective_weight(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(weight, bias) that a linear applies: for a LoRA linear, its base plus each active adapter's
     ``scaling * B @ A`` (unless merged into the base already, or disabled)."""
-    if not _is_lora(module):
+    if not lora.is_lora_linear(module):
         return module.weight, module.bias
     weight = module.base_layer.weight
-    for name in _active_adapters(module):
+    for name in lora.active_adapters(module):
         weight = weight + module.get_delta_weight(name)
     return weight, module.base_layer.bias
 

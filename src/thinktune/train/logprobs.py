@@ -43,8 +43,8 @@ from transformers import DynamicCache
 
 from thinktune.data.chat import IGNORE_INDEX
 from thinktune.modeling import onednn, unpadded
+from thinktune.modeling.arch import ARCH_SPECS
 from thinktune.modeling.hf_compat import forward_with_cache
-from thinktune.rollout import lean
 from thinktune.train.losses import CHUNK_BYTES, chunked_score, shift_labels
 
 
@@ -83,7 +83,7 @@ def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
 # Causal LMs whose forward returns ``lm_head``'s output untouched as its logits, each checked in the tests
 # against its own logits: the ones ``thinktune.modeling.unpadded`` implements, and common students it does not. Not
 # Gemma 2/3 (soft-capped logits) or Granite (scaled): they take the logits path.
-PLAIN_HEAD_ARCHS = lean.ARCHS | {"mistral", "qwen3_moe", "olmo2"}
+PLAIN_HEAD_ARCHS = set(ARCH_SPECS) | {"mistral", "qwen3_moe", "olmo2"}
 
 
 def _plain_head(model: torch.nn.Module) -> bool:
