@@ -307,6 +307,14 @@ def test_old_sampling_names_are_errors_that_give_the_new_name(verb: str, old: st
         load_config(recipe(verb)[1], None, [old])
 
 
+@pytest.mark.parametrize("override", ["sampling.top_p=0.9", "sampling.top_k=20", "sampling.n=1"])
+def test_grpo_refuses_sampling_that_is_not_the_policy_or_not_a_group(override: str) -> None:
+    from thinktune.recipes.grpo import GRPOConfig
+
+    with pytest.raises(ConfigError, match="sampling"):
+        load_config(GRPOConfig, None, ["data.prompts=p.jsonl", override])
+
+
 def test_sampling_block_gives_the_per_call_params_with_a_stage_change() -> None:
     cfg = load_config(SamplingConfig, None, ["n=3", "temperature=0.7", "stop=[</a>, END]", "min_new_tokens=2"])
     params = cfg.params(temperature=0.5)

@@ -110,7 +110,7 @@ class GRPOConfig:
     score_behind_decode: bool | None = None  # score each completion as it ends, beside the decode; None: on GPUs
     max_steps: int = 90
     dump_every: int = 10  # steps between rollout dumps to samples/ (0: never)
-    seed: int = 0
+    seed: int = 0  # prompt order, selection and initialisation; the draws take sampling.seed
     output_dir: str = "runs/grpo"
 
     RENAMED: ClassVar[dict[str, str]] = SAMPLING_RENAMED
