@@ -1,4 +1,5 @@
-"""Shared fixtures: a character tokenizer and a tiny random Phi3 model, built here rather than downloaded.
+"""Shared fixtures: a character tokenizer and a tiny random Phi3 model, built here rather than downloaded, and a
+small synthetic world (prompts, SFT traces, pairs and a tiny model built by thinktune's own verbs) for recipe runs.
 
 Both are session-scoped because building a model costs about a second; tests that mutate a tokenizer
 (``chat_format.apply``) build their own.
@@ -6,10 +7,14 @@ Both are session-scoped because building a model costs about a second; tests tha
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from thinktune.data.synth import SynthConfig
+from thinktune.data.synth import run as run_synth
+from thinktune.modeling import build_model
 from thinktune.modeling.models import train_char_tokenizer
 
 # Every character the tests render (questions, answers, roles, think tags) appears here, so no test sees
@@ -56,3 +61,18 @@ def tiny_model_dir(tmp_path_factory, char_tokenizer, tiny_phi3) -> Path:
     path = tmp_path_factory.mktemp("tiny") / "model"
     save_pretrained_atomic(tiny_phi3, char_tokenizer, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory) -> Path:
+    """64 synthetic prompts with SFT traces, 16 preference pairs, and a tiny Phi3 model, built once."""
+    root = tmp_path_factory.mktemp("small_world")
+    run_synth(SynthConfig(n_train=64, n_heldout_per_level=2, rollout_prompts=0, output_dir=str(root / "data")))
+    build_model.run(build_model.BuildModelConfig(
+        corpus=str(root / "data" / "sft_cot.jsonl"), hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+        intermediate_size=64, max_position_embeddings=160, output_dir=str(root / "model")))
+    prompts = [json.loads(line) for line in (root / "data" / "train_prompts.jsonl").read_text().splitlines()]
+    pairs = [{"id": p["id"], "prompt": p["prompt"], "chosen": f"<think>so</think>\\boxed{{{p['answer']}}}",
+              "rejected": f"\\boxed{{{p['answer']}1}}"} for p in prompts[:16]]
+    (root / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    return root

@@ -237,21 +237,7 @@ def test_make_sampler_builds_vllm_on_the_stand_in_and_refuses_lora(stand_in, tin
     assert make_sampler(SamplingConfig(backend="thinktune", temperature=2.5), model_cfg, char_tokenizer, rt)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    from thinktune.data.synth import SynthConfig
-    from thinktune.data.synth import run as run_synth
-    from thinktune.modeling import build_model
-
-    root = tmp_path_factory.mktemp("vllm_glue")
-    run_synth(SynthConfig(n_train=16, n_heldout_per_level=1, rollout_prompts=0, output_dir=str(root / "data")))
-    build_model.run(build_model.BuildModelConfig(
-        corpus=str(root / "data" / "sft_cot.jsonl"), hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-        intermediate_size=64, max_position_embeddings=96, output_dir=str(root / "model")))
-    return root
-
-
-def test_grpo_on_the_vllm_backend_pushes_weights_every_step(stand_in, world, tmp_path, monkeypatch):
+def test_grpo_on_the_vllm_backend_pushes_weights_every_step(stand_in, small_world, tmp_path, monkeypatch):
     from thinktune.recipes import grpo
 
     monkeypatch.setattr(vllm_backend, "pick_device", lambda: torch.device("cuda", 0))  # the run stays on CPU
@@ -261,14 +247,14 @@ def test_grpo_on_the_vllm_backend_pushes_weights_every_step(stand_in, world, tmp
     monkeypatch.setattr(VLLMSampler, "sleep", lambda self: sleeps.append(sleep(self)))
     out = tmp_path / "grpo"
     grpo.run(load_config(grpo.GRPOConfig, None, [
-        f"model.path={world / 'model'}", "model.system_prompt=",
-        f"data.prompts={world / 'data' / 'train_prompts.jsonl'}", "sampling.backend=vllm", "prompts_per_step=2",
+        f"model.path={small_world / 'model'}", "model.system_prompt=",
+        f"data.prompts={small_world / 'data' / 'train_prompts.jsonl'}", "sampling.backend=vllm", "prompts_per_step=2",
         "sampling.n=2", "sampling.max_new_tokens=8", "optim.lr=1e-3", "optim.warmup_steps=0", "beta=0.05",
         "max_steps=2", "log.log_every=1", "log.save_every=0", "log.progress=false", "dump_every=0",
         f"output_dir={out}"]))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
-    parameters = len(list(AutoModelForCausalLM.from_pretrained(world / "model").named_parameters()))
+    parameters = len(list(AutoModelForCausalLM.from_pretrained(small_world / "model").named_parameters()))
     assert pushes == [parameters, parameters] and len(sleeps) == 2  # every weight, before each step's sampling
     for r in rows:
         assert r["rollout/length_mean"] > 0
