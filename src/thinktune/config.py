@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -27,6 +28,19 @@ import yaml
 from thinktune.errors import ConfigError
 
 T = TypeVar("T")
+
+# What a training stage (sft, dpo, grpo) does with a run already in its output_dir (thinktune.train.run_dir): auto
+# continues it when its settings match and refuses when they do not; false starts a fresh run in a new directory
+# beside it; force continues it with the changed settings.
+Resume = Literal["auto", "false", "force"]
+
+
+def check_sizes(**sizes: int) -> None:
+    """Refuse counts below 1 (batch sizes, steps), naming each: a 0 would otherwise fail deep inside a run."""
+    bad = [f"{name}={value}" for name, value in sizes.items() if value < 1]
+    if bad:
+        raise ConfigError(f"{', '.join(bad)}: must be a whole number >= 1")
+
 
 @dataclass
 class LoRAConfig:
@@ -86,6 +100,9 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
 
     def __post_init__(self) -> None:
+        for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"optim.{name}={getattr(self, name)} must be a finite number")
         if self.lr <= 0:
             raise ConfigError(f"optim.lr={self.lr} must be positive")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -308,6 +325,8 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:  # noqa: C901 - o
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key, where)
     if origin is Literal:
+        if isinstance(value, bool) and str(value).lower() in args:  # YAML reads `resume: false` as a bool
+            value = str(value).lower()
         if value not in args:
             raise ConfigError(f"{where}: '{key}' is {value!r}; choose one of {', '.join(map(repr, args))}")
         return str(value) if isinstance(value, _Raw) else value

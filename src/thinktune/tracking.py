@@ -57,10 +57,25 @@ def _plain(v: Any) -> Any:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics JSONL. A line that is not a JSON object (the torn last line of a run killed
+    mid-write) is dropped with a warning naming it, since a run must resume past it."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            print(f"warning: {path}:{lineno} is not a metrics row (a write cut short?); dropping it: {line[:80]!r}",
+                  file=sys.stderr)
+            continue
+        rows.append(row)
+    return rows
 
 
 def progress(total: int, initial: int = 0, desc: str = "", enabled: bool = True) -> tqdm:

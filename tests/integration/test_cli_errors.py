@@ -109,3 +109,63 @@ def test_verbs_that_are_not_training_stages_refuse_torchrun(tmp_path):
     result = subprocess.run([sys.executable, "-m", "thinktune.cli", "evaluate", "model.path=x"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=120)
     assert_user_error(result, "thinktune evaluate runs on one process", "sft, dpo, grpo")
+
+
+def bad_utf8(tmp_path: Path) -> Path:
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(json.dumps(GOOD_ROW).encode() + b"\n" + json.dumps(GOOD_ROW).encode().replace(b"5", b"\xe9") + b"\n")
+    return path
+
+
+def list_answer(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "list.jsonl", json.dumps(GOOD_ROW), json.dumps({**GOOD_ROW, "answer": ["5"]}))
+
+
+def not_a_model(tmp_path: Path) -> Path:
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "README.txt").write_text("not weights")
+    return tmp_path / "notes"
+
+
+# (case, verb, overrides, words the one error line must hold; "!word": must not hold). "{data}" is a good SFT
+# file, "{model}" the tiny model, and the other names the bad files built by the functions above.
+BAD_VALUES = [
+    ("batch-size-0", "sft", ["batch_size=0"], ["batch_size=0", ">= 1"]),
+    ("micro-batch-size-0", "sft", ["micro_batch_size=0"], ["micro_batch_size=0", ">= 1"]),
+    ("negative-batch", "dpo", ["batch_size=-4", "data.train={data}"], ["batch_size=-4", ">= 1"]),
+    ("negative-prompts-per-step", "grpo", ["prompts_per_step=-1", "data.prompts={data}"], ["prompts_per_step=-1"]),
+    ("negative-max-steps", "sft", ["max_steps=-3"], ["max_steps=-3", ">= 0"]),
+    ("lr-nan", "sft", ["optim.lr=nan"], ["optim.lr=nan", "finite"]),
+    ("max-new-tokens-0", "evaluate", ["sampling.max_new_tokens=0"], ["max_new_tokens=0", ">= 1", "!top_k"]),
+    ("temperature-inf", "evaluate", ["sampling.temperature=inf"], ["temperature=inf", "finite"]),
+    ("invalid-utf8", "sft", ["data.train={bad_utf8}"], ["latin1.jsonl:2:", "not valid UTF-8", "column"]),
+    ("answer-is-a-list", "sft", ["data.train={list_answer}"], ["list.jsonl:2:", "'answer'", "got list"]),
+    ("not-a-model", "sft", ["model.path={not_a_model}"], ["notes", "no config.json"]),
+    ("bad-resume", "sft", ["resume=maybe"], ["'resume'", "'force'"]),
+]
+
+
+@pytest.mark.parametrize(("verb", "overrides", "words"), [c[1:] for c in BAD_VALUES], ids=[c[0] for c in BAD_VALUES])
+def test_bad_values_are_one_line_errors(tmp_path: Path, tiny_model_dir: Path, capsys, verb: str,
+                                        overrides: list[str], words: list[str]) -> None:
+    """In-process (``main``) rather than a subprocess per case: the same handler, without a torch import each."""
+    from thinktune.cli import main
+
+    files = {"data": write_jsonl(tmp_path / "train.jsonl", json.dumps(GOOD_ROW)), "model": tiny_model_dir,
+             "bad_utf8": bad_utf8(tmp_path), "list_answer": list_answer(tmp_path), "not_a_model": not_a_model(tmp_path)}
+    args = {"model.path": str(tiny_model_dir), "output_dir": str(tmp_path / "out"), "log.progress": "false",
+            "max_steps": "1"} if verb in ("sft", "dpo", "grpo") else {"model.path": str(tiny_model_dir),
+                                                                       "output_dir": str(tmp_path / "out")}
+    if verb == "sft":
+        args["data.train"] = str(files["data"])
+    for item in overrides:
+        key, value = item.split("=", 1)
+        args[key] = value.format(**files)
+    code = main([verb, *(f"{k}={v}" for k, v in args.items())])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("thinktune: error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert (word[1:] not in lines[0]) if word.startswith("!") else (word in lines[0]), lines[0]
+    assert not (tmp_path / "out" / "config.yaml").exists()  # a refused invocation writes nothing

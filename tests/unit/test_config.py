@@ -259,7 +259,7 @@ def test_sft_needs_train_data_and_some_length() -> None:
         ([], "exactly one of data.prompts"),
         (["data.prompts=p.jsonl", "sampling.greedy=true", "sampling.n=4"], "sampling: greedy decoding with n=4"),
         (["data.prompts=p.jsonl", "sampling.n=2", "ks=[1, 4]"], r"ks=\[4\] must lie in \[1, sampling.n=2\]"),
-        (["data.prompts=p.jsonl", "sampling.n=0"], "sampling: .*n=0 .*>= 1"),
+        (["data.prompts=p.jsonl", "sampling.n=0"], "sampling: n=0: must be >= 1"),
         (["data.prompts=p.jsonl", "sampling.top_p=0"], r"sampling: top_p=0.0 must be in \(0, 1\]"),
         (["data.prompts=p.jsonl", "sampling.backend=vlm"], "'sampling.backend' is 'vlm'; choose one of"),
     ],

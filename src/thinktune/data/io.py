@@ -23,6 +23,12 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     "sft": {"id": (str, int), "messages": (list,)},
     "preference": {"id": (str, int), "prompt": (str, list), "chosen": (str,), "rejected": (str,)},
 }
+# Fields a row may leave out, and their types when it has them.
+OPTIONAL: dict[str, dict[str, tuple[type, ...]]] = {
+    "prompt": {"mode": (str,)},
+    "sft": {"answer": (str, int, float), "mode": (str,)},
+    "preference": {},
+}
 
 
 @contextmanager
@@ -75,8 +81,13 @@ def read_jsonl_lines(path: str | Path, kind: str | None = None) -> list[tuple[in
     if not path.is_file():
         raise DataError(f"{path}: file not found; check the path (data files are JSONL, one row per line)")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                                "save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -101,6 +112,11 @@ def check_row(row: dict, kind: str, where: str) -> None:
         if not isinstance(row[field], types) or isinstance(row[field], bool):
             names = " or ".join(t.__name__ for t in types)
             raise DataError(f"{where}: field '{field}' should be {names}, got {type(row[field]).__name__}")
+    for field, types in OPTIONAL[kind].items():
+        if field in row and (not isinstance(row[field], types) or isinstance(row[field], bool)):
+            names = " or ".join(t.__name__ for t in types)
+            raise DataError(f"{where}: field '{field}' should be {names}, got {type(row[field]).__name__} "
+                            f"({str(row[field])[:40]})")
     if kind == "sft":
         check_messages(row["messages"], where)
 

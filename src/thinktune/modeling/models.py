@@ -88,6 +88,11 @@ def _check_path(path: str) -> None:
     if looks_local and not Path(path).expanduser().is_dir():
         raise UserError(f"model path {path!r} does not exist; give a directory with config.json, a .gguf file "
                         "or a hub id")
+    if looks_local and not (Path(path).expanduser() / "config.json").is_file():
+        found = sorted(p.name for p in Path(path).expanduser().iterdir())[:5]
+        raise UserError(f"model path {path!r} is a directory but not a model: it has no config.json (it holds "
+                        f"{', '.join(found) or 'nothing'}); give the directory save_pretrained wrote, e.g. a run's "
+                        "final/")
 
 
 def _not_found(path: str, error: OSError) -> UserError:

@@ -27,12 +27,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from thinktune import runtime
-from thinktune.config import LogConfig, ModelConfig, OptimConfig, save_config
+from thinktune.config import LogConfig, ModelConfig, OptimConfig, Resume, check_sizes
 from thinktune.data.chat import Example, pad_batch, prompt_messages, render_sft
 from thinktune.data.io import read_jsonl_lines, write_json
 from thinktune.data.order import step_units
@@ -44,6 +43,7 @@ from thinktune.train import checkpoint, distributed
 from thinktune.train.logprobs import next_token_logps
 from thinktune.train.losses import chosen_nll, dpo_loss
 from thinktune.train.optim import build_optimizer, build_scheduler
+from thinktune.train.run_dir import Run, claim, release
 
 
 @dataclass
@@ -70,8 +70,12 @@ class DPOConfig:
     eval_every: int = 0  # steps between held-out metrics (0: only before and after training)
     seed: int = 0
     output_dir: str = "runs/dpo"
+    resume: Resume = "auto"  # a run already in output_dir: auto continues it if its settings match (config.Resume)
 
     def __post_init__(self) -> None:
+        check_sizes(batch_size=self.batch_size, micro_batch_size=self.micro_batch_size)
+        if self.max_steps < 0 or self.epochs < 0:
+            raise ConfigError(f"max_steps={self.max_steps} and epochs={self.epochs} must be >= 0")
         if self.batch_size % self.micro_batch_size:
             raise ConfigError(f"batch_size={self.batch_size} is not a multiple of micro_batch_size="
                               f"{self.micro_batch_size}")
@@ -160,17 +164,26 @@ def evaluate_pairs(model, pairs: list[Pair], ref: torch.Tensor, cfg: DPOConfig, 
                                             cfg.label_smoothing))
 
 
-def reference_logps(cfg: DPOConfig, out: Path, tokenizer, sets: dict[str, list[Pair]], pad_id: int,
+def reference_logps(cfg: DPOConfig, run: Run, tokenizer, sets: dict[str, list[Pair]], pad_id: int,
                     rt: runtime.Runtime, policy: torch.nn.Module | None) -> dict[str, torch.Tensor]:
     """Reference log-probs of every pair, computed once from the starting model and cached for resumes.
 
-    With LoRA the reference is ``policy`` with its adapters disabled; otherwise the starting model is
-    loaded (and sharded like the policy) for this pass only. Each rank scores its share of the pairs
-    (``all_pair_logps``) and every rank keeps all of them.
+    The cache is keyed by the run's fingerprint (config, data files, starting model): log-probs computed for
+    other data or another model are recomputed, never reused. With LoRA the reference is ``policy`` with its
+    adapters disabled; otherwise the starting model is loaded (and sharded like the policy) for this pass only.
+    Each rank scores its share of the pairs (``all_pair_logps``) and every rank keeps all of them.
     """
-    cache = out / "ref_logps.pt"
+    cache = run.out / "ref_logps.pt"
     if cache.is_file():
-        return torch.load(cache)
+        try:
+            cached = torch.load(cache)
+        except Exception as e:  # noqa: BLE001 - a torn cache file is recomputed, whatever the failure
+            cached = {}
+            runtime.print0(f"[dpo] {cache} is unreadable ({type(e).__name__}); recomputing it")
+        if cached.get("key") == run.digest:
+            return cached["logps"]
+        if cached:
+            runtime.print0(f"[dpo] {cache} was computed for other settings, data or model; recomputing it")
     if lora.enabled(policy):
         reference = lora.ReferenceView(policy)
     else:
@@ -180,46 +193,43 @@ def reference_logps(cfg: DPOConfig, out: Path, tokenizer, sets: dict[str, list[P
     del reference
     if rt.is_main:
         tmp = cache.with_suffix(".tmp")
-        torch.save(ref, tmp)
+        torch.save({"key": run.digest, "logps": ref}, tmp)
         tmp.replace(cache)
     distributed.barrier()
     return ref
 
 
-def policy_and_reference(cfg: DPOConfig, out: Path, tokenizer, sets: dict[str, list[Pair]], pad_id: int,
-                         rt: runtime.Runtime, resume_from: Path | None) -> tuple[torch.nn.Module, dict]:
+def policy_and_reference(cfg: DPOConfig, run: Run, tokenizer, sets: dict[str, list[Pair]], pad_id: int,
+                         rt: runtime.Runtime) -> tuple[torch.nn.Module, dict]:
     """The policy to train and the reference log-probs. With LoRA the reference is the policy with its
     adapters off, so the policy loads first; without, the starting model is loaded, used and freed before
     the policy loads: one full model in memory at a time."""
     def load_policy() -> torch.nn.Module:
+        resume_from = run.resume_from and run.resume_from.path
         return distributed.prepare(lora.load_policy(cfg.model, resume_from, tokenizer, rt.device), cfg.model, rt)
 
     if cfg.model.lora.r:
         model = load_policy()
-        return model, reference_logps(cfg, out, tokenizer, sets, pad_id, rt, model)
-    ref = reference_logps(cfg, out, tokenizer, sets, pad_id, rt, None)
+        return model, reference_logps(cfg, run, tokenizer, sets, pad_id, rt, model)
+    ref = reference_logps(cfg, run, tokenizer, sets, pad_id, rt, None)
     return load_policy(), ref
 
 
 def run(cfg: DPOConfig) -> dict:
     rt = runtime.init(cfg.model.dtype, cfg.seed)
     distributed.check_divisible("batch_size", cfg.batch_size, cfg.micro_batch_size, rt)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if rt.is_main:
-        save_config(cfg, out / "config.yaml")
     tokenizer = models.load_tokenizer(cfg.model)
     pad_id = tokenizer.pad_token_id
     train, stats = load_pairs(cfg.data.train, tokenizer, cfg)
     heldout = load_pairs(cfg.data.eval, tokenizer, cfg)[0] if cfg.data.eval else []
-
-    resume_from = checkpoint.latest(out)
-    model, ref = policy_and_reference(cfg, out, tokenizer, {"train": train, "eval": heldout}, pad_id, rt,
-                                      resume_from)
+    # Only with the inputs checked is the run directory claimed: locked, matched against its checkpoint, written.
+    run_dir = claim(cfg, "dpo", rt)
+    out = run_dir.out
+    model, ref = policy_and_reference(cfg, run_dir, tokenizer, {"train": train, "eval": heldout}, pad_id, rt)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train) / cfg.batch_size))
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
-    start = checkpoint.resume(resume_from, model, optimizer, scheduler, "dpo")
+    start = checkpoint.resume(run_dir.resume_from, model, optimizer, scheduler, "dpo")
     logger = MetricsLogger(out / "metrics.jsonl", resume_step=start, enabled=rt.is_main)
     runtime.print0(f"[dpo] {stats['rows']} rows: {stats['identical']} identical skipped, {stats['too_long']} "
                    f"too long; {len(train)} train pairs, {len(heldout)} held-out; {total_steps} steps of "
@@ -264,7 +274,7 @@ def run(cfg: DPOConfig) -> dict:
         if cfg.log.save_every and done % cfg.log.save_every == 0 and done < total_steps:
             checkpoint.save(out, done, model, tokenizer, optimizer, scheduler,
                             {"position": done * cfg.batch_size}, cfg.log.keep_checkpoints,
-                            cfg.log.lora_merged_checkpoints)
+                            cfg.log.lora_merged_checkpoints, run_dir.fingerprint)
     bar.close()
 
     if heldout:
@@ -280,4 +290,5 @@ def run(cfg: DPOConfig) -> dict:
         runtime.print0(f"[dpo] held-out reward accuracy {before.get('eval/reward_accuracy', float('nan')):.3f} "
                        f"-> {after['eval/reward_accuracy']:.3f}, margin {after['eval/reward_margin']:+.3f}")
     runtime.print0(f"[dpo] done; model in {out / 'final'}")
+    release(out)
     return summary

@@ -52,9 +52,10 @@ from thinktune.config import (
     LogConfig,
     ModelConfig,
     OptimConfig,
+    Resume,
     SamplingConfig,
     VLLMOptions,
-    save_config,
+    check_sizes,
 )
 from thinktune.data.chat import prompt_messages, render_prompt
 from thinktune.data.io import write_json, write_jsonl
@@ -71,6 +72,7 @@ from thinktune.train.advantages import ADVANTAGE_MODES, annealed_temperature, ba
 from thinktune.train.logprobs import PromptCache, length_sorted_chunks, right_padded
 from thinktune.train.losses import LOSS_AGGREGATIONS, aggregate, grpo_token_loss
 from thinktune.train.optim import build_optimizer, build_scheduler
+from thinktune.train.run_dir import claim, release
 
 
 @dataclass
@@ -112,6 +114,7 @@ class GRPOConfig:
     dump_every: int = 10  # steps between rollout dumps to samples/ (0: never)
     seed: int = 0  # prompt order, selection and initialisation; the draws take sampling.seed
     output_dir: str = "runs/grpo"
+    resume: Resume = "auto"  # a run already in output_dir: auto continues it if its settings match (config.Resume)
 
     RENAMED: ClassVar[dict[str, str]] = SAMPLING_RENAMED
 
@@ -131,8 +134,8 @@ class GRPOConfig:
             raise ConfigError("temperature_end must be >= 0 (0: no annealing)")
         if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
             raise ConfigError("clip_low must be in [0, 1) and clip_high >= 0")
-        if self.max_steps < 1 or self.updates_per_batch < 1 or self.prompts_per_step < 1:
-            raise ConfigError("max_steps, updates_per_batch and prompts_per_step must be >= 1")
+        check_sizes(max_steps=self.max_steps, updates_per_batch=self.updates_per_batch,
+                    prompts_per_step=self.prompts_per_step, micro_batch_size=self.micro_batch_size)
 
     def temperature_at(self, step: int) -> float:
         if not self.temperature_end:
@@ -338,10 +341,6 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
     rt = runtime.init(cfg.model.dtype, cfg.seed)
     distributed.check_divisible("prompts_per_step", cfg.prompts_per_step, 1, rt)
     check_sampling(cfg.sampling, cfg.model)  # before any loading: vLLM where it cannot run is an error
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if rt.is_main:
-        save_config(cfg, out / "config.yaml")
     reward_cfg = cfg.reward
     if cfg.scale_reward_to_context:
         from thinktune.rewards import scale_to_context
@@ -355,9 +354,11 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
     pad_id = tokenizer.pad_token_id
     rows = load_rows(cfg)
     prompt_ids = [render_prompt(tokenizer, prompt_messages(r["prompt"])) for r in rows]
+    # Only with the inputs checked is the run directory claimed: locked, matched against its checkpoint, written.
+    run_dir = claim(cfg, "grpo", rt)
+    out, resume_from = run_dir.out, run_dir.resume_from
 
-    resume_from = checkpoint.latest(out)
-    model = lora.load_policy(cfg.model, resume_from, tokenizer, rt.device)
+    model = lora.load_policy(cfg.model, resume_from and resume_from.path, tokenizer, rt.device)
     # Before sharding: thinktune's sampler reads whole weights (on N ranks, a copy made here). vLLM holds its own.
     sampler = make_sampler(cfg.sampling, cfg.model, tokenizer, rt, model=model,
                            longest_prompt=max(map(len, prompt_ids)))
@@ -443,7 +444,7 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
             if cfg.log.save_every and done % cfg.log.save_every == 0 and done < cfg.max_steps:
                 checkpoint.save(out, done, model, tokenizer, optimizer, scheduler,
                                 {"position": done * cfg.prompts_per_step}, cfg.log.keep_checkpoints,
-                                cfg.log.lora_merged_checkpoints)
+                                cfg.log.lora_merged_checkpoints, run_dir.fingerprint)
     bar.close()
 
     checkpoint.export(model, tokenizer, out / "final")
@@ -455,4 +456,5 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
                                             "rollout/temperature"], out / "plots" / "update.png", title=f"GRPO: {out}")
         write_json(out / "summary.json", summary)
     runtime.print0(f"[grpo] done; model in {out / 'final'}")
+    release(out)
     return summary

@@ -23,7 +23,6 @@ trace would teach the model to stop mid-thought.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from pathlib import Path
 import torch
 
 from thinktune import runtime
-from thinktune.config import LogConfig, ModelConfig, OptimConfig, save_config
+from thinktune.config import LogConfig, ModelConfig, OptimConfig, Resume, check_sizes
 from thinktune.data.chat import IGNORE_INDEX, Example, pack_examples, packed_batch, pad_batch, render_sft
 from thinktune.data.io import read_jsonl_lines, write_json
 from thinktune.data.order import step_units
@@ -40,10 +39,11 @@ from thinktune.errors import ConfigError, DataError
 from thinktune.modeling import lora, models
 from thinktune.modeling.chat_format import prompt_overhead, too_long_note
 from thinktune.rewards.verify import is_correct_batch
-from thinktune.tracking import MetricsLogger, plot_curves, progress
+from thinktune.tracking import MetricsLogger, plot_curves, progress, read_metrics
 from thinktune.train import checkpoint, distributed
 from thinktune.train.logprobs import next_token_logps
 from thinktune.train.optim import build_optimizer, build_scheduler
+from thinktune.train.run_dir import claim, release
 
 
 @dataclass
@@ -69,8 +69,12 @@ class SFTConfig:
     epochs: float = 2.0  # passes over the data; ignored when max_steps > 0
     max_steps: int = 0
     eval_every: int = 0  # steps between validation losses (0: only at the end, if data.eval is set)
+    resume: Resume = "auto"  # a run already in output_dir: auto continues it if its settings match (config.Resume)
 
     def __post_init__(self) -> None:
+        check_sizes(batch_size=self.batch_size, micro_batch_size=self.micro_batch_size)
+        if self.max_steps < 0 or self.epochs < 0:
+            raise ConfigError(f"max_steps={self.max_steps} and epochs={self.epochs} must be >= 0")
         if self.batch_size % self.micro_batch_size:
             raise ConfigError(f"batch_size={self.batch_size} is not a multiple of micro_batch_size="
                               f"{self.micro_batch_size}; gradient accumulation needs whole micro-batches")
@@ -158,19 +162,17 @@ def validation_loss(model, units: list[list[Example]], cfg: SFTConfig, pad_id: i
 def run(cfg: SFTConfig) -> dict:
     rt = runtime.init(cfg.model.dtype, cfg.seed)
     distributed.check_divisible("batch_size", cfg.batch_size, cfg.micro_batch_size, rt)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if rt.is_main:
-        save_config(cfg, out / "config.yaml")
-    resume_from = checkpoint.latest(out)
-
-    # Weights come from the last checkpoint when resuming; master weights stay fp32, bf16 is autocast.
     tokenizer = models.load_tokenizer(cfg.model)
-    model = distributed.prepare(lora.load_policy(cfg.model, resume_from, tokenizer, rt.device), cfg.model, rt)
-
     examples, data_stats = load_examples(cfg.data.train, tokenizer, cfg)
     units = make_units(examples, cfg)
     eval_units = make_units(load_examples(cfg.data.eval, tokenizer, cfg)[0], cfg) if cfg.data.eval else []
+    # Only with the inputs checked is the run directory claimed: locked, matched against its checkpoint, written.
+    run_dir = claim(cfg, "sft", rt)
+    out, resume_from = run_dir.out, run_dir.resume_from
+
+    # Weights come from the last checkpoint when resuming; master weights stay fp32, bf16 is autocast.
+    model = distributed.prepare(lora.load_policy(cfg.model, resume_from and resume_from.path, tokenizer, rt.device),
+                                cfg.model, rt)
     steps_per_epoch = max(1, len(units) // cfg.batch_size)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     runtime.print0(f"[sft] {data_stats['rows']} rows: {data_stats['rejected']} rejected by the verifier, "
@@ -223,7 +225,7 @@ def run(cfg: SFTConfig) -> dict:
         if cfg.log.save_every and done % cfg.log.save_every == 0 and done < total_steps:
             checkpoint.save(out, done, model, tokenizer, optimizer, scheduler,
                             {"position": done * cfg.batch_size}, cfg.log.keep_checkpoints,
-                            cfg.log.lora_merged_checkpoints)
+                            cfg.log.lora_merged_checkpoints, run_dir.fingerprint)
     bar.close()
 
     summary = {"steps": total_steps, "data": data_stats, "units": len(units)}
@@ -237,9 +239,10 @@ def run(cfg: SFTConfig) -> dict:
                     title=f"SFT: {out}")
         write_json(out / "summary.json", summary)
     runtime.print0(f"[sft] done: final loss {summary['final_loss']:.4f}; model in {out / 'final'}")
+    release(out)
     return summary
 
 
 def _last(metrics_path: Path, key: str) -> float:
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if key in line]
+    rows = [r for r in read_metrics(metrics_path) if key in r]
     return float(rows[-1][key]) if rows else float("nan")

@@ -34,6 +34,7 @@ between samples while decoding (each sample holds its own copy). For vLLM, see `
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -74,9 +75,13 @@ class SamplingParams:
             raise ConfigError("temperature must be > 0 for sampling; use greedy=true for argmax decoding")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p={self.top_p} must be in (0, 1]")
-        if self.top_k < 0 or self.n < 1 or self.max_new_tokens < 1:
-            raise ConfigError(f"top_k={self.top_k} must be >= 0, n={self.n} and "
-                              f"max_new_tokens={self.max_new_tokens} >= 1")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k={self.top_k} must be >= 0 (0: no top-k filter)")
+        if self.n < 1 or self.max_new_tokens < 1:
+            bad = [f"{k}={v}" for k, v in (("n", self.n), ("max_new_tokens", self.max_new_tokens)) if v < 1]
+            raise ConfigError(f"{', '.join(bad)}: must be >= 1")
+        if not math.isfinite(self.temperature) or not math.isfinite(self.top_p):
+            raise ConfigError(f"temperature={self.temperature} and top_p={self.top_p} must be finite numbers")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise ConfigError(f"min_new_tokens={self.min_new_tokens} must be in [0, max_new_tokens]")
         if any(not s for s in self.stop):

@@ -3,27 +3,56 @@
 Layout of ``<output_dir>/checkpoints/step-N/``: the model and tokenizer as ``save_pretrained`` writes them
 (so ``AutoModelForCausalLM.from_pretrained`` loads the directory as it is), and ``trainer_state.pt`` with
 the optimizer (keyed by parameter name, so it loads on any number of ranks), scheduler, RNG states (one
-per rank), step and data position. A checkpoint is written to a temporary
-directory and renamed into place, so a run killed mid-write leaves the previous checkpoint intact and never
-a half-written one under a final name.
+per rank), step, data position and the run's fingerprint (``thinktune.train.run_dir``). A checkpoint is
+written to a temporary directory, fsynced and renamed into place, so a run killed mid-write (or a crashed
+machine) leaves the previous checkpoint intact and never a half-written one under a final name; the temporary
+directories of a writer that died are removed when the next run opens the directory (``remove_orphans``).
+
+``latest`` returns the newest checkpoint that verifies (every weight file whole, the trainer state loadable),
+falling back to an older one with a warning, so a damaged last checkpoint costs the steps since the one before
+it, not the run. A full disk is one line naming the device and the step, and the checkpoints already written
+stay as they were.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from safetensors import safe_open
 
 from thinktune import runtime
+from thinktune.errors import UserError
 from thinktune.modeling import lora
 from thinktune.train import distributed
 
 STATE_FILE = "trainer_state.pt"
+# The names save_pretrained_atomic gives its work in progress: ".<name>.tmp-<pid>" and ".<name>.old-<pid>".
+PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
+
+
+class DiskFullError(UserError):
+    """The disk filled while a checkpoint was written; the checkpoints before it are intact."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint that verified: its directory and its loaded trainer state."""
+
+    path: Path
+    state: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return self.state["step"]
 
 
 def step_dirs(output_dir: Path) -> list[Path]:
@@ -35,9 +64,59 @@ def step_dirs(output_dir: Path) -> list[Path]:
     return sorted(done, key=lambda d: int(d.name[5:]))
 
 
-def latest(output_dir: Path) -> Path | None:
-    dirs = step_dirs(output_dir)
-    return dirs[-1] if dirs else None
+def latest(output_dir: Path) -> Checkpoint | None:
+    """The newest checkpoint that verifies; a damaged one is skipped with a warning naming what is wrong (it
+    stays on disk; the next save of its step replaces it)."""
+    for path in reversed(step_dirs(output_dir)):
+        problem, state = verify(path)
+        if problem is None:
+            return Checkpoint(path, state)
+        runtime.print0(f"warning: checkpoint {path} is damaged ({problem}); falling back to the one before it")
+    return None
+
+
+def verify(path: Path) -> tuple[str | None, dict[str, Any]]:
+    """(None, trainer state) if checkpoint ``path`` is whole, else (what is wrong, {}).
+
+    Whole: every ``*.safetensors`` file's header parses and its tensors cover the file exactly (safetensors checks
+    this when it opens one: a truncated file fails), and the trainer state loads.
+    """
+    for weights in sorted(path.rglob("*.safetensors")):
+        try:
+            with safe_open(weights, "pt"):
+                pass
+        except Exception as e:  # noqa: BLE001 - any failure to open means the file is not whole
+            return f"{weights.relative_to(path)}: {e}", {}
+    try:
+        state = load_state(path)
+    except Exception as e:  # noqa: BLE001 - a torn or foreign trainer_state.pt fails in many ways
+        return f"{STATE_FILE}: {type(e).__name__}: {e}", {}
+    if not isinstance(state, dict) or "step" not in state:
+        return f"{STATE_FILE} holds no trainer state", {}
+    return None, state
+
+
+def remove_orphans(output_dir: Path) -> None:
+    """Remove what dead writers left half-done in ``output_dir`` and ``output_dir/checkpoints``.
+
+    Call it only while holding the run directory's lock (``thinktune.train.run_dir``): then no other process
+    writes here, and every temporary directory not of this process is an orphan. A ``.old-`` copy whose
+    replacement never arrived is the only copy of that checkpoint, so it is renamed back instead.
+    """
+    for parent in (Path(output_dir), Path(output_dir) / "checkpoints"):
+        if not parent.is_dir():
+            continue
+        for entry in parent.iterdir():
+            m = PARTIAL.match(entry.name)
+            if m is None or int(m["pid"]) == os.getpid() or not entry.is_dir():
+                continue
+            target = parent / m["name"]
+            if m["kind"] == "old" and not target.exists():
+                entry.rename(target)
+                runtime.print0(f"[run] restored {target} from a write that was interrupted")
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+                runtime.print0(f"[run] removed {entry}, left by an interrupted write")
 
 
 def save_pretrained_atomic(model: torch.nn.Module | None, tokenizer: Any, path: Path,
@@ -52,14 +131,24 @@ def save_pretrained_atomic(model: torch.nn.Module | None, tokenizer: Any, path: 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if model is not None:
-        model.save_pretrained(tmp, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp)
-    if also is not None:
-        also(tmp)
-    if extra is not None:
-        torch.save(extra, tmp / STATE_FILE)
+    try:
+        tmp.mkdir(parents=True)
+        if model is not None:
+            model.save_pretrained(tmp, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        if also is not None:
+            also(tmp)
+        if extra is not None:
+            torch.save(extra, tmp / STATE_FILE)
+        fsync_tree(tmp)  # the data on disk before the name: a crash after the rename finds whole files
+    except Exception as e:  # torch and safetensors report a failed write in their own exception types
+        full = disk_full(e, tmp.parent)  # before the removal below frees the space again
+        shutil.rmtree(tmp, ignore_errors=True)  # an orphan would keep the disk full for the rerun
+        if full:
+            raise DiskFullError(f"no space left on the device of {tmp.parent} while writing {path.parent.name}/"
+                                f"{path.name}; the checkpoints written before it are intact: free space and rerun "
+                                "to resume from the last one") from None
+        raise
     if path.exists():  # only a finished checkpoint of the same step can be here; replace it whole
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         path.rename(old)
@@ -67,6 +156,40 @@ def save_pretrained_atomic(model: torch.nn.Module | None, tokenizer: Any, path: 
         shutil.rmtree(old)
     else:
         tmp.rename(path)
+    fsync_dir(path.parent)
+
+
+def disk_full(error: BaseException, where: Path) -> bool:
+    """Whether a failed write ran out of space: ENOSPC itself, or (torch.save and safetensors report their
+    writers' failures in their own exception types, without the errno) a device with under 1 MiB left."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(where).free < 1 << 20
+    except OSError:
+        return False
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file under ``root``, then the directories, deepest first."""
+    dirs = [root]
+    for entry in root.rglob("*"):
+        if entry.is_dir():
+            dirs.append(entry)
+        else:
+            with open(entry, "rb") as f:
+                os.fsync(f.fileno())
+    for d in reversed(dirs):
+        fsync_dir(d)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename into it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def export(model: torch.nn.Module, tokenizer: Any, path: Path, extra: dict[str, Any] | None = None,
@@ -89,8 +212,11 @@ def export(model: torch.nn.Module, tokenizer: Any, path: Path, extra: dict[str, 
 
 
 def save(output_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer,
-         scheduler: Any, data_state: dict[str, Any], keep: int, lora_merged: bool = True) -> Path:
+         scheduler: Any, data_state: dict[str, Any], keep: int, lora_merged: bool = True,
+         fingerprint: dict[str, Any] | None = None) -> Path:
     """Write ``checkpoints/step-{step}`` and delete all but the newest ``keep`` checkpoints (every rank calls).
+
+    ``fingerprint``: what determines the run (``thinktune.train.run_dir``), checked when a run resumes from it.
 
     ``lora_merged=False``: a LoRA policy's checkpoint holds its adapter, tokenizer and trainer state but no
     merged model (a resume loads the starting base and the adapter anyway; see ``thinktune.modeling.lora``).
@@ -98,7 +224,8 @@ def save(output_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any, op
     path = Path(output_dir) / "checkpoints" / f"step-{step}"
     rng = distributed.gather_lists([runtime.rng_state()])  # one per rank: rank r resumes rank r's streams
     state = {"step": step, "optimizer": distributed.optimizer_state(model, optimizer),
-             "scheduler": scheduler.state_dict(), "rng": rng[0], "rng_ranks": rng, "data": data_state}
+             "scheduler": scheduler.state_dict(), "rng": rng[0], "rng_ranks": rng, "data": data_state,
+             "fingerprint": fingerprint}
     if distributed.is_main():
         path.parent.mkdir(parents=True, exist_ok=True)
     export(model, tokenizer, path, extra=state, lora_merged=lora_merged)
@@ -132,12 +259,11 @@ def restore(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.opti
         runtime.set_rng_state(ranks[rank] if len(ranks) == world else state["rng"])
 
 
-def resume(path: Path | None, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+def resume(found: Checkpoint | None, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
            stage: str) -> int:
-    """Restore optimizer, scheduler and RNG from checkpoint ``path`` (if any); returns the step to start at."""
-    if path is None:
+    """Restore optimizer, scheduler and RNG from checkpoint ``found`` (if any); returns the step to start at."""
+    if found is None:
         return 0
-    state = load_state(path)
-    restore(state, model, optimizer, scheduler)
-    runtime.print0(f"[{stage}] resuming from {path} (step {state['step']})")
-    return state["step"]
+    restore(found.state, model, optimizer, scheduler)
+    runtime.print0(f"[{stage}] resuming from {found.path} (step {found.step})")
+    return found.step
