@@ -7,17 +7,20 @@ client (rendering, HTTP, batching, the wire format) is the real server.
 ``faulty_handler`` puts a layer in front of ``ChatHandler.do_POST`` that, per question, answers its
 successive requests with the faults listed in a plan: ``"429"``, ``"500"`` (both with a short
 ``retry-after-ms``, as rate-limited APIs send), ``"slow"`` (a reply held past the client's timeout) and
-``"drop"`` (the connection closed without a reply); then it passes requests through. It logs each
-request's question, fault and the client's ``x-stainless-retry-count`` header.
+``"drop"`` (the connection closed without a reply), or a name in ``BAD_REPLIES`` (a 200 whose body is the
+real reply made malformed); then it passes requests through. It logs each request's question, fault and the
+client's ``x-stainless-retry-count`` header.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import contextmanager
 
 from thinktune.rollout.sampler import Completion
@@ -43,12 +46,53 @@ class ScriptedEngine:
         return out
 
 
+DELETE = object()
+
+
+def changed(path: tuple, value: object = DELETE) -> Callable[[dict], tuple[str, bytes]]:
+    """A bad reply: the real one with the member at ``path`` set to ``value`` (or deleted)."""
+    def change(body: dict) -> tuple[str, bytes]:
+        body = copy.deepcopy(body)
+        *head, last = path
+        obj = body
+        for k in head:
+            obj = obj[k]
+        if value is DELETE:
+            del obj[last]
+        else:
+            obj[last] = value
+        return "application/json", json.dumps(body).encode()
+    return change
+
+
+# 200 replies no client can use, each from the real reply: (content type, body).
+BAD_REPLIES: dict[str, Callable[[dict], tuple[str, bytes]]] = {
+    "html": lambda body: ("text/html", b"<html><body>502 Bad Gateway</body></html>"),  # a proxy's error page
+    "truncated": lambda body: ("application/json", json.dumps(body).encode()[:40]),
+    "content-int": changed(("choices", 0, "message", "content"), 42),
+    "content-parts": changed(("choices", 0, "message", "content"), [{"type": "text", "text": "\\boxed{3}"}]),
+    "reasoning-list": changed(("choices", 0, "message", "reasoning_content"), ["1+2=3"]),
+    "finish-reason-int": changed(("choices", 0, "finish_reason"), 1),
+    "no-choices": changed(("choices",)),
+    "choices-object": changed(("choices",), {"index": 0}),
+    "choice-string": changed(("choices", 0), "\\boxed{3}"),
+    "no-message": changed(("choices", 0, "message")),
+    "no-usage": changed(("usage",)),
+    "null-prompt-tokens": changed(("usage", "prompt_tokens"), None),
+    "string-completion-tokens": changed(("usage", "completion_tokens"), "12"),
+    "float-prompt-tokens": changed(("usage", "prompt_tokens"), 7.0),
+    "body-list": lambda body: ("application/json", json.dumps([body]).encode()),
+}
+
+
 def faulty_handler(plan: dict[str, list[str]], slow_s: float) -> type[ChatHandler]:
     lock = threading.Lock()
     seen: Counter = Counter()
     log: list[tuple[str, str, int]] = []
 
     class FaultyHandler(ChatHandler):
+        fault = "ok"  # this request's
+
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             self.rfile = io.BytesIO(raw)  # the real handler reads the body again
@@ -58,6 +102,7 @@ def faulty_handler(plan: dict[str, list[str]], slow_s: float) -> type[ChatHandle
                 fault = faults[seen[question]] if seen[question] < len(faults) else "ok"
                 seen[question] += 1
                 log.append((question, fault, int(self.headers.get("x-stainless-retry-count") or 0)))
+            self.fault = fault
             if fault in ("429", "500"):
                 data = json.dumps({"error": {"message": f"injected {fault}", "type": "server_error"}}).encode()
                 self._write(int(fault), {"Content-Type": "application/json", "Content-Length": str(len(data)),
@@ -68,6 +113,13 @@ def faulty_handler(plan: dict[str, list[str]], slow_s: float) -> type[ChatHandle
                 if fault == "slow":
                     time.sleep(slow_s)
                 super().do_POST()
+
+        def _send_json(self, status: int, obj: dict, headers: dict[str, str] | None = None) -> None:
+            if status != 200 or self.command != "POST" or self.fault not in BAD_REPLIES:
+                super()._send_json(status, obj, headers)
+                return
+            content_type, data = BAD_REPLIES[self.fault](obj)
+            self._write(200, {"Content-Type": content_type, "Content-Length": str(len(data))}, data)
 
     FaultyHandler.log = log
     return FaultyHandler

@@ -2,13 +2,14 @@
 
 The server is the real one on 127.0.0.1 with a scripted engine (``fake_teacher``), so which samples verify
 is known in advance: "What is a+b?" is answered correctly, "What is 7*8?" wrongly, "Be brief." without
-reasoning, and "Q" with an empty reply.
+reasoning, and "Q" with an empty reply. ``faulty_handler`` injects failed requests and malformed 200 replies.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from fake_teacher import ScriptedEngine, faulty_handler, running_server
+from fake_teacher import BAD_REPLIES, ScriptedEngine, faulty_handler, running_server
 
 from thinktune.config import load_config
 from thinktune.curation.cache import ReplyCache
@@ -94,10 +95,12 @@ def test_faults_are_retried_and_every_sample_ends_somewhere(tmp_path, char_token
         # and <|im_end|>: 12 tokens; the 7*8 reply has 6 + 4 chars: 14. 4 kept prompts x 2 x 12 + 2 x 14.
         assert summary["tokens"]["completion"] == 4 * 2 * 12 + 2 * 14
 
-        # The rerun asks only for the failed samples: 2 for sums[4] (no faults left) and 2 for "Q".
+        # The rerun asks only for the failed samples: 2 for "Q" and 2 for sums[4], plus one retry for each of its
+        # planned faults the first run did not use up (an attempt that failed before the server logged it).
         handler.log.clear()
         again = distill.run(distill_cfg(prompts, server.url, out))
-        assert Counter(q for q, _, _ in handler.log) == {sums[4]: 2, "Q": 2}
+        leftover = 6 - first[sums[4]]
+        assert Counter(q for q, _, _ in handler.log) == {sums[4]: 2 + leftover, "Q": 2}
         assert again["asked_this_run"] == 4 and again["kept"] == 10 and again["failed"] == 2
 
     text = capsys.readouterr()
@@ -218,3 +221,118 @@ def test_unknown_model_stops_with_a_clear_error(tmp_path, char_tokenizer):
     with running_server(char_tokenizer, ScriptedEngine(char_tokenizer, REPLIES)) as server:
         with pytest.raises(UserError, match=r"answered 404 for model 'o3-mini' .*model 'o3-mini' not found"):
             distill.run(distill_cfg(prompts, server.url, tmp_path / "out", api_key_env="", model="o3-mini"))
+
+
+# Each bad reply of the fake teacher, and the reason failed.jsonl must give for it.
+MALFORMED = {
+    "html": r"^MalformedReply: the body is not JSON \(.*\): '<html>",
+    "truncated": r"^MalformedReply: the body is not JSON",
+    "body-list": r"^MalformedReply: the body is a list, expected an object$",
+    "content-int": r"^MalformedReply: choices\[0\]\.message\.content is an integer, expected a string or null$",
+    "content-parts": r"^MalformedReply: choices\[0\]\.message\.content is a list, expected a string or null$",
+    "reasoning-list": r"^MalformedReply: choices\[0\]\.message\.reasoning_content is a list, expected a string",
+    "finish-reason-int": r"^MalformedReply: choices\[0\]\.finish_reason is an integer, expected a string or null$",
+    "no-choices": r"^MalformedReply: choices is missing$",
+    "choices-object": r"^MalformedReply: choices is an object, expected a list$",
+    "choice-string": r"^MalformedReply: choices\[0\] is a string, expected an object$",
+    "no-message": r"^MalformedReply: choices\[0\]\.message is missing$",
+    "no-usage": r"^MalformedReply: usage is missing$",
+    "null-prompt-tokens": r"^MalformedReply: usage\.prompt_tokens is null, expected an integer$",
+    "string-completion-tokens": r"^MalformedReply: usage\.completion_tokens is a string, expected an integer$",
+    "float-prompt-tokens": r"^MalformedReply: usage\.prompt_tokens is a number, expected an integer$",
+}
+
+
+def sums(count: int) -> tuple[dict[str, str], dict[str, str]]:
+    """``count`` questions "What is a+b?" with their answers, and the teacher's correct replies to them."""
+    pairs = [(a, 100 + a) for a in range(count)]
+    return ({f"What is {a}+{b}?": str(a + b) for a, b in pairs},
+            {f"What is {a}+{b}?": f"<think>{a}+{b}={a + b}</think>\\boxed{{{a + b}}}" for a, b in pairs})
+
+
+def test_the_table_covers_every_bad_reply_of_the_fake_teacher():
+    assert set(MALFORMED) == set(BAD_REPLIES)
+
+
+@pytest.mark.parametrize("fault, reason", list(MALFORMED.items()), ids=list(MALFORMED))
+def test_a_malformed_reply_fails_its_sample_and_a_rerun_asks_again(tmp_path, char_tokenizer, capsys, fault, reason):
+    n = 2
+    questions, replies = sums(3)
+    prompts = write_prompts(tmp_path / "p.jsonl", questions)
+    ids = {q: f"p{i}" for i, q in enumerate(questions)}
+    bad = list(questions)[1]  # both its samples get the bad reply; the other questions get good ones
+    handler = faulty_handler({bad: [fault] * n}, slow_s=0)
+    out = tmp_path / "run"
+    with running_server(char_tokenizer, ScriptedEngine(char_tokenizer, replies), handler=handler) as server:
+        # A generous timeout: no request times out and is retried, so each sample is asked exactly once.
+        cfg = distill_cfg(prompts, server.url, out, api_key_env="", n=n, timeout_s=30)
+        first = distill.run(cfg)
+        # A 200 is not retried by the client: each sample of `bad` got its one bad reply.
+        assert Counter((q, f) for q, f, _ in handler.log) == {(q, "ok" if q != bad else fault): n for q in questions}
+        assert (first["kept"], first["rejected"], first["failed"]) == ((len(questions) - 1) * n, 0, n)
+        failed = read(out / "failed.jsonl")
+        assert [(f["prompt_id"], f["sample"]) for f in failed] == [(ids[bad], j) for j in range(n)]
+        assert all(re.search(reason, f["error"]) for f in failed), failed
+        cached = ReplyCache(out / "cache.jsonl").records.values()  # nothing malformed was cached
+        assert sorted((r["prompt_id"], r["sample"]) for r in cached) == [
+            (ids[q], j) for q in questions if q != bad for j in range(n)]
+        assert "failed samples are in failed.jsonl; rerun the same command" in capsys.readouterr().out
+
+        # The faults are spent: the teacher is good now. The rerun asks only for what failed.
+        handler.log.clear()
+        again = distill.run(cfg)
+        assert Counter(q for q, _, _ in handler.log) == {bad: n}
+        assert again["asked_this_run"] == n
+        assert (again["kept"], again["failed"]) == (len(questions) * n, 0) and read(out / "failed.jsonl") == []
+        assert {r["id"] for r in read_jsonl(out / "sft.jsonl", kind="sft")} == {
+            f"{ids[q]}-{j}" for q in questions for j in range(n)}
+
+
+# How an older thinktune, which cached replies unchecked, could have written a reply (the change to a
+# valid cache record, DROP removing a field), and what the warning must say about it.
+DROP = object()
+POISONS = {
+    "null prompt_tokens": ({"prompt_tokens": None}, r"prompt_tokens is null, expected an integer"),
+    "string completion_tokens": ({"completion_tokens": "12"}, r"completion_tokens is a string, expected an integer"),
+    "content not a string": ({"content": 42}, r"content is an integer, expected a string"),
+    "finish_reason not a string": ({"finish_reason": 1}, r"finish_reason is an integer, expected a string or null"),
+    "reasoning missing": ({"reasoning": DROP}, r"reasoning missing"),
+}
+
+
+@pytest.mark.parametrize("change, reason", list(POISONS.values()), ids=list(POISONS))
+def test_a_poisoned_cache_entry_is_skipped_with_a_warning_and_asked_again(tmp_path, char_tokenizer, capsys,
+                                                                         change, reason):
+    n = 2
+    questions, replies = sums(3)
+    prompts = write_prompts(tmp_path / "p.jsonl", questions)
+    victim_question, victim_where = list(questions)[1], ("p1", 1)
+    handler = faulty_handler({}, slow_s=0)
+    out = tmp_path / "run"
+    with running_server(char_tokenizer, ScriptedEngine(char_tokenizer, replies), handler=handler) as server:
+        cfg = distill_cfg(prompts, server.url, out, api_key_env="", n=n, timeout_s=30)
+        first = distill.run(cfg)
+        assert first["kept"] == len(questions) * n
+        cache_file = out / "cache.jsonl"
+        records = read(cache_file)
+        victim = next(r for r in records if (r["prompt_id"], r["sample"]) == victim_where)
+        poisoned = {k: v for k, v in (victim | change).items() if v is not DROP}
+        cache_file.write_text("".join(json.dumps(poisoned if r is victim else r) + "\n" for r in records))
+        capsys.readouterr()
+
+        handler.log.clear()
+        again = distill.run(cfg)
+        warnings = [line for line in capsys.readouterr().out.splitlines() if "[distill] warning" in line]
+        assert len(warnings) == 1, warnings
+        assert str(cache_file) in warnings[0] and victim["key"] in warnings[0]
+        assert re.search(reason, warnings[0]), warnings[0]
+        assert [q for q, _, _ in handler.log] == [victim_question]  # the valid replies come from the cache
+        assert again["asked_this_run"] == 1 and (again["kept"], again["failed"]) == (len(questions) * n, 0)
+        assert again["tokens"] == first["tokens"]
+        # The new reply was appended and supersedes the poisoned line: a third run asks for nothing, warns of nothing.
+        assert ReplyCache(cache_file).get(victim["key"]) == victim
+        assert len(read(cache_file)) == len(records) + 1
+        handler.log.clear()
+        third = distill.run(cfg)
+        assert handler.log == [] and third["asked_this_run"] == 0 and third["kept"] == len(questions) * n
+        assert "[distill] warning" not in capsys.readouterr().out

@@ -2,9 +2,10 @@
 never asks twice.
 
 One JSON line per result; ``distill`` keys a reply by SHA-256 of (endpoint, model, prompt messages, sample
-index). Each line is
-flushed and fsynced before the request counts as done. A crash can tear only the last line; opening the
-cache drops such a tail (that one sample is asked again), while a bad line anywhere else is an error.
+index). Each line is flushed and fsynced before the request counts as done. A key written again supersedes
+its earlier lines (``distill`` asks again for a cached reply that fails its checks, and appends the new
+one). A crash can tear only the last line; opening the cache drops such a tail (that one sample is asked
+again), while a bad line anywhere else is an error.
 """
 
 from __future__ import annotations

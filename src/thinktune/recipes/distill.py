@@ -10,12 +10,15 @@ Each sample is one request (``n=1``) through the official ``openai`` client, ``c
 the client retries 429s, 5xx, timeouts and dropped connections ``max_retries`` times with backoff. Every
 reply goes to an on-disk cache keyed by (endpoint, model, prompt, sample index) before it counts, so a
 rerun, or a run after a crash, asks only for what is missing. Sampling settings are not in the key: to
-resample with other settings, use a new ``output_dir`` (or ``cache``).
+resample with other settings, use a new ``output_dir`` (or ``cache``). A reply is checked before it is
+cached: one that is malformed (not JSON, a field of the wrong type) or empty is a failed sample, like a 500
+after the retries. A cached reply that fails the same check (written by an older thinktune) is skipped with
+a warning and asked for again; the new reply is appended and supersedes it.
 
 Writes to ``output_dir``: ``sft.jsonl`` (verified traces, ``{"id", "messages", "answer", "mode",
 "prompt_id", "sample"}``, what ``thinktune sft`` reads), ``rejected.jsonl`` (with the ``reason``),
-``failed.jsonl`` (samples with no reply after the retries, with the error; a rerun asks for them again),
-``summary.json`` (kept, rejected, failed, tokens) and ``cache.jsonl``. The API key is read from the
+``failed.jsonl`` (samples with no usable reply after the retries, with the error; a rerun asks for them
+again), ``summary.json`` (kept, rejected, failed, tokens) and ``cache.jsonl``. The API key is read from the
 environment variable named by ``api_key_env`` and is never written anywhere.
 
 Departures from the paper: Phi-4-reasoning's o3-mini traces included the model's reasoning; OpenAI's API
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -38,7 +41,8 @@ from tqdm import tqdm
 from thinktune.config import env_secret, save_config
 from thinktune.curation.cache import ReplyCache, sample_key
 from thinktune.curation.teacher_client import (
-    EmptyReply,
+    BadReply,
+    MalformedReply,
     Reply,
     check_endpoint,
     describe,
@@ -107,18 +111,44 @@ def request_options(cfg: DistillConfig, index: int) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def ask_all(client: openai.OpenAI, cfg: DistillConfig, jobs: list[Job], cache: ReplyCache) -> dict[str, str]:
-    """Request every job, caching each reply as it lands. Returns ``{key: error}`` for the failures.
+def cached_replies(jobs: list[Job], cache: ReplyCache) -> dict[str, Reply]:
+    """``{key: reply}`` for the jobs with a valid cached reply.
+
+    A cached record that is not a valid reply (an older thinktune cached replies unchecked, e.g. with a
+    ``null`` token count) is skipped with a warning, so that its sample is asked for again.
+    """
+    replies = {}
+    for job in jobs:
+        record = cache.get(job.key)
+        if record is None:
+            continue
+        try:
+            replies[job.key] = Reply.from_record(record)
+        except MalformedReply as e:
+            tqdm.write(f"[distill] warning: {cache.path}: skipping the cached reply with key {job.key} "
+                       f"(prompt {job.row['id']}, sample {job.index}): {e}; asking for it again")
+    return replies
+
+
+def ask_all(client: openai.OpenAI, cfg: DistillConfig, jobs: list[Job],
+            cache: ReplyCache) -> tuple[dict[str, Reply], dict[str, str]]:
+    """Request every job, caching each valid reply as it lands.
+
+    Returns:
+        ``({key: reply}, {key: error})``: the replies and the failures (no reply after the retries, or a
+        reply that is malformed or empty).
 
     Raises:
         UserError: the endpoint rejects the key or does not know the model (every request would fail the
             same way); replies received so far stay cached.
     """
-    def ask(job: Job) -> None:
+    def ask(job: Job) -> Reply:
         reply = request_sample(client, cfg.model, job.messages, request_options(cfg, job.index))
         cache.put(job.key, {"prompt_id": job.row["id"], "sample": job.index, "endpoint": cfg.base_url,
                             "model": cfg.model, **asdict(reply)})
+        return reply
 
+    replies: dict[str, Reply] = {}
     failures: dict[str, str] = {}
     bar = progress(len(jobs), desc="distill")
     pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="distill")
@@ -127,13 +157,13 @@ def ask_all(client: openai.OpenAI, cfg: DistillConfig, jobs: list[Job], cache: R
         for future in as_completed(futures):
             bar.update(1)
             try:
-                future.result()
+                replies[futures[future].key] = future.result()
             except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
                 raise UserError(key_error(cfg.base_url, cfg.api_key_env, e.status_code)) from None
             except openai.NotFoundError as e:
                 raise UserError(f"{cfg.base_url} answered 404 for model {cfg.model!r} ({describe(e)}); "
                                 "check model and base_url") from None
-            except (EmptyReply, openai.APIError) as e:
+            except (BadReply, openai.APIError) as e:
                 failures[futures[future].key] = describe(e)
     except BaseException:
         # A stop (Ctrl-C, a bad key): closing the client's connections ends the requests in flight, whose
@@ -143,7 +173,7 @@ def ask_all(client: openai.OpenAI, cfg: DistillConfig, jobs: list[Job], cache: R
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
-    return failures
+    return replies, failures
 
 
 def rejection(row: dict, reply: Reply, require_reasoning: bool) -> str | None:
@@ -162,18 +192,17 @@ def rejection(row: dict, reply: Reply, require_reasoning: bool) -> str | None:
     return f"wrong answer: {verdict.answer[:80]!r}, expected {row['answer']!r}"
 
 
-def sort_samples(jobs: list[Job], cache: ReplyCache, failures: dict[str, str],
+def sort_samples(jobs: list[Job], replies: dict[str, Reply], failures: dict[str, str],
                  require_reasoning: bool) -> tuple[list[dict], list[dict], list[dict], dict[str, int]]:
     """Every job ends in exactly one of kept (SFT rows), rejected or failed. Also returns token counts."""
     kept, rejected, failed = [], [], []
     tokens = {"prompt": 0, "completion": 0}
     for job in jobs:
         row, where = job.row, {"prompt_id": job.row["id"], "sample": job.index}
-        record = cache.get(job.key)
-        if record is None:
+        reply = replies.get(job.key)
+        if reply is None:
             failed.append({**where, "error": failures.get(job.key, "not requested")})
             continue
-        reply = Reply(**{f.name: record[f.name] for f in fields(Reply)})
         tokens["prompt"] += reply.prompt_tokens
         tokens["completion"] += reply.completion_tokens
         messages = [*prompt_messages(row["prompt"]), {"role": "assistant", "content": reply.trace()}]
@@ -218,10 +247,11 @@ def run(cfg: DistillConfig) -> dict:
     for row in rows:
         messages = with_system(prompt_messages(row["prompt"]), cfg.system_prompt)
         jobs += [Job(row, j, messages, sample_key(cfg.base_url, cfg.model, messages, j)) for j in range(cfg.n)]
-    todo = [job for job in jobs if job.key not in cache]
+    replies = cached_replies(jobs, cache)
+    todo = [job for job in jobs if job.key not in replies]
     tqdm.write(f"[distill] {len(jobs)} samples: {len(jobs) - len(todo)} cached, asking for {len(todo)}")
-    failures = ask_all(client, cfg, todo, cache)
-    kept, rejected, failed, tokens = sort_samples(jobs, cache, failures, cfg.require_reasoning)
+    asked, failures = ask_all(client, cfg, todo, cache)
+    kept, rejected, failed, tokens = sort_samples(jobs, replies | asked, failures, cfg.require_reasoning)
     write_jsonl(out / "sft.jsonl", kept)
     write_jsonl(out / "rejected.jsonl", rejected)
     write_jsonl(out / "failed.jsonl", failed)
