@@ -7,10 +7,13 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import openai
@@ -18,8 +21,8 @@ import pytest
 from fake_teacher import running_server
 
 from thinktune.data.chat import render_prompt
-from thinktune.rollout.sampler import RolloutEngine, SamplingParams
-from thinktune.serving.server import EngineWorker, message
+from thinktune.rollout.sampler import Completion, RolloutEngine, SamplingParams
+from thinktune.serving.server import ChoiceStream, EngineWorker, HTTPLimits, ServerSettings, message, start
 
 pytestmark = pytest.mark.integration
 
@@ -157,8 +160,8 @@ def test_requests_queued_during_a_batch_share_the_next_one():
     rest = [worker.submit([i], params, None) for i in (1, 2, 3)]
     seeded = worker.submit([4], params, 7)  # a seeded request is decoded alone
     engine.release.set()
-    assert first.result(5) == ["0"] and [f.result(5) for f in rest] == [["1"], ["2"], ["3"]]
-    assert seeded.result(5) == ["4"]
+    assert first.future.result(5) == ["0"] and [f.future.result(5) for f in rest] == [["1"], ["2"], ["3"]]
+    assert seeded.future.result(5) == ["4"]
     worker.close()
     assert engine.calls == [[[0]], [[1], [2], [3]], [[4]]]
     assert worker.largest_batch == 3
@@ -170,7 +173,7 @@ def _sigint_as_at_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_serve_command_listens_on_loopback_and_requires_its_key(tiny_model_dir, tmp_path):
+def test_serve_command_listens_on_loopback_and_requires_its_key_and_streams(tiny_model_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SERVE_KEY": "sk-cli-key"}
     proc = subprocess.Popen([sys.executable, "-m", "thinktune.cli", "serve", f"model.path={tiny_model_dir}",
                              "model.system_prompt=", "port=0", "api_key_env=SERVE_KEY", "max_new_tokens=8"],
@@ -185,6 +188,9 @@ def test_serve_command_listens_on_loopback_and_requires_its_key(tiny_model_dir, 
         reply = openai.OpenAI(base_url=url, api_key="sk-cli-key", max_retries=0).chat.completions.create(
             model=name, messages=QUESTION, max_tokens=4)
         assert 1 <= reply.usage.completion_tokens <= 4
+        chunks = list(openai.OpenAI(base_url=url, api_key="sk-cli-key", max_retries=0).chat.completions.create(
+            model=name, messages=QUESTION, max_tokens=4, stream=True))
+        assert chunks[0].choices[0].delta.role == "assistant" and 1 <= chunks[-1].usage.completion_tokens <= 4
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url, api_key="sk-other", max_retries=0).models.list()
     finally:
@@ -227,3 +233,257 @@ def test_settings_never_print_the_key():
     from thinktune.serving.server import ServerSettings
 
     assert "sk-secret-1" not in repr(ServerSettings(model_name="m", api_key="sk-secret-1"))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Serving in front of clients: backlog, bounded threads, timeouts, body limits, every field checked, streaming
+
+
+@contextmanager
+def serving(engine, tokenizer, http: HTTPLimits | None = None, **settings):
+    """A server with these settings on 127.0.0.1 (``serve_forever`` in a thread); yields it."""
+    settings = {"model_name": "tiny", "api_key": None, "max_new_tokens": 12, "max_n": 4, "context_len": 128} | settings
+    server = start(ServerSettings(**settings, http=http or HTTPLimits()), tokenizer, engine)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def post(server, body: dict | bytes, headers: dict | None = None, timeout: float = 10) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=timeout)
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    conn.request("POST", "/v1/chat/completions", data,
+                 {"Content-Type": "application/json", "Content-Length": str(len(data))} | (headers or {}))
+    response = conn.getresponse()
+    return response.status, json.loads(response.read() or b"{}")
+
+
+def closed_after(sock: socket.socket, since: float, limit: float) -> float | None:
+    """Seconds from ``since`` until the server closes ``sock`` (what it sends is dropped); None: still open at
+    ``since + limit``."""
+    while (left := since + limit - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            if sock.recv(65536) == b"":
+                return time.monotonic() - since
+        except TimeoutError:
+            return None
+        except ConnectionResetError:
+            return time.monotonic() - since
+    return None
+
+
+@pytest.fixture(scope="module")
+def engine(char_tokenizer, tiny_phi3):
+    return RolloutEngine(tiny_phi3, char_tokenizer)
+
+
+def test_a_burst_of_connections_waits_in_the_backlog(engine, char_tokenizer):
+    """64 clients connecting at once, before the server accepts any: all connect (the listen backlog of 5 made
+    the kernel drop or reset most) and all are answered, by 8 threads, the rest waiting their turn."""
+    server = start(ServerSettings(model_name="tiny", api_key=None, http=HTTPLimits(workers=8)), char_tokenizer, engine)
+    socks = []
+    try:
+        for _ in range(64):
+            socks.append(socket.create_connection(server.server_address[:2], timeout=1))
+    finally:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for sock in socks:
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert [sock.recv(64).split(b"\r\n")[0] for sock in socks] == [b"HTTP/1.1 200 OK"] * 64
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_idle_and_slow_header_connections_are_closed_after_their_timeouts(engine, char_tokenizer):
+    with serving(engine, char_tokenizer, HTTPLimits(idle_timeout_s=0.5, header_timeout_s=1.0)) as server:
+        since = time.monotonic()
+        idle = socket.create_connection(server.server_address[:2])
+        slow = socket.create_connection(server.server_address[:2])
+        slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+
+        def drip():  # a header byte every 0.1 s: each recv is quick, the headers never end
+            for _ in range(60):
+                time.sleep(0.1)
+                try:
+                    slow.sendall(b"X")
+                except OSError:
+                    return
+
+        threading.Thread(target=drip, daemon=True).start()
+        idle_s, slow_s = closed_after(idle, since, 5), closed_after(slow, since, 5)
+        assert idle_s is not None and 0.4 < idle_s < 2, idle_s
+        assert slow_s is not None and 0.9 < slow_s < 3, slow_s
+
+
+@pytest.mark.parametrize("length, body, status, words", [
+    ("-1", b"{}", 400, "is not one byte count"),
+    ("+5", b"{}", 400, "is not one byte count"),
+    (str(10**12), b"", 413, "takes at most 1048576"),
+    ("100", b'{"model": "tiny"', 408, "did not arrive within 1 s"),
+])
+def test_bad_lengths_and_slow_bodies_are_refused_quickly(engine, char_tokenizer, length, body, status, words):
+    """A negative length hung a thread and a huge one was a 500 MemoryError; a body that stops coming is a 408."""
+    with serving(engine, char_tokenizer, HTTPLimits(body_timeout_s=1.0, max_body_mb=1.0)) as server:
+        started = time.monotonic()
+        got, reply = post(server, body, {"Content-Length": length}, timeout=5)
+        assert (got, time.monotonic() - started < 3) == (status, True)
+        assert words in reply["error"]["message"]
+
+
+def test_a_body_that_would_be_refused_is_refused_before_100_continue(served):
+    server, _ = served
+    with socket.create_connection(server.server_address[:2], timeout=5) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-serve-test\r\n"
+                     b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % 10**9)
+        assert sock.recv(64).startswith(b"HTTP/1.1 413 ")
+
+
+def test_connections_beyond_the_threads_and_queue_get_503(engine, char_tokenizer):
+    with serving(engine, char_tokenizer, HTTPLimits(workers=1, max_waiting=0, idle_timeout_s=3)) as server:
+        holder = socket.create_connection(server.server_address[:2])  # the one thread waits on its request
+        time.sleep(0.2)
+        assert post(server, {"model": "tiny", "messages": QUESTION})[0] == 503
+        holder.close()
+
+
+def test_a_long_prompt_is_refused_before_it_is_tokenized(engine, char_tokenizer, monkeypatch):
+    with serving(engine, char_tokenizer) as server:
+        monkeypatch.setattr(server.tokenizer, "apply_chat_template", None)  # tokenizing now fails loudly
+        status, reply = post(server, {"model": "tiny", "messages": [{"role": "user", "content": "a" * 200_000}]})
+    assert status == 400 and "200000 characters" in reply["error"]["message"], reply
+
+
+BAD_FIELDS = [
+    ("seed", 2**70), ("seed", 1.5), ("seed", "7"), ("n", 1.5), ("n", "2"), ("n", 5), ("n", True),
+    ("temperature", -0.1), ("temperature", 2.5), ("temperature", "hot"), ("top_p", 0), ("top_p", 1.5),
+    ("max_tokens", 0), ("max_tokens", "8"), ("max_tokens", 2.5), ("max_completion_tokens", -3),
+    ("stop", [1]), ("stop", ["x"] * 17), ("stop", "y" * 129), ("stop", [""]), ("stream", "yes"),
+    ("logprobs", True), ("tools", [{"type": "function"}]), ("presence_penalty", 0.5),
+    ("response_format", {"type": "json_object"}), ("messages", "hi"), ("messages", []),
+    ("messages", [{"role": "user"}]), ("messages", [{"role": "user", "content": 3}]),
+    ("messages", [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+    ("messages", ["hi"]),
+]
+
+
+def test_every_invalid_field_value_is_a_400_naming_it(served):
+    server, _ = served
+    for name, value in BAD_FIELDS:
+        status, reply = post(server, {"model": "tiny", "messages": QUESTION, name: value},
+                             {"Authorization": "Bearer sk-serve-test"})
+        assert (status, reply["error"]["param"]) == (400, name), (name, value, reply)
+
+
+def test_max_tokens_above_the_cap_is_clamped_when_the_server_says_so(engine, char_tokenizer):
+    with serving(engine, char_tokenizer, max_tokens_over_cap="clamp") as server:
+        client = openai.OpenAI(base_url=server.url, api_key="none", max_retries=0)
+        reply = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=32768, temperature=0)
+        assert 1 <= reply.usage.completion_tokens <= 12
+    with serving(engine, char_tokenizer) as server:
+        status, reply = post(server, {"model": "tiny", "messages": QUESTION, "max_tokens": 32768})
+        assert status == 400 and "cap is 12" in reply["error"]["message"] and "max_tokens_over_cap=clamp" in str(reply)
+
+
+class _TickingEngine:
+    """Draws the token of ``char`` every ``step_s`` seconds up to max_new_tokens, reporting each step to the
+    ``on_step`` hook, and stops a prompt's rows when the hook says so, as ``RolloutEngine`` does."""
+
+    def __init__(self, tokenizer, char: str = "a", step_s: float = 0.05) -> None:
+        self.tokenizer, self.step_s = tokenizer, step_s
+        self.token = tokenizer.convert_tokens_to_ids(char)
+        self.results: list[list[list[Completion]]] = []
+
+    def sample(self, prompts, params, seed=0, batch_size=64, show_progress=True, on_step=None):
+        live = [(p, j) for p in range(len(prompts)) for j in range(params.n)]
+        tokens, reasons = {r: [] for r in live}, dict.fromkeys(live, "length")
+        for _ in range(params.max_new_tokens):
+            time.sleep(self.step_s)
+            for r in live:
+                tokens[r].append(self.token)
+            stop = set(on_step(live, [self.token] * len(live)) or ()) if on_step else set()
+            reasons |= {r: "cancelled" for r in live if r[0] in stop}
+            if not (live := [r for r in live if r[0] not in stop]):
+                break
+        out = [[Completion(tokens[p, j], self.tokenizer.decode(tokens[p, j]), reasons[p, j] != "length",
+                           finish_reason=reasons[p, j]) for j in range(params.n)] for p in range(len(prompts))]
+        self.results.append(out)
+        return out
+
+
+def test_stream_sends_tokens_as_they_are_drawn(char_tokenizer):
+    engine = _TickingEngine(char_tokenizer, step_s=0.05)
+    with serving(engine, char_tokenizer, max_new_tokens=20) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="none", max_retries=0)
+        started, arrivals, text = time.monotonic(), [], ""
+        for chunk in client.chat.completions.create(model="tiny", messages=QUESTION, stream=True):
+            if chunk.choices and chunk.choices[0].delta.content:
+                arrivals.append(time.monotonic() - started)
+                text += chunk.choices[0].delta.content
+        total = time.monotonic() - started
+    assert text == "a" * 20 and len(arrivals) >= 10  # one chunk per step or two, not one at the end
+    assert arrivals[0] < total / 3, (arrivals[0], total)
+
+
+def test_a_client_that_leaves_mid_stream_stops_its_generation(char_tokenizer):
+    engine = _TickingEngine(char_tokenizer, step_s=0.02)
+    with serving(engine, char_tokenizer, max_new_tokens=100) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="none", max_retries=0)
+        stream = client.chat.completions.create(model="tiny", messages=QUESTION, stream=True, max_tokens=100)
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                break
+        stream.close()
+        deadline = time.monotonic() + 5
+        while not engine.results and time.monotonic() < deadline:
+            time.sleep(0.01)
+    (completion,), = engine.results[0]
+    assert completion.finish_reason == "cancelled" and len(completion.token_ids) < 50, len(completion.token_ids)
+
+
+def test_on_step_reports_every_token_and_stops_only_the_prompts_it_names(engine, char_tokenizer):
+    prompts = [render_prompt(char_tokenizer, QUESTION), render_prompt(char_tokenizer, [
+        {"role": "user", "content": "Be brief. 7*8"}])]
+    params = SamplingParams(greedy=True, max_new_tokens=10)
+    plain = engine.sample(prompts, params, show_progress=False)
+    seen: dict[tuple[int, int], list[int]] = {}
+
+    def on_step(rows, tokens):
+        for row, token in zip(rows, tokens, strict=True):
+            seen.setdefault(row, []).append(token)
+        return [0] if len(seen[0, 0]) == 3 else None
+
+    hooked = engine.sample(prompts, params, show_progress=False, on_step=on_step)
+    assert plain[0][0].finish_reason == "length"  # (so that cancelling it is visible)
+    assert hooked[0][0].token_ids == plain[0][0].token_ids[:3] and hooked[0][0].finish_reason == "cancelled"
+    assert not hooked[0][0].finished and hooked[1][0].token_ids == plain[1][0].token_ids
+    assert seen[0, 0] == hooked[0][0].token_ids and seen[1, 0] == hooked[1][0].token_ids
+
+
+@pytest.mark.parametrize("reply, stops, think_open, want", [
+    ("<think>ab</think> cd", (), False, {"reasoning_content": "ab", "content": "cd"}),
+    ("  ab cd ", (), False, {"content": "ab cd"}),
+    ("ab</think>cd", (), True, {"reasoning_content": "ab", "content": "cd"}),
+    ("ab cd", ("b c",), False, {"content": "ab c"}),
+])
+def test_streamed_deltas_add_up_to_the_plain_message(char_tokenizer, reply, stops, think_open, want):
+    """Fed token by token, a choice's deltas never get ahead of what the finished text says: no partial tag or
+    stop string, no trailing space, no EOS. The stop case's final text ends right after the stop string."""
+    ids = [*char_tokenizer(reply, add_special_tokens=False).input_ids, char_tokenizer.eos_token_id]
+    stream, got = ChoiceStream(char_tokenizer, stops, "separate", think_open), {}
+    final = reply[:reply.find(stops[0]) + len(stops[0])] if stops else reply
+    for i, token in enumerate(ids):
+        stream.tokens.append(token)
+        for key, value in stream.delta().items():
+            got[key] = got.get(key, "") + value
+        assert all(want[k].startswith(v) for k, v in got.items()), (i, got)
+    for key, value in stream.delta(final).items():
+        got[key] = got.get(key, "") + value
+    assert got == want
+    if not think_open:
+        assert {k: v for k, v in message(final, "separate").items() if v and k != "role"} == want

@@ -35,7 +35,7 @@ between samples while decoding (each sample holds its own copy). For vLLM, see `
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -95,10 +95,13 @@ class Completion:
     finished: bool  # ended with EOS or a stop string (False: cut at max_new_tokens)
     logprobs: list[float] = field(default_factory=list)  # model log-probs (T=1, no filter), per token
     sampling_logprobs: list[float] | None = None  # under the distribution sampled; None if a backend lacks them
-    finish_reason: str = "length"  # "eos" | "stop" | "length"
+    finish_reason: str = "length"  # "eos" | "stop" | "length" | "cancelled" (ended by an ``on_step`` hook)
 
 
 OnComplete = Callable[[int, int, Completion], None]  # (prompt index, sample index, the completion just ended)
+# After each decoding step: the (prompt index, sample index) of every row that drew a token in it and the tokens
+# drawn, in the same order. Returns the prompts to stop (their live samples end now, "cancelled"), or None.
+OnStep = Callable[[list[tuple[int, int]], list[int]], Collection[int] | None]
 
 
 class Decoder(Protocol):
@@ -211,12 +214,16 @@ class RolloutEngine:
                 "(pip install 'thinktune[vllm]')")
 
     def sample(self, prompts: list[list[int]], params: SamplingParams, seed: int = 0, batch_size: int | None = None,
-               show_progress: bool = True, on_complete: OnComplete | None = None) -> list[list[Completion]]:
+               show_progress: bool = True, on_complete: OnComplete | None = None,
+               on_step: OnStep | None = None) -> list[list[Completion]]:
         """Sample ``params.n`` completions for each tokenized prompt, ``batch_size`` rows at a time (None: the
         engine's own).
 
         ``on_complete(p, j, completion)``, if given, is called from the decode loop as soon as completion ``j``
         of prompt ``p`` has ended, while the rest are still decoding: GRPO starts scoring it there.
+        ``on_step(rows, tokens)``, if given, is called after every decoding step with each live row's token
+        (``thinktune serve`` streams them); the prompts it returns stop at once, their completions cut there
+        with ``finish_reason="cancelled"`` (a client that went away). It costs a device sync per step.
 
         Returns:
             ``out[p][j]`` is completion ``j`` of prompt ``p``.
@@ -245,6 +252,7 @@ class RolloutEngine:
             decoder = self._get_decoder(rows, max(len(p) for p in prompts) + params.max_new_tokens)
             decoder.refresh_weights()
             self.stats = {"decoder": type(decoder).__name__, "steps": 0, "decoded_rows": 0}
+            cancelled: set[int] = set()  # prompts an ``on_step`` hook stopped
             for start in range(0, len(requests), rows):
                 chunk = requests[start:start + rows]
 
@@ -255,15 +263,23 @@ class RolloutEngine:
                     if on_complete is not None:
                         on_complete(p, j, out[p][j])
 
-                self._run_batch(decoder, [prompts[p] for p, _ in chunk], params, stops, pad_id, generator, done)
+                for i in [i for i, (p, _) in enumerate(chunk) if p in cancelled]:  # stopped in an earlier chunk
+                    done(i, _Row([], [], [], "cancelled"))
+                live = [i for i, (p, _) in enumerate(chunk) if p not in cancelled]
+                if live:
+                    self._run_batch(decoder, [prompts[chunk[i][0]] for i in live], params, stops, pad_id, generator,
+                                    lambda b, row, live=live, done=done: done(live[b], row),
+                                    _step_hook(on_step, [chunk[i] for i in live], cancelled))
                 bar.update(len(chunk))
         bar.close()
         self.model.train(was_training)
         return out  # type: ignore[return-value]
 
     def _run_batch(self, decoder: Decoder, prompts: list[list[int]], params: SamplingParams, stops: _Stops,
-                   pad_id: int, generator: torch.Generator, done: Callable[[int, _Row], None]) -> None:
-        """Decode one batch of prompts to the end, calling ``done(i, row)`` for batch row ``i`` as it ends."""
+                   pad_id: int, generator: torch.Generator, done: Callable[[int, _Row], None],
+                   step: Callable[[list[int], torch.Tensor], list[int]] | None = None) -> None:
+        """Decode one batch of prompts to the end, calling ``done(i, row)`` for batch row ``i`` as it ends;
+        ``step(rows, tokens)`` after each step returns the live-slot positions to cancel."""
         # The n samples of a prompt share its prefill: each distinct prompt is prefilled once and its cache
         # rows are then copied to every row that samples from it.
         distinct: dict[tuple[int, ...], int] = {}
@@ -287,6 +303,8 @@ class RolloutEngine:
                 buf.append(x)  # [m] each
             tok = picked[0]
             ended = self._ended(tok, slots, rows, segment, stops) if s >= params.min_new_tokens else {}
+            if step is not None:
+                ended |= {i: "cancelled" for i in step(slots, tok) if i not in ended}
             if s == params.max_new_tokens - 1:
                 break
             if ended:
@@ -323,6 +341,22 @@ class RolloutEngine:
         if hit.any():
             ended.update({i: "eos" for i in hit.nonzero().squeeze(1).tolist()})
         return ended
+
+
+def _step_hook(on_step: OnStep | None, chunk: list[tuple[int, int]], cancelled: set[int]
+               ) -> Callable[[list[int], torch.Tensor], list[int]] | None:
+    """``on_step`` for one batch, whose row ``i`` is sample ``chunk[i]``: reports each live slot's token and
+    returns the slots whose prompt has been stopped (adding the prompts it names to ``cancelled``)."""
+    if on_step is None:
+        return None
+
+    def step(slots: list[int], tok: torch.Tensor) -> list[int]:  # tok: [m], slot i is batch row slots[i]
+        ids = [chunk[r] for r in slots]
+        cancelled.update(on_step(ids, tok.tolist()) or ())
+        return [i for i, (p, _) in enumerate(ids) if p in cancelled]
+
+    return step
+
 
 def sample(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
            params: SamplingParams, seed: int = 0, batch_size: int = 64, show_progress: bool = True,
@@ -367,7 +401,8 @@ def end_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, ex
 
 def make_completion(tokenizer: PreTrainedTokenizerBase, tokens: list[int], logps: list[float],
                     sampling_logps: list[float] | None, reason: str, stop_strings: tuple[str, ...]) -> Completion:
-    """A ``Completion`` from generated ``tokens`` that ended for ``reason`` ("eos" | "stop" | "length").
+    """A ``Completion`` from generated ``tokens`` that ended for ``reason`` ("eos" | "stop" | "length" |
+    "cancelled").
 
     The text leaves out a final EOS and, for a stop string, ends right after the first stop string in it
     (the last token may have carried characters past it; ``token_ids`` keep that whole token).
@@ -377,7 +412,7 @@ def make_completion(tokenizer: PreTrainedTokenizerBase, tokens: list[int], logps
     ends = [text.find(s) + len(s) for s in stop_strings if s in text] if reason == "stop" else []
     if ends:
         text = text[:min(ends)]
-    return Completion(token_ids=tokens, text=text, finished=reason != "length", logprobs=logps,
+    return Completion(token_ids=tokens, text=text, finished=reason in ("eos", "stop"), logprobs=logps,
                       sampling_logprobs=sampling_logps, finish_reason=reason)
 
 

@@ -1,12 +1,14 @@
 """Serve a checkpoint behind an OpenAI-compatible chat-completions API, so it can teach another model.
 
 Run:
-    thinktune serve model.path=runs/demo/sft/final model.system_prompt= port=8000
+    thinktune serve model.path=runs/demo/sft/final port=8000
     # then, from anywhere on this machine:
     thinktune distill base_url=http://127.0.0.1:8000/v1 model=sft prompts=train.jsonl api_key_env=
 
 Listens on 127.0.0.1 (loopback) unless ``host`` says otherwise; with ``api_key_env`` set, requests must
-carry that environment variable's value as a bearer token. The ``<think>`` part comes back in
+carry that environment variable's value as a bearer token. ``http.*`` bounds what clients can hold: connection
+threads, the queue before 503, idle/header/body timeouts and the body size (``HTTPLimits``); ``stream: true``
+replies are sent token by token. The ``<think>`` part comes back in
 ``reasoning_content`` (``reasoning=separate``) or inline in ``content`` (``reasoning=inline``). See
 ``thinktune.serving.server`` for the wire format and how concurrent requests are batched.
 """
@@ -24,7 +26,7 @@ from thinktune.config import ModelConfig, SamplingConfig, env_secret
 from thinktune.errors import ConfigError
 from thinktune.modeling import models
 from thinktune.rollout.service import make_sampler
-from thinktune.serving.server import ServerSettings, start
+from thinktune.serving.server import HTTPLimits, ServerSettings, start
 
 
 @dataclass
@@ -35,10 +37,15 @@ class ServeConfig:
     port: int = 8000  # 0: any free port (printed at start)
     api_key_env: str = ""  # environment variable holding the key clients must send ("": no key)
     reasoning: Literal["separate", "inline"] = "separate"
-    max_new_tokens: int = 2048  # default and limit of a request's max_tokens
+    max_new_tokens: int = 2048  # default and cap of a request's max_tokens
+    # A request's max_tokens above the cap (or above what the context leaves): "reject" answers 400 naming the
+    # cap; "clamp" decodes up to the cap (finish_reason "length" says where it stopped), for evaluation harnesses
+    # that ask for long budgets.
+    max_tokens_over_cap: Literal["reject", "clamp"] = "reject"
     max_n: int = 16  # most samples per request
     batch_size: int = 64  # rows decoded together across concurrent requests
     decoder: Literal["auto", "lean", "hf"] = "auto"
+    http: HTTPLimits = field(default_factory=HTTPLimits)  # connection threads, queue, timeouts, body size
     verbose: bool = False  # log every request
 
     def __post_init__(self) -> None:
@@ -54,9 +61,9 @@ class ServeConfig:
 def settings_for(cfg: ServeConfig, context_len: int) -> ServerSettings:
     """Server settings from the config; the API key is read from the environment here and kept in memory."""
     return ServerSettings(model_name=cfg.served_name or Path(cfg.model.path).name, api_key=env_secret(cfg.api_key_env),
-                          reasoning=cfg.reasoning,
-                          max_new_tokens=cfg.max_new_tokens, max_n=cfg.max_n, context_len=context_len,
-                          batch_size=cfg.batch_size)
+                          reasoning=cfg.reasoning, max_new_tokens=cfg.max_new_tokens,
+                          max_tokens_over_cap=cfg.max_tokens_over_cap, max_n=cfg.max_n, context_len=context_len,
+                          batch_size=cfg.batch_size, http=cfg.http)
 
 
 def run(cfg: ServeConfig) -> None:
@@ -69,7 +76,8 @@ def run(cfg: ServeConfig) -> None:
                           cfg.model, tokenizer, rt, model=model)
     server = start(settings, tokenizer, engine, cfg.host, cfg.port, log=tqdm.write if cfg.verbose else None)
     print(f"[serve] {settings.model_name!r} on {server.url} (reasoning {cfg.reasoning}, "
-          f"{'key required' if settings.api_key else 'no key'}); Ctrl-C stops it", flush=True)
+          f"{'key required' if settings.api_key else 'no key'}, max_tokens <= {cfg.max_new_tokens} "
+          f"({cfg.max_tokens_over_cap} above), {cfg.http.workers} connection threads); Ctrl-C stops it", flush=True)
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         print(f"[serve] WARNING: listening on {cfg.host} with no API key: anyone who can reach this machine "
               "can use the model; set api_key_env", flush=True)
