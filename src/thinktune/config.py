@@ -69,8 +69,9 @@ class ModelConfig:
     # model: the model's own template plus <think>/</think>; phi4: the Phi-4-reasoning format; auto: model's own
     # where it has a template, else phi4 (thinktune.modeling.chat_format)
     chat_template: Literal["auto", "phi4", "model"] = "auto"
-    # None: the format's own (phi4: Phi-4-reasoning's fixed message; model: what its template adds, often none);
-    # "": add none; text: this one. It is written into the saved template, so checkpoints carry it.
+    # None: the checkpoint's own (what a thinktune run wrote into its template, else the format's: phi4:
+    # Phi-4-reasoning's fixed message; model: what its template adds, often none); "": add none; text: this one.
+    # It is written into the saved template, so checkpoints carry it and harnesses render it (docs/interop.md).
     system_prompt: str | None = None
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False

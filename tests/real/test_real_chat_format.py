@@ -1,10 +1,15 @@
-"""SmolLM2's own chat format under thinktune (``model.chat_template=auto``), and the rows its two new tokens get.
+"""SmolLM2's own chat format under thinktune (``model.chat_template=auto``), the rows its two new tokens get, and
+what another harness reads from a SmolLM2 checkpoint's tokenizer (docs/interop.md).
 
 The reference for "its own" is the tokenizer as plain transformers loads it from the converted directory:
 thinktune may add ``<think>``/``</think>`` and a system prompt, and must leave everything else as it was.
 """
 
 from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +18,10 @@ from smollm2_data import CUSTOM_SYSTEM, sft_rows
 from transformers import AutoTokenizer
 
 from thinktune.config import ModelConfig
-from thinktune.data.chat import IGNORE_INDEX, render_sft
+from thinktune.data.chat import IGNORE_INDEX, render_prompt, render_sft
 from thinktune.modeling import models
 from thinktune.modeling.chat_format import IM_END, THINK_CLOSE, THINK_OPEN
+from thinktune.train.checkpoint import save_pretrained_atomic
 
 pytestmark = pytest.mark.real
 
@@ -109,3 +115,43 @@ def test_new_token_rows_start_at_the_mean_and_the_head_stays_tied(smollm2_dir, s
     # The head is still the embedding itself, so the new rows are also the new tokens' output weights.
     assert model.config.tie_word_embeddings
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+# --------------------------------------------------------------------------------------------------------
+# A SmolLM2 checkpoint's tokenizer, as another harness reads it
+
+
+@pytest.fixture(scope="module")
+def saved(smollm2_dir, tmp_path_factory) -> Path:
+    """The tokenizer of a SmolLM2 run with a custom system prompt, saved as every checkpoint saves it; beside it
+    SmolLM2's config (no weights: these tests read the tokenizer only)."""
+    tok = models.load_tokenizer(ModelConfig(path=str(smollm2_dir), system_prompt=CUSTOM_SYSTEM))
+    path = tmp_path_factory.mktemp("real_saved") / "final"
+    save_pretrained_atomic(None, tok, path)
+    for name in ("config.json", "generation_config.json"):
+        shutil.copy2(smollm2_dir / name, path / name)
+    return path
+
+
+def test_a_saved_checkpoint_keeps_think_tags_under_skip_special_tokens_decoding(saved):
+    tok = AutoTokenizer.from_pretrained(saved)
+    ids = tok("<think>6+8=14</think>\\boxed{14}<|im_end|>", add_special_tokens=False).input_ids
+    assert ids[0] == tok.convert_tokens_to_ids(THINK_OPEN) and ids.count(tok.convert_tokens_to_ids(THINK_CLOSE)) == 1
+    assert tok.decode(ids, skip_special_tokens=True) == "<think>6+8=14</think>\\boxed{14}"
+
+
+def test_a_saved_checkpoint_names_a_tokenizer_class_transformers_4_and_5_both_load(saved, smollm2):
+    config = json.loads((saved / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    # Loaded under that class, the tokenizer encodes as thinktune's own does.
+    tok, text = AutoTokenizer.from_pretrained(saved), render(smollm2[0]) + "<think>6+8=14</think>\\boxed{14}"
+    assert tok(text, add_special_tokens=False).input_ids == smollm2[0](text, add_special_tokens=False).input_ids
+
+
+def test_the_saved_template_renders_the_training_prompt_exactly_as_evaluate_and_serve_do(saved):
+    harness_tok = AutoTokenizer.from_pretrained(saved)
+    harness = render(harness_tok)
+    assert harness.startswith(f"<|im_start|>system\n{CUSTOM_SYSTEM}<|im_end|>\n<|im_start|>user\n816+948")
+    tok = models.load_tokenizer(ModelConfig(path=str(saved)))  # evaluate's and serve's default model settings
+    assert render(tok) == harness
+    assert render_prompt(tok, QUESTION) == harness_tok(harness, add_special_tokens=False).input_ids

@@ -68,7 +68,12 @@ def test_setting_the_system_prompt_again_replaces_it_rather_than_stacking() -> N
     once = with_system_prompt(CHATML, "A")
     twice = with_system_prompt(once, "B")
     assert twice == with_system_prompt(CHATML, "B")
-    assert with_system_prompt(twice, "") == CHATML
+    # "" leaves an empty preamble, which renders as the template alone (and records that none was chosen).
+    none = with_system_prompt(twice, "")
+    assert none == with_system_prompt(CHATML, "") and none.endswith(CHATML)
+    tok = chatml_tokenizer()
+    tok.chat_template = none
+    assert tok.apply_chat_template(Q, tokenize=False).startswith("<|im_start|>system\nDefault.<|im_end|>")
 
 
 @pytest.mark.parametrize("prompt", ['say "ok"\nthen {{ q }}', "back\\slash 'quote' {% raw %}", "é ünï"])
@@ -161,3 +166,59 @@ def test_an_unset_system_prompt_keeps_the_one_a_checkpoint_carries_and_empty_rem
     fmt = apply(tok, "auto", None, "m")
     assert fmt.system_prompt == "Trained with this." and tok.chat_template == saved
     assert apply(tok, "model", "", "m").system_prompt == "Default."  # "" drops thinktune's: the template's own
+
+
+# --------------------------------------------------------------------------------------------------------
+# What a harness sees: think tokens that survive skip_special_tokens, the checkpoint's own system prompt
+
+
+def test_think_tokens_are_plain_tokens_that_skip_special_tokens_decoding_keeps() -> None:
+    """lm-eval and most servers decode with skip_special_tokens=True: the think tags must survive it (as Qwen3's
+    and DeepSeek-R1's do) while the turn's markup still goes."""
+    tok = chatml_tokenizer()
+    apply(tok, "model", "", "m")
+    ids = tok("<think>ok</think>A<|im_end|>", add_special_tokens=False).input_ids
+    assert tok.convert_ids_to_tokens(ids) == ["<think>", "o", "k", "</think>", "A", "<|im_end|>"]
+    assert tok.decode(ids, skip_special_tokens=True) == "<think>ok</think>A"
+    assert tok.decode(ids) == "<think>ok</think>A<|im_end|>"  # thinktune's own decoding: everything
+    assert {"<think>", "</think>"}.isdisjoint(tok.all_special_tokens)
+
+
+def test_think_tokens_an_older_checkpoint_saved_as_special_are_saved_plain_with_their_ids(tmp_path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = chatml_tokenizer()
+    tok.add_tokens(["<think>", "</think>"], special_tokens=True)  # what thinktune wrote before
+    ids = tok("<think>ok</think>", add_special_tokens=False).input_ids
+    assert apply(tok, "model", "", "m").added_tokens == ()
+    tok.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert reloaded("<think>ok</think>", add_special_tokens=False).input_ids == ids
+    assert reloaded.decode(ids, skip_special_tokens=True) == "<think>ok</think>"
+
+
+def test_an_unset_system_prompt_under_phi4_keeps_the_one_a_phi4_checkpoint_carries() -> None:
+    """``model.chat_template=phi4`` at evaluate or serve must not swap a checkpoint's prompt for Phi-4's."""
+    trained = {}
+    for prompt in ("Be brief.", ""):
+        tok = chatml_tokenizer()
+        apply(tok, "phi4", prompt, "m")
+        trained[prompt] = tok.chat_template  # what the checkpoint saves
+    for prompt, template in trained.items():
+        tok = chatml_tokenizer()
+        tok.chat_template = template
+        fmt = apply(tok, "phi4", None, "m")
+        assert tok.chat_template == template and fmt.system_prompt == prompt and not fmt.written
+        system = f"<|im_start|>system<|im_sep|>{prompt}<|im_end|>" if prompt else ""
+        assert tok.apply_chat_template(Q, tokenize=False) == f"{system}<|im_start|>user<|im_sep|>Q<|im_end|>"
+    tok = chatml_tokenizer()
+    tok.chat_template = PHI4_CHAT_TEMPLATE  # no thinktune preamble: a fresh tokenizer gets Phi-4's message
+    assert apply(tok, "phi4", None, "m").system_prompt == PHI4_REASONING_SYSTEM_PROMPT
+
+
+def test_describe_names_the_templates_own_prompt_that_a_set_one_replaces() -> None:
+    tok = chatml_tokenizer()
+    fmt = apply(tok, "model", "Be brief.", "m")
+    assert fmt.replaced == "Default." and "in place of the template's own 'Default.'" in fmt.describe()
+    again = apply(tok, "model", "Be brief.", "m")  # the template now carries it: nothing is replaced
+    assert again.replaced == "Be brief." and "in place of" not in again.describe()

@@ -1,8 +1,10 @@
 """Tests for thinktune.modeling.models and checkpoint saving: plain-transformers round trips, tiny architectures,
-path errors, and the Phi-4 format tokens."""
+path errors, the Phi-4 format tokens, and what another harness reads from a checkpoint (docs/interop.md)."""
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -11,9 +13,18 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from thinktune.config import ModelConfig
+from thinktune.data.chat import render_prompt
 from thinktune.errors import ConfigError, UserError
 from thinktune.modeling.chat_format import PHI4_CHAT_TEMPLATE, PHI4_TOKENS, apply
-from thinktune.modeling.models import build_tiny_model, load_model, load_tokenizer
+from thinktune.modeling.models import (
+    PORTABLE_TOKENIZER_CLASS,
+    build_tiny_model,
+    load_model,
+    load_tokenizer,
+    portable_tokenizer_config,
+)
+from thinktune.recipes.evaluate import EvalConfig, EvalDataConfig
+from thinktune.serving.serve import ServeConfig
 from thinktune.train.checkpoint import save_pretrained_atomic
 
 
@@ -78,6 +89,69 @@ def test_save_pretrained_atomic_replaces_an_existing_checkpoint_and_leaves_no_te
 
 
 # --------------------------------------------------------------------------------------------------------
+# What another harness (lm-eval, vLLM, a server, transformers 4.x) reads from a checkpoint
+
+
+def test_a_saved_checkpoint_keeps_think_tags_under_skip_special_tokens_decoding(tiny_model_dir: Path) -> None:
+    """lm-eval's hf backend decodes with skip_special_tokens=True and splits at think_end_token=</think>."""
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = tok("<think>2+3=5</think>\\boxed{5}<|im_end|>", add_special_tokens=False).input_ids
+    think = [tok.convert_tokens_to_ids(t) for t in ("<think>", "</think>")]
+    assert ids[0] == think[0] and ids.count(think[1]) == 1  # still one id each
+    assert tok.decode(ids, skip_special_tokens=True) == "<think>2+3=5</think>\\boxed{5}"
+
+
+def test_a_saved_checkpoint_names_a_tokenizer_class_transformers_4_and_5_both_load(tiny_model_dir: Path,
+                                                                                  char_tokenizer) -> None:
+    """transformers 5 writes TokenizersBackend, a class 4.x does not have (tests/integration/test_interop.py loads
+    the checkpoint under 4.x itself)."""
+    config = json.loads((tiny_model_dir / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == PORTABLE_TOKENIZER_CLASS == "PreTrainedTokenizerFast"
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert tok.get_vocab() == char_tokenizer.get_vocab() and tok.eos_token == "<|im_end|>"
+
+
+def test_portable_tokenizer_config_turns_a_list_of_extra_special_tokens_into_additional_ones(tmp_path: Path,
+                                                                                            char_tokenizer) -> None:
+    char_tokenizer.save_pretrained(tmp_path)
+    path = tmp_path / "tokenizer_config.json"
+    config = json.loads(path.read_text()) | {"extra_special_tokens": ["<|im_sep|>"], "tokenizer_class": "Qwen2Tokenizer"}
+    path.write_text(json.dumps(config))
+    portable_tokenizer_config(tmp_path)
+    written = json.loads(path.read_text())
+    assert written["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert "extra_special_tokens" not in written and written["additional_special_tokens"] == ["<|im_sep|>"]
+    assert AutoTokenizer.from_pretrained(tmp_path).get_vocab() == char_tokenizer.get_vocab()
+
+
+QUESTION = [{"role": "user", "content": "What is 2+3?"}]
+
+
+@pytest.mark.parametrize(("choice", "system_prompt", "rendered"), [
+    ("auto", "", ""), ("auto", "Be brief.", "Be brief."), ("phi4", None, "You are Phi, a language model"),
+    ("phi4", "Be brief.", "Be brief.")])
+def test_the_saved_template_renders_the_training_prompt_exactly_as_evaluate_and_serve_do(
+        tmp_path: Path, char_tokenizer, choice: str, system_prompt: str | None, rendered: str) -> None:
+    """A checkpoint trained with model.chat_template=CHOICE and model.system_prompt=PROMPT: a harness's plain
+    apply_chat_template on the saved tokenizer, thinktune's evaluate and serve with their default model settings,
+    and either of them with chat_template=phi4, render the same prompt tokens, with the training system prompt."""
+    trained = copy.deepcopy(char_tokenizer)
+    apply(trained, choice, system_prompt, "train")  # what sft's load_chat does
+    save_pretrained_atomic(build_tiny_model("phi3", trained, **SMALL), trained, tmp_path / "ckpt")
+    path = str(tmp_path / "ckpt")
+    harness_tok = AutoTokenizer.from_pretrained(path)
+    harness = harness_tok.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
+    assert harness.startswith(f"<|im_start|>system<|im_sep|>{rendered}" if rendered else "<|im_start|>user")
+    settings = {"evaluate": EvalConfig(model=ModelConfig(path=path), data=EvalDataConfig(prompts="p.jsonl")).model,
+                "serve": ServeConfig(model=ModelConfig(path=path)).model,
+                "phi4": ModelConfig(path=path, chat_template="phi4")}
+    for name, cfg in settings.items():
+        tok = load_tokenizer(cfg)
+        assert tok.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True) == harness, name
+        assert render_prompt(tok, QUESTION) == harness_tok(harness, add_special_tokens=False).input_ids, name
+
+
+# --------------------------------------------------------------------------------------------------------
 # Tiny architectures
 
 
@@ -139,7 +213,7 @@ def test_add_phi4_format_adds_exactly_the_missing_tokens() -> None:
     assert all(vocab[t] == before[t] for t in before)
     for t in PHI4_TOKENS:
         assert tok("a" + t + "b", add_special_tokens=False).input_ids == [2, vocab[t], 3]
-    assert tok.chat_template == PHI4_CHAT_TEMPLATE and tok.eos_token == "<|im_end|>"
+    assert tok.chat_template.endswith(PHI4_CHAT_TEMPLATE) and tok.eos_token == "<|im_end|>"
     add_phi4_format(tok)  # idempotent
     assert tok.get_vocab() == vocab
 
@@ -182,6 +256,6 @@ def test_load_keeps_the_generation_configs_other_end_ids_after_the_tokenizers_eo
 
 def test_model_chat_template_without_one_is_a_config_error(tmp_path: Path) -> None:
     bare = bare_tokenizer()
-    bare.save_pretrained(tmp_path / "t")
+    save_pretrained_atomic(build_tiny_model("phi3", bare, **SMALL), bare, tmp_path / "t")
     with pytest.raises(ConfigError, match="has no chat template"):
         load_tokenizer(ModelConfig(path=str(tmp_path / "t"), chat_template="model"))

@@ -3,10 +3,11 @@
 Run:
     thinktune build-model --config configs/demo/model.yaml corpus=runs/demo/data/sft_cot.jsonl
 
-The tokenizer is character level (plus the chat-format special tokens and a few whole words), trained with
-``tokenizers`` on the rendered conversations of ``corpus``. The model is ``Phi3ForCausalLM`` (the Phi-4
-family) by default, or Qwen2 or Llama. Both are written with ``save_pretrained``, so any later stage, or
-plain transformers, loads them from ``output_dir``.
+The tokenizer is character level (plus the chat-format markers as special tokens, ``<think>``/``</think>`` as
+plain single tokens, and a few whole words), trained with ``tokenizers`` on the rendered conversations of
+``corpus``. The model is ``Phi3ForCausalLM`` (the Phi-4 family) by default, or Qwen2 or Llama. Both are
+written as every checkpoint is (``train.checkpoint``), so any later stage, or plain transformers 4.x or 5.x,
+loads them from ``output_dir`` (docs/interop.md).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Two formats (``model.chat_template``):
 
-- ``model``: the model's own template, kept as it is, with ``<think>``/``</think>`` added as single special
-  tokens when the vocabulary lacks them. An instruct model answers coherently in its own layout, so this is
+- ``model``: the model's own template, kept as it is, with ``<think>``/``</think>`` added as single tokens
+  when the vocabulary lacks them. An instruct model answers coherently in its own layout, so this is
   what ``auto`` (the default) picks whenever the tokenizer has a template.
 - ``phi4``: the Phi-4-reasoning format (docs/recipe.md section 1.2), applied only where asked or where the
   tokenizer has no template::
@@ -13,8 +13,16 @@ Two formats (``model.chat_template``):
 
 The system prompt is written into the template itself (a conversation without a system message gets it),
 so every stage renders prompts the same way, and a checkpoint's saved template reproduces the training
-prompt under plain ``apply_chat_template``. ``model.system_prompt`` unset keeps the format's own: the
-Phi-4-reasoning message for ``phi4``, whatever the template adds by itself (often nothing) for ``model``.
+prompt under plain ``apply_chat_template``, in any harness (lm-eval, vLLM, a server; docs/interop.md).
+``model.system_prompt`` unset keeps the checkpoint's own: the prompt a thinktune run wrote into the template
+(none, where that run set ""), else the format's own: the Phi-4-reasoning message for ``phi4``, whatever the
+template adds by itself (often nothing) for ``model``. So ``evaluate`` and ``serve`` render by default
+exactly what training rendered, and what a harness renders from the saved template.
+
+``<think>``/``</think>`` are single tokens but not special ones (``special=False``, as Qwen3 and
+DeepSeek-R1 ship them): ``decode(skip_special_tokens=True)``, which lm-eval and most servers call, keeps
+them, so a harness can split the reasoning off at ``</think>``. A tokenizer that has them as special tokens
+(a checkpoint saved by an older thinktune) gets them re-marked, which its next save writes out.
 
 The end-of-turn token is read off the template (what follows the assistant's text), becomes the tokenizer's
 EOS, and so is where sampling, ``generate`` (through the generation config) and the SFT labels stop.
@@ -26,13 +34,15 @@ import json
 import re
 from dataclasses import dataclass
 
-from transformers import PreTrainedTokenizerBase
+from transformers import AddedToken, PreTrainedTokenizerBase
 
 from thinktune.errors import ConfigError
 
 IM_START, IM_SEP, IM_END = "<|im_start|>", "<|im_sep|>", "<|im_end|>"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 PHI4_TOKENS = [IM_START, IM_SEP, IM_END, THINK_OPEN, THINK_CLOSE]
+PHI4_MARKUP = [IM_START, IM_SEP, IM_END]  # special tokens: a harness's decode may drop them
+THINK_TOKENS = [THINK_OPEN, THINK_CLOSE]  # plain added tokens: every decode keeps them
 
 # The Phi-4-reasoning chat template (S9 in docs/recipe.md) with no default system message: the system prompt is
 # added by ``with_system_prompt`` so that it is the configured one.
@@ -73,6 +83,7 @@ class ChatFormat:
     name: str  # "phi4" | "model"
     system_prompt: str  # the system prompt a conversation without one gets ("" for none)
     written: bool  # True: thinktune wrote it into the template; False: the template's own
+    replaced: str  # the template's own prompt that a set model.system_prompt replaced ("" for none)
     end_of_turn: str  # the token that ends an assistant turn; the tokenizer's EOS
     added_tokens: tuple[str, ...]  # tokens the vocabulary lacked: the model has never produced them
     prompt_overhead: int  # tokens a one-turn prompt spends besides the question (system prompt, markup)
@@ -80,6 +91,8 @@ class ChatFormat:
     def describe(self) -> str:
         whose = "" if self.written else "the template's own "
         system = f"{whose}system prompt {_shorten(self.system_prompt)!r}" if self.system_prompt else "no system prompt"
+        if self.replaced and self.replaced != self.system_prompt:  # what a harness on the loaded template renders
+            system += f" (in place of the template's own {_shorten(self.replaced)!r})"
         added = f"; added {', '.join(self.added_tokens)} (new to the model)" if self.added_tokens else ""
         return (f"chat format {self.name}: {system}; each prompt costs {self.prompt_overhead} tokens besides the "
                 f"question; turns end with {self.end_of_turn}{added}")
@@ -91,7 +104,8 @@ def apply(tok: PreTrainedTokenizerBase, choice: str, system_prompt: str | None, 
     Args:
         tok: the tokenizer, changed in place.
         choice: "auto" | "phi4" | "model" (``model.chat_template``).
-        system_prompt: None keeps the format's own; "" adds none; text is written into the template.
+        system_prompt: None keeps the checkpoint's own (see the module docstring); "" adds none; text is
+            written into the template.
         where: the model path, for error messages.
 
     Raises:
@@ -101,13 +115,14 @@ def apply(tok: PreTrainedTokenizerBase, choice: str, system_prompt: str | None, 
     name = choice if choice != "auto" else ("model" if tok.chat_template else "phi4")
     if name == "model" and not tok.chat_template:
         raise ConfigError(f"{where} has no chat template; use model.chat_template=phi4 (or auto)")
-    wanted = PHI4_TOKENS if name == "phi4" else [THINK_OPEN, THINK_CLOSE]
-    added = tuple(t for t in wanted if t not in tok.get_vocab())
-    if added:
-        tok.add_tokens(list(added), special_tokens=True)  # the same call in transformers 4.x and 5.x
+    added = add_format_tokens(tok, PHI4_MARKUP if name == "phi4" else [])
+    own = _PREAMBLE.search(tok.chat_template or "")  # what an earlier thinktune run wrote, if any
+    # The prompt a harness rendering this template gets (for ``model``, whose template stays otherwise as is).
+    replaced = template_system_prompt(tok) if system_prompt is not None and name == "model" else ""
     if name == "phi4":
-        tok.chat_template = PHI4_CHAT_TEMPLATE
-        system_prompt = PHI4_REASONING_SYSTEM_PROMPT if system_prompt is None else system_prompt
+        tok.chat_template = (own.group(0) if own and system_prompt is None else "") + PHI4_CHAT_TEMPLATE
+        if system_prompt is None and not own:
+            system_prompt = PHI4_REASONING_SYSTEM_PROMPT
     if system_prompt is not None:  # None keeps the template as saved, with the prompt a checkpoint carries
         tok.chat_template = with_system_prompt(tok.chat_template, system_prompt)
     end = IM_END if name == "phi4" else end_of_turn(tok, where)
@@ -115,17 +130,40 @@ def apply(tok: PreTrainedTokenizerBase, choice: str, system_prompt: str | None, 
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     system = system_prompt or template_system_prompt(tok)
-    return ChatFormat(name, system, bool(system_prompt), end, added, prompt_overhead(tok))
+    return ChatFormat(name, system, bool(system_prompt), replaced, end, added, prompt_overhead(tok))
+
+
+def add_format_tokens(tok: PreTrainedTokenizerBase, markup: list[str]) -> tuple[str, ...]:
+    """Add the ``markup`` tokens (as special tokens) and ``<think>``/``</think>`` (as plain ones) that ``tok``
+    lacks, and re-mark think tokens it has as special tokens as plain ones, keeping their ids.
+
+    Returns:
+        The tokens the vocabulary lacked, markup first: the model has never produced them.
+    """
+    vocab = tok.get_vocab()
+    missing_markup = [t for t in markup if t not in vocab]
+    missing_think = [t for t in THINK_TOKENS if t not in vocab]
+    if missing_markup:
+        tok.add_tokens(missing_markup, special_tokens=True)  # the same call in transformers 4.x and 5.x
+    special_think = [t.content for t in tok.added_tokens_decoder.values() if t.content in THINK_TOKENS and t.special]
+    if missing_think or special_think:
+        # normalized=False: matched in the raw text, before a normalizer (Metaspace's "▁") could change it.
+        # Re-adding a present token keeps its id and writes special=False into the next save; the loaded
+        # backend may still drop it in decode(skip_special_tokens=True), which thinktune never calls.
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS
+                        if t in missing_think or t in special_think])
+    return (*missing_markup, *missing_think)
 
 
 def with_system_prompt(template: str, system_prompt: str) -> str:
     """``template`` that adds ``system_prompt`` to a conversation that has no system message ("" adds none).
 
-    A preamble from an earlier call is replaced, never stacked.
+    A preamble from an earlier call is replaced, never stacked. "" writes an empty one: it records that the
+    run chose no prompt, so a later ``model.system_prompt`` left unset keeps none (see ``apply``).
     """
     template = _PREAMBLE.sub("", template)
     if not system_prompt:
-        return template
+        return _OPEN + _CLOSE + template
     # json.dumps gives a double-quoted literal with backslash escapes, which Jinja reads the same way.
     literal = json.dumps(system_prompt)
     preamble = (f"{_OPEN}{{%- if not messages or messages[0]['role'] != 'system' %}}"

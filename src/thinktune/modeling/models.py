@@ -3,10 +3,16 @@ format (``thinktune.modeling.chat_format``), build tiny ones.
 
 A ``.gguf`` ``model.path`` is converted once into a plain HF directory in thinktune's cache
 (``thinktune.modeling.gguf_cache``) and loaded from there; checkpoints are always plain safetensors.
+
+Tokenizers are written by ``save_tokenizer``, which names ``PreTrainedTokenizerFast`` as their class:
+transformers 5 writes its own class name, ``TokenizersBackend`` (or a model's, such as ``GPT2Tokenizer``),
+and the first is unknown to transformers 4.x, which many vLLM and lm-eval installs still pin. Both releases
+load ``PreTrainedTokenizerFast`` from ``tokenizer.json`` exactly as saved (docs/interop.md).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -23,9 +29,12 @@ from thinktune import runtime
 from thinktune.config import ModelConfig
 from thinktune.errors import ConfigError, UserError
 from thinktune.modeling import chat_format, gguf_cache
-from thinktune.modeling.chat_format import IM_END, PHI4_CHAT_TEMPLATE, PHI4_TOKENS, ChatFormat
+from thinktune.modeling.chat_format import IM_END, PHI4_CHAT_TEMPLATE, PHI4_TOKENS, THINK_TOKENS, ChatFormat
 
 PAD = "<|dummy_pad|>"
+# The tokenizer class a saved tokenizer_config.json names: transformers 4.x and 5.x both load it from
+# tokenizer.json as it was saved (5.x as TokenizersBackend).
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 
 # Tiny architectures for the embedded demo and tests: the Phi-4 family's Phi3 by default.
 ARCHITECTURES = {"phi3": "Phi3Config", "qwen2": "Qwen2Config", "llama": "LlamaConfig", "qwen3": "Qwen3Config"}
@@ -51,6 +60,34 @@ def load_chat(cfg: ModelConfig, quiet: bool = False) -> tuple[PreTrainedTokenize
     if not quiet:
         runtime.print0(f"[model] {fmt.describe()}")
     return tok, fmt
+
+
+def save_tokenizer(tok: PreTrainedTokenizerBase, directory: Path) -> None:
+    """``tok.save_pretrained(directory)``, with a ``tokenizer_config.json`` that transformers 4.x loads too
+    (``portable_tokenizer_config``)."""
+    tok.save_pretrained(directory)
+    portable_tokenizer_config(Path(directory))
+
+
+def portable_tokenizer_config(directory: Path) -> None:
+    """Rewrite ``directory/tokenizer_config.json`` so that transformers 4.x and 5.x both load the tokenizer.
+
+    Where ``tokenizer.json`` holds the whole tokenizer, the class becomes ``PORTABLE_TOKENIZER_CLASS``; 5.x's
+    list of ``extra_special_tokens`` (4.x reads that key as a dict of named tokens and fails on a list)
+    becomes the ``additional_special_tokens`` both read. A directory without ``tokenizer.json`` (a
+    sentencepiece-only tokenizer) is left as it is.
+    """
+    path = directory / "tokenizer_config.json"
+    if not (directory / "tokenizer.json").is_file() or not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, list):
+        del config["extra_special_tokens"]
+        listed = config.get("additional_special_tokens") or []
+        config["additional_special_tokens"] = list(dict.fromkeys([*listed, *extra]))
+    path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def resolve_path(path: str) -> str:
@@ -123,15 +160,21 @@ def train_char_tokenizer(texts: list[str], words: tuple[str, ...] = ("user", "as
     """Train a character-level tokenizer (plus a few whole words) on ``texts`` with ``tokenizers``.
 
     Every character seen becomes a token, so decoding round-trips exactly; the chat-format markers are
-    single special tokens. Characters never seen map to ``<unk>``.
+    single special tokens and ``<think>``/``</think>`` single plain ones, which
+    ``decode(skip_special_tokens=True)`` keeps (``thinktune.modeling.chat_format``). Characters never seen map
+    to ``<unk>``.
     """
     pattern = "|".join(w.replace("\\", "\\\\") for w in words) + "|."
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     tok.decoder = decoders.Fuse()
-    specials = [PAD, "<unk>", *PHI4_TOKENS]
-    trainer = trainers.WordLevelTrainer(special_tokens=specials, min_frequency=1)
+    trainer = trainers.WordLevelTrainer(special_tokens=[PAD, "<unk>", *PHI4_TOKENS], min_frequency=1)
     tok.train_from_iterator(texts, trainer=trainer)
+    # The trainer adds every token it is given as special; rebuilt with the think tokens plain (same ids).
+    spec = json.loads(tok.to_str())
+    for added in spec["added_tokens"]:
+        added["special"] = added["content"] not in THINK_TOKENS
+    tok = Tokenizer.from_str(json.dumps(spec))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token=PAD, eos_token=IM_END)
     fast.chat_template = PHI4_CHAT_TEMPLATE
     return fast

@@ -31,7 +31,7 @@ from safetensors import safe_open
 
 from thinktune import runtime
 from thinktune.errors import UserError
-from thinktune.modeling import lora
+from thinktune.modeling import lora, models
 from thinktune.train import distributed
 
 STATE_FILE = "trainer_state.pt"
@@ -135,7 +135,7 @@ def save_pretrained_atomic(model: torch.nn.Module | None, tokenizer: Any, path: 
         tmp.mkdir(parents=True)
         if model is not None:
             model.save_pretrained(tmp, state_dict=state_dict)
-        tokenizer.save_pretrained(tmp)
+        models.save_tokenizer(tokenizer, tmp)  # a tokenizer_config.json transformers 4.x loads too
         if also is not None:
             also(tmp)
         if extra is not None:
