@@ -23,6 +23,7 @@ from thinktune.data.chat import render_prompt
 from thinktune.recipes import evaluate
 from thinktune.rollout.sampler import RolloutEngine, SamplingParams
 from thinktune.serving.server import message
+from thinktune.tasks.benchmarks import BENCHMARKS, PROBLEM, PROMPT_TEMPLATES
 
 pytestmark = pytest.mark.real
 
@@ -58,10 +59,13 @@ def test_evaluate_reports_pass_at_1_on_benchmark_files(smollm2_dir, smollm2, tmp
     runs = [[r["correct"] for r in records if r["sample"] == j] for j in range(2)]
     assert report["run_accuracies"] == pytest.approx([100 * sum(c) / len(c) for c in runs])  # percent
     assert summary["pass@1"] == pytest.approx(sum(report["run_accuracies"]) / 2)
-    # Prompts went through SmolLM2's own template, its default system turn included.
+    # Prompts are the benchmark's default template around the question, through SmolLM2's own chat template,
+    # its default system turn included.
     question = rows[0].get("question") or rows[0]["problem"]
-    want = smollm2[0].apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                          add_generation_prompt=True)
+    template = PROMPT_TEMPLATES[BENCHMARKS[benchmark].template].text
+    assert PROBLEM in template and template != PROBLEM  # an instruction beside the question
+    want = smollm2[0].apply_chat_template([{"role": "user", "content": template.replace(PROBLEM, question)}],
+                                          tokenize=False, add_generation_prompt=True)
     assert records[0]["prompt"] == want and want.startswith("<|im_start|>system\n")
 
 

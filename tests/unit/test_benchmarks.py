@@ -1,4 +1,5 @@
-"""Tests for benchmark loaders: tiny files in each Hub schema, written here, read back offline."""
+"""Tests for benchmark loaders (tiny files in each Hub schema, written here, read back offline) and the prompt
+templates that wrap their problems."""
 
 from __future__ import annotations
 
@@ -8,9 +9,19 @@ from typing import Any
 
 import pytest
 
-from thinktune.errors import DataError, UserError
+from thinktune.config import load_config
+from thinktune.errors import ConfigError, DataError, UserError
+from thinktune.recipes.evaluate import EvalConfig
 from thinktune.rewards.verify import is_correct
-from thinktune.tasks.benchmarks import BENCHMARKS, gpqa_prompt, load_benchmark, load_prompts
+from thinktune.tasks.benchmarks import (
+    BENCHMARKS,
+    PROMPT_TEMPLATES,
+    apply_template,
+    gpqa_prompt,
+    load_benchmark,
+    load_prompts,
+    resolve_template,
+)
 
 GPQA_ROW = {
     "Question": "Which particle is a lepton?",
@@ -197,3 +208,68 @@ def test_load_prompts_filters_difficulty_before_the_limit(tmp_path):
     assert [r["id"] for r in rows] == ["2", "5"]
     with pytest.raises(DataError, match="no prompts left after the difficulty filter"):
         load_prompts(str(path), difficulties=[7])
+
+
+# The instruction each benchmark's default template must carry, quoted from the source docs/evaluation.md names:
+# AIME from Eureka ML Insights' Template_1clean.jinja (the harness the Phi-4-reasoning report names), MATH-500
+# and GSM8K from DeepSeek-R1's README (Qwen2.5-Math's "qwen-boxed"), GPQA thinktune's own.
+EUREKA_AIME = "Step 3: Provide your final answer in the format: 'Final Answer: [numeric value]'."
+R1_BOXED = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+SOURCED_INSTRUCTION = {
+    "aime24": (EUREKA_AIME, "microsoft/eureka-ml-insights"),
+    "aime25": (EUREKA_AIME, "microsoft/eureka-ml-insights"),
+    "math500": (R1_BOXED, "QwenLM/Qwen2.5-Math"),
+    "gsm8k": (R1_BOXED, "QwenLM/Qwen2.5-Math"),
+    "gpqa-diamond": ("Answer with the letter of the correct option in \\boxed{}.", "thinktune's own"),
+}
+
+
+def test_every_benchmark_has_a_sourced_default_instruction():
+    assert set(SOURCED_INSTRUCTION) == set(BENCHMARKS)
+
+
+@pytest.mark.parametrize("name", sorted(SOURCED_INSTRUCTION))
+def test_default_prompt_carries_the_sourced_instruction(tmp_path: Path, name: str) -> None:
+    [row] = load_benchmark(name, path=str(write_rows(tmp_path / "b.jsonl", SCHEMA_ROWS[name])))
+    instruction, source = SOURCED_INSTRUCTION[name]
+    assert instruction not in row["prompt"]  # the row is the problem alone: what decontamination compares
+    template_name, template = resolve_template("", name)
+    assert template_name == BENCHMARKS[name].template and source in PROMPT_TEMPLATES[template_name].source
+    prompt = apply_template(row["prompt"], template)
+    assert instruction in prompt and row["prompt"] in prompt
+
+
+def test_every_template_holds_one_placeholder_and_names_its_source():
+    for name, t in PROMPT_TEMPLATES.items():
+        assert t.text.count("{problem}") == 1 and t.source, name
+    assert resolve_template("") == ("none", "{problem}")  # a prompt JSONL is sent as written
+
+
+def test_template_chosen_by_name_or_custom_string():
+    problem = "Compute $\\frac{1}{2}+{3}$."  # braces in the problem survive: only {problem} is filled
+    name, text = resolve_template("lighteval-math", "math500")
+    assert name == "lighteval-math" and apply_template(problem, text) == text.replace("{problem}", problem)
+    assert "Therefore, the final answer is: $\\boxed{ANSWER}$" in apply_template(problem, text)
+    custom = "Solve: {problem}\nEnd with \\boxed{}."
+    assert resolve_template(custom, "aime24") == ("custom", custom)
+    assert apply_template(problem, custom) == "Solve: " + problem + "\nEnd with \\boxed{}."
+
+
+def test_template_wraps_the_last_user_turn_of_a_message_prompt():
+    prompt = [{"role": "system", "content": "s"}, {"role": "user", "content": "a"},
+              {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    wrapped = apply_template(prompt, "<{problem}>")
+    assert [m["content"] for m in wrapped] == ["s", "a", "b", "<c>"]
+    assert prompt[3]["content"] == "c"  # the caller's rows are not modified
+
+
+@pytest.mark.parametrize("value, message", [
+    ("qwen_boxed", r"data\.template: unknown template name 'qwen_boxed'; choose one of none, qwen-boxed"),
+    ("Solve this: {question}", r"data\.template: the custom template 'Solve this: \{question\}' has no \{problem\}"),
+    ("Answer in a box.", r"data\.template: the custom template .* has no \{problem\} placeholder"),
+])
+def test_bad_template_names_and_strings_are_config_errors(value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve_template(value, "aime24")
+    with pytest.raises(ConfigError, match=message):  # refused when the config is built, before any loading
+        load_config(EvalConfig, None, ["data.benchmark=aime24", f"data.template={value}"])

@@ -1,4 +1,5 @@
-"""Decontamination on hand-built rows: a 13-word overlap, a 12-word near miss, case and punctuation variants."""
+"""Decontamination on hand-built rows: a 13-word overlap, a 12-word near miss, case and punctuation variants, and
+items shorter than the n-gram, checked by their whole text."""
 
 from __future__ import annotations
 
@@ -97,3 +98,53 @@ def test_recipe_errors_name_the_problem(tmp_path):
         decontaminate.run(load_config(decontaminate.DecontaminateConfig, None, [*base, f"eval_sets=[mmlu={evals}]"]))
     with pytest.raises(ConfigError, match="eval_sets is empty"):
         load_config(decontaminate.DecontaminateConfig, None, base)
+
+
+# Shorter than the 13-word n-gram: it has no n-gram, so only its whole text can match.
+SHORT = "Compute $\\dbinom{16}{5}$."
+SHORT_WORDS = words(SHORT)  # compute dbinom 16 5
+
+
+def test_short_item_copied_into_a_row_matches_whole_and_a_few_shared_words_do_not():
+    assert 0 < len(SHORT_WORDS) < 13
+    index = NgramIndex([EvalItem("math500", "m1", SHORT), EvalItem("geo", "g1", EVAL)], n=13)
+    assert [i.id for i in index.short] == ["m1"]
+    copies = [SHORT, SHORT.upper(), "  compute   $\\DBINOM{16} {5}$ ", f"Warm-up. {SHORT} Then explain why."]
+    for text in copies:
+        [match] = index.matches(text)
+        assert (match.source, match.eval_id, match.ngram) == ("math500", "m1", " ".join(SHORT_WORDS))
+    # The same words, but not all of them in a row: kept.
+    for text in ["Compute $\\dbinom{16}{4}$.", "Compute 16 choose 5.", "dbinom 16 5", "compute dbinom 165"]:
+        assert index.matches(text) == [], text
+
+
+def test_short_item_matches_on_word_boundaries_only():
+    index = NgramIndex([EvalItem("s", "1", "What is 2+2?")], n=13)  # what is 2 2
+    assert index.matches("so, WHAT IS 2 + 2 ?")
+    assert not index.matches("what is 22")  # "2+2" is two words, "22" one
+    assert not index.matches("somewhat is 2 2")  # "somewhat" is not "what"
+    assert NgramIndex([EvalItem("s", "2", " ?! ")], n=13).matches("anything at all") == []  # no words: no match
+
+
+def test_recipe_removes_verbatim_short_items_and_keeps_rows_sharing_a_few_words(tmp_path):
+    math500 = _jsonl(tmp_path / "math500.jsonl", [
+        {"problem": SHORT, "answer": "4368", "unique_id": "test/counting/1.json"},
+        {"problem": EVAL, "answer": "1", "unique_id": "test/geometry/2.json"}])
+    copies = [SHORT, SHORT.lower(), "COMPUTE\t$\\dbinom{16}{5}$ !", f"Warm-up: {SHORT.upper()} (show work)"]
+    near = ["Compute $\\dbinom{16}{6}$.", "Compute the sum of 16 and 5."]
+    train = _jsonl(tmp_path / "train.jsonl",
+                   [{"id": f"c{i}", "prompt": t, "answer": "4368"} for i, t in enumerate(copies)]
+                   + [{"id": f"n{i}", "messages": [{"role": "user", "content": t}, {"role": "assistant",
+                      "content": "<think>..</think> \\boxed{1}"}]} for i, t in enumerate(near)])
+    cfg = load_config(decontaminate.DecontaminateConfig, None, [
+        f"data={train}", f"eval_sets=[math500={math500}]", f"output_dir={tmp_path / 'out'}"])
+    summary = decontaminate.run(cfg)
+    out = tmp_path / "out"
+    assert summary["removed"] == len(copies) and summary["kept"] == len(near)
+    assert summary["eval_sets"]["math500"] == {"items": 2, "short": 1, "rows_matching": len(copies)}
+    assert [json.loads(x)["id"] for x in (out / "removed.jsonl").read_text().splitlines()] == [
+        f"c{i}" for i in range(len(copies))]
+    assert [json.loads(x)["id"] for x in (out / "clean.jsonl").read_text().splitlines()] == [
+        f"n{i}" for i in range(len(near))]
+    matches = [json.loads(x) for x in (out / "matches.jsonl").read_text().splitlines()]
+    assert {(m["eval_id"], m["ngram"]) for m in matches} == {("test/counting/1.json", " ".join(SHORT_WORDS))}

@@ -3,16 +3,20 @@
 Phi-4-reasoning scrubbed its training data of evaluation problems (docs/recipe.md §1.1; its method is not
 published). We use the common word n-gram test (13 words by default, as GPT-3 did): a training row is
 contaminated when any ``n`` consecutive words of it, after normalisation, also occur consecutively in an
-evaluation item.
+evaluation item. An item of fewer than ``n`` words has no n-gram, so it is checked whole instead: a row is
+contaminated when its normalised words contain all of the item's normalised words, consecutively and in order
+(a verbatim copy, whatever its case, punctuation or surrounding text).
 
 Normalisation (``words``): lowercase; every character that is not a letter or a digit (punctuation,
 symbols, underscores, LaTeX backslashes and braces) becomes a space; whitespace runs collapse; then split
 on spaces. So "Find x, given: x+1=2!" and "find X given x 1 2" are the same words. Letters and digits are
 Unicode-aware (``\\w``), so accented and non-Latin words survive.
 
-What is and isn't covered: an evaluation item with fewer than ``n`` words can never match, and is
-counted as too short (``NgramIndex.short``) so that a report can say so; paraphrases, translated or
-renumbered problems are not found (no fuzzy or embedding match).
+What is and isn't covered: items shorter than ``n`` words are counted (``NgramIndex.short``) so that a report
+can say how many were checked whole; the shorter such an item, the likelier an unrelated row contains it (a
+three-word item matches every row holding those three words in a row), so read their matches in the report.
+An item with no words at all can never match. Paraphrases, translated or renumbered problems are not found
+(no fuzzy or embedding match).
 """
 
 from __future__ import annotations
@@ -46,33 +50,44 @@ class EvalItem:
 class Match:
     source: str  # evaluation set
     eval_id: str
-    ngram: str  # the first shared n-gram, normalised
+    ngram: str  # the first shared n-gram, normalised; for an item shorter than n, its whole normalised text
 
 
 class NgramIndex:
-    """Every n-gram of the evaluation items, each mapped to the items it comes from."""
+    """Every n-gram of the evaluation items, each mapped to the items it comes from; items shorter than n are
+    kept whole, indexed by their first word so a long training text is scanned once."""
 
     def __init__(self, items: Iterable[EvalItem], n: int = 13) -> None:
         if n < 1:
             raise ValueError(f"n={n} must be >= 1")
         self.n = n
         self.items = 0
-        self.short: list[EvalItem] = []  # fewer than n words: can never match
+        self.short: list[EvalItem] = []  # fewer than n words: checked whole (an empty one never matches)
         self.owners: dict[str, list[EvalItem]] = {}
+        self.short_by_first: dict[str, list[tuple[tuple[str, ...], EvalItem]]] = {}
         for item in items:
             self.items += 1
-            grams = set(ngrams(words(item.text), n))
-            if not grams:
+            tokens = words(item.text)
+            if len(tokens) < n:
                 self.short.append(item)
-            for g in grams:
+                if tokens:
+                    self.short_by_first.setdefault(tokens[0], []).append((tuple(tokens), item))
+            for g in set(ngrams(tokens, n)):
                 self.owners.setdefault(g, []).append(item)
 
     def matches(self, text: str) -> list[Match]:
-        """The evaluation items sharing an n-gram with ``text``: one ``Match`` per item, in text order."""
+        """The evaluation items sharing an n-gram with ``text``, or wholly inside it when shorter than n: one
+        ``Match`` per item, in the order their first shared run starts in the text."""
+        tokens = words(text)
         found: dict[tuple[str, str], Match] = {}
-        for g in ngrams(words(text), self.n):
-            for item in self.owners.get(g, ()):
-                found.setdefault((item.source, item.id), Match(item.source, item.id, g))
+        for i, first in enumerate(tokens):
+            if i + self.n <= len(tokens):
+                g = " ".join(tokens[i:i + self.n])
+                for item in self.owners.get(g, ()):
+                    found.setdefault((item.source, item.id), Match(item.source, item.id, g))
+            for seq, item in self.short_by_first.get(first, ()):
+                if tuple(tokens[i:i + len(seq)]) == seq:
+                    found.setdefault((item.source, item.id), Match(item.source, item.id, " ".join(seq)))
         return list(found.values())
 
 

@@ -9,11 +9,13 @@ checked. Each entry of ``eval_sets`` is ``BENCHMARK=FILE``, a local file in that
 schema (``aime24``, ``aime25``, ``math500``, ``gsm8k``, ``gpqa-diamond``; see ``tasks/benchmarks.py``),
 or just ``FILE``, a thinktune prompt JSONL. A row is dropped when ``ngram`` consecutive normalised words
 (lowercase, punctuation removed, whitespace collapsed: ``curation/decontam.py``) also occur in an
-evaluation item.
+evaluation item, or, for an item shorter than ``ngram`` words, when the row contains the item's whole
+normalised text. Benchmark items are the problems alone, without the evaluation prompt template.
 
 Writes to ``output_dir``: ``clean.jsonl`` (the rows kept, unchanged), ``removed.jsonl`` (the rows
 dropped), ``matches.jsonl`` (one line per (row, evaluation item) pair: the row's number and id, the
-evaluation set and item id, and the first shared n-gram), ``report.md`` and ``summary.json``.
+evaluation set and item id, and the first shared n-gram, or the whole short item), ``report.md`` and
+``summary.json``.
 """
 
 from __future__ import annotations
@@ -83,9 +85,10 @@ def find_matches(rows: list[dict], index: NgramIndex, path: str) -> list[dict]:
 def report(cfg: DecontaminateConfig, summary: dict, matches: list[dict]) -> str:
     lines = [f"# Decontamination of {cfg.data}", "",
              f"{summary['rows']} rows; {summary['removed']} removed for sharing a {cfg.ngram}-word run with an "
-             f"evaluation item, {summary['kept']} kept. Words are lowercased, with punctuation removed and "
-             "whitespace collapsed.", "",
-             "| evaluation set | items | too short to check | rows matching |", "|---|---|---|---|"]
+             f"evaluation item (or holding the whole of an item shorter than {cfg.ngram} words), "
+             f"{summary['kept']} kept. Words are lowercased, with punctuation removed and whitespace collapsed.", "",
+             f"| evaluation set | items | under {cfg.ngram} words (checked whole) | rows matching |",
+             "|---|---|---|---|"]
     for name, s in summary["eval_sets"].items():
         lines.append(f"| {name} | {s['items']} | {s['short']} | {s['rows_matching']} |")
     if matches:
@@ -121,6 +124,6 @@ def run(cfg: DecontaminateConfig) -> dict:
     (out / "report.md").write_text(text)
     tqdm.write("\n".join(text.splitlines()[2:6 + len(per_set)]))
     if index.short:
-        tqdm.write(f"WARNING: {len(index.short)} evaluation items have fewer than {cfg.ngram} words and cannot "
-                   "match; lower ngram to check them")
+        tqdm.write(f"{len(index.short)} evaluation items have fewer than {cfg.ngram} words: a row holding the "
+                   "whole of one counts as a match (see the matches in report.md)")
     return summary

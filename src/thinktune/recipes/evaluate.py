@@ -13,8 +13,15 @@ of run accuracies).
 Sampling runs on vLLM where it is installed and a GPU exists (``sampling.backend=auto``; the paper's 32k-token
 budget needs its paged cache on real models), else on thinktune's sampler (``thinktune.rollout.service``).
 
+Each problem is wrapped in a prompt template (``data.template``; ``tasks/benchmarks.py`` PROMPT_TEMPLATES) before
+the chat format adds the system prompt. Results are broken down by the benchmark's own fields (MATH-500: level and
+subject) or ``data.group_by``.
+
 Departures from the paper: the paper samples Phi models at temperature 0.8 with a top-p it does not state
-(docs/recipe.md section 4.1); we default to 0.8 and top-p 0.95, the values of the model card's example.
+(docs/recipe.md section 4.1); we default to 0.8 and top-p 0.95, the values of the model card's example. Neither
+Phi report prints its evaluation prompt in the sources we read: AIME defaults to the AIME template of Eureka ML
+Insights (the harness the Phi-4-reasoning report names), MATH-500 and GSM8K to DeepSeek-R1's boxed directive
+(docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -35,7 +42,13 @@ from thinktune.evaluation.report import eval_markdown, plot_run_accuracies
 from thinktune.modeling import models
 from thinktune.rewards.verify import extract_answer, has_valid_think, is_correct_groups
 from thinktune.rollout.service import check_sampling, make_sampler
-from thinktune.tasks.benchmarks import load_benchmark, load_prompts
+from thinktune.tasks.benchmarks import (
+    BENCHMARKS,
+    apply_template,
+    load_benchmark,
+    load_prompts,
+    resolve_template,
+)
 
 
 @dataclass
@@ -44,7 +57,13 @@ class EvalDataConfig:
     benchmark: str = ""  # or a named benchmark: aime24, aime25, math500, gsm8k, gpqa-diamond
     path: str = ""  # local file of the named benchmark (else it is loaded by hub id)
     limit: int = 0  # first N problems only (0: all)
-    group_by: str = "difficulty"  # a row field to break results down by ("" for none)
+    # The user turn around each problem: "" for the benchmark's default (none for a prompt JSONL), a name in
+    # tasks/benchmarks.py PROMPT_TEMPLATES (e.g. qwen-boxed, eureka-aime, lighteval-math), or a custom string
+    # holding {problem}. docs/evaluation.md lists them with their sources.
+    template: str = ""
+    # Row fields to break results down by, e.g. [level] or level,subject ([] for none). Unset: the benchmark's
+    # own (math500: level and subject), difficulty for a prompt JSONL.
+    group_by: list[str] | None = None
 
 
 @dataclass
@@ -66,6 +85,14 @@ class EvalConfig:
             raise ConfigError("set exactly one of data.prompts (a prompt JSONL) or data.benchmark (a name)")
         if bad := [k for k in self.ks if not 1 <= k <= self.sampling.n]:
             raise ConfigError(f"ks={bad} must lie in [1, sampling.n={self.sampling.n}]")
+        resolve_template(self.data.template, self.data.benchmark)  # an unknown name fails here, before loading
+
+
+def group_fields(cfg: EvalConfig) -> list[str]:
+    """The row fields results are broken down by: ``data.group_by`` if set, else the source's own."""
+    if cfg.data.group_by is not None:
+        return cfg.data.group_by
+    return list(BENCHMARKS[cfg.data.benchmark].group_by) if cfg.data.benchmark else ["difficulty"]
 
 
 def load_rows(cfg: EvalConfig) -> list[dict]:
@@ -92,18 +119,30 @@ def score(rows: list[dict], completions: list[list], tokenizer, prompts: list[li
         records += [{"prompt_id": row["id"], "sample": j, "prompt": rendered, "completion": c.text, "num_tokens": len(c.token_ids),
                      "finished": c.finished, "correct": ok, "answer": row["answer"]}
                     for j, (c, ok) in enumerate(zip(outs, correct, strict=True))]
+    mats["modes"] = [r.get("mode", "math") for r in rows]  # maj@N asks each problem's verifier which answers agree
     return mats, records
 
 
+def _value_order(value: object) -> tuple[int, float | str]:
+    """Numbers in numeric order (level 2 before level 10), then anything else by its text."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return 0, value
+    return 1, str(value)
+
+
 def summarize_groups(rows: list[dict], mats: dict, cfg: EvalConfig) -> dict[str, dict]:
-    """Overall metrics plus one entry per value of ``data.group_by`` (e.g. per difficulty level)."""
-    groups = {"all": list(range(len(rows)))}
-    if cfg.data.group_by:
+    """Overall metrics plus one entry per value of each grouping field ("level=3", "subject=Algebra", ...),
+    field by field in ``group_fields`` order, values sorted within a field; rows lacking a field are only in
+    "all"."""
+    groups: dict[str, list[int]] = {"all": list(range(len(rows)))}
+    for f in group_fields(cfg):
+        named: dict[str, list[int]] = {}
         for i, row in enumerate(rows):
-            if cfg.data.group_by in row:
-                groups.setdefault(f"{cfg.data.group_by}={row[cfg.data.group_by]}", []).append(i)
+            if f in row:
+                named.setdefault(f"{f}={row[f]}", []).append(i)
+        groups |= dict(sorted(named.items(), key=lambda kv: _value_order(rows[kv[1][0]][f])))
     return {name: summarize(**{k: [v[i] for i in idx] for k, v in mats.items()}, ks=cfg.ks)
-            for name, idx in sorted(groups.items(), key=lambda kv: (kv[0] != "all", kv[0]))}
+            for name, idx in groups.items()}
 
 
 def run(cfg: EvalConfig) -> dict:
@@ -114,7 +153,9 @@ def run(cfg: EvalConfig) -> dict:
     save_config(cfg, out / "config.yaml")
     tokenizer = models.load_tokenizer(cfg.model)
     rows = load_rows(cfg)
-    prompts = [render_prompt(tokenizer, prompt_messages(r["prompt"])) for r in rows]
+    template_name, template = resolve_template(cfg.data.template, cfg.data.benchmark)
+    tqdm.write(f"[eval] prompt template {template_name}: {template!r}")
+    prompts = [render_prompt(tokenizer, prompt_messages(apply_template(r["prompt"], template))) for r in rows]
     params = cfg.sampling.params()
     label = cfg.label or out.name
     sampler = make_sampler(cfg.sampling, cfg.model, tokenizer, rt, longest_prompt=max(map(len, prompts)))
@@ -124,7 +165,8 @@ def run(cfg: EvalConfig) -> dict:
     mats, records = score(rows, completions, tokenizer, prompts)
     groups = summarize_groups(rows, mats, cfg)
     report = {"label": label, "model": cfg.model.path, "source": cfg.data.prompts or cfg.data.benchmark,
-              "sampling": vars(params), "problem_ids": [r["id"] for r in rows], "groups": groups,
+              "template": {"name": template_name, "text": template}, "sampling": vars(params),
+              "problem_ids": [r["id"] for r in rows], "groups": groups,
               "run_accuracies": per_run_accuracy(mats["correct"])}
     write_jsonl(out / "samples.jsonl", records)
     write_json(out / "report.json", report)

@@ -7,6 +7,12 @@ or, when no path is given, from the Hub through ``datasets.load_dataset``.
 
 Phi-4-reasoning reports AIME 2024/2025 and GPQA-Diamond (docs/recipe.md §4.1); MATH-500 and GSM8K are here for
 small-model and CPU runs (Phi-4-mini-reasoning reports MATH-500).
+
+A row's ``prompt`` is the problem alone (GPQA: question and options), which is what decontamination compares.
+The answer-format instruction is added at evaluation time by a prompt template (``PROMPT_TEMPLATES``): each
+benchmark names a default, ``resolve_template`` picks another by name or takes a custom string holding
+``{problem}``. Neither Phi report prints its evaluation prompt in the sources we could read, so every default
+is the closest documented one and says where it comes from (docs/evaluation.md has the reasoning).
 """
 
 from __future__ import annotations
@@ -20,11 +26,82 @@ from pathlib import Path
 from typing import Any
 
 from thinktune.data.io import read_jsonl
-from thinktune.errors import DataError, UserError
+from thinktune.errors import ConfigError, DataError, UserError
 from thinktune.rewards.verify import MODES
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 CHOICE_LETTERS = "ABCD"
+
+
+PROBLEM = "{problem}"  # the placeholder every template holds; filled by str.replace, so other braces stay
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """An answer-format instruction around a problem, and where it comes from.
+
+    Attributes:
+        text: the user turn, with ``{problem}`` where the problem goes (only that placeholder is filled).
+        source: repository, path and commit (or document) the string was taken from.
+    """
+
+    text: str
+    source: str
+
+
+# Each string is quoted exactly from its source (whitespace included), with the source's placeholder renamed to
+# {problem} and format-string escapes ({{ }}) undone. They are facts we cite, so they stay verbatim even where
+# they read oddly (lighteval's double space and surrounding newlines, Eureka's "Dont").
+PROMPT_TEMPLATES: dict[str, PromptTemplate] = {
+    "none": PromptTemplate(PROBLEM, "the problem alone (thinktune's behaviour before templates)"),
+    # The directive DeepSeek-R1's README recommends for math; Qwen2.5-Math's harness appends it to the problem.
+    "qwen-boxed": PromptTemplate(
+        PROBLEM + "\nPlease reason step by step, and put your final answer within \\boxed{}.",
+        "QwenLM/Qwen2.5-Math@a45202bd evaluation/utils.py PROMPT_TEMPLATES['qwen-boxed'] (user turn); the "
+        "sentence is DeepSeek-R1's recommendation (deepseek-ai/DeepSeek-R1@0cf78561 README.md, Usage "
+        "Recommendations 3)"),
+    # The AIME template of Eureka ML Insights, the harness the Phi-4-reasoning report names; unchanged from
+    # 2024-12-13 through the report (2025-04-30) to 2025-10.
+    "eureka-aime": PromptTemplate(
+        "You are a genius math graduate student solving math problems from the AIME competition. Follow the "
+        "following steps.\n\nStep 1: Reflect on what the problem is asking.\nStep 2: Think step by step and "
+        "explain your reasoning in detail.\nStep 3: Provide your final answer in the format: 'Final Answer: "
+        "[numeric value]'. Dont box it, just provide the answer directly at the end.\n\n" + PROBLEM,
+        "microsoft/eureka-ml-insights@5e1b30cb eureka_ml_insights/prompt_templates/aime_templates/"
+        "Template_1clean.jinja (used by user_configs/aime.py)"),
+    "lighteval-math": PromptTemplate(
+        "\nSolve the following math problem efficiently and clearly.  The last line of your response should be "
+        "of the following format: 'Therefore, the final answer is: $\\boxed{ANSWER}$. I hope it is correct' "
+        "(without quotes) where ANSWER is just the final number or expression that solves the problem. Think "
+        "step by step before answering.\n\n" + PROBLEM + "\n",
+        "huggingface/lighteval@3fd15266 src/lighteval/tasks/tasks/aime.py MATH_PROMPT_TEMPLATE (aime24, aime25)"),
+    "lighteval-math500": PromptTemplate(
+        "Solve the following problem. The final line of your response MUST be of the following format:\n"
+        "\"ANSWER: $ANSWER\" (without quotes) where $ANSWER is the final answer. Think step by step before "
+        "answering.\n\n" + PROBLEM,
+        "huggingface/lighteval@3fd15266 src/lighteval/tasks/tasks/math_500.py MATH_QUERY_TEMPLATE"),
+    "lm-eval-minerva": PromptTemplate(
+        "Problem:\n" + PROBLEM + "\n\nSolution:",
+        "EleutherAI/lm-evaluation-harness@4e7e0d47 lm_eval/tasks/minerva_math/utils.py doc_to_text "
+        "(minerva_math, minerva_math500; lm-eval adds 4 worked examples, thinktune none)"),
+    "lm-eval-aime": PromptTemplate(
+        "Question: " + PROBLEM + "\nAnswer:",
+        "EleutherAI/lm-evaluation-harness@4e7e0d47 lm_eval/tasks/aime/aime24.yaml doc_to_text"),
+    "lm-eval-gsm8k-cot-zeroshot": PromptTemplate(
+        "Q: " + PROBLEM + "\nA: Let's think step by step.",
+        "EleutherAI/lm-evaluation-harness@4e7e0d47 lm_eval/tasks/gsm8k/gsm8k-cot-zeroshot.yaml doc_to_text"),
+    "lm-eval-gsm8k-cot-llama": PromptTemplate(
+        "Given the following problem, reason and give a final answer to the problem.\nProblem: " + PROBLEM
+        + "\nYour response should end with \"The final answer is [answer]\" where [answer] is the response to "
+        "the problem.\n",
+        "EleutherAI/lm-evaluation-harness@4e7e0d47 lm_eval/tasks/gsm8k/gsm8k-cot-llama.yaml doc_to_text "
+        "(lm-eval adds 8 worked examples, thinktune none)"),
+    # Not sourced: thinktune's own instruction for GPQA, kept from before templates existed. Eureka's GPQA
+    # template lays the options out itself, so it cannot wrap the question-and-options text given here.
+    "thinktune-choice": PromptTemplate(
+        PROBLEM + "\n\nAnswer with the letter of the correct option in \\boxed{}.",
+        "thinktune's own (no harness source)"),
+}
 
 
 @dataclass(frozen=True)
@@ -38,6 +115,8 @@ class BenchmarkSpec:
         mode: verify mode of its answers.
         to_row: maps (raw row, where) to ``{"prompt", "answer"}`` plus ``"id"`` when the row has one;
             raises DataError naming ``where``.
+        template: name of the default prompt template (``PROMPT_TEMPLATES``).
+        group_by: row fields evaluation breaks results down by unless told otherwise.
     """
 
     hub_id: str
@@ -45,6 +124,8 @@ class BenchmarkSpec:
     split: str
     mode: str
     to_row: Callable[[dict[str, Any], str], dict[str, Any]]
+    template: str
+    group_by: tuple[str, ...] = ()
 
 
 def _field(row: dict[str, Any], where: str, *names: str) -> Any:
@@ -90,7 +171,7 @@ def _gsm8k_row(row: dict[str, Any], where: str) -> dict[str, str]:
 
 
 def gpqa_prompt(question: str, correct: str, incorrect: list[str]) -> tuple[str, str]:
-    """Build a four-choice prompt with options shuffled deterministically from the question text.
+    """Build a four-choice problem with options shuffled deterministically from the question text.
 
     The seed comes from SHA-256 of the question (``hash()`` is salted per process), so every run and
     every machine sees the same option order.
@@ -101,19 +182,15 @@ def gpqa_prompt(question: str, correct: str, incorrect: list[str]) -> tuple[str,
         incorrect: the three incorrect options.
 
     Returns:
-        (prompt, letter of the correct option).
+        (question and lettered options, letter of the correct option); the instruction to answer with a
+        letter comes from the prompt template (``thinktune-choice`` by default).
     """
     seed = int.from_bytes(hashlib.sha256(question.encode("utf-8")).digest()[:8], "big")
     options = [correct.strip(), *(o.strip() for o in incorrect)]
     order = list(range(len(options)))
     random.Random(seed).shuffle(order)
     lines = [f"({letter}) {options[i]}" for letter, i in zip(CHOICE_LETTERS, order, strict=True)]
-    prompt = (
-        f"{question.strip()}\n\n"
-        + "\n".join(lines)
-        + "\n\nAnswer with the letter of the correct option in \\boxed{}."
-    )
-    return prompt, CHOICE_LETTERS[order.index(0)]
+    return f"{question.strip()}\n\n" + "\n".join(lines), CHOICE_LETTERS[order.index(0)]
 
 
 def _gpqa_row(row: dict[str, Any], where: str) -> dict[str, str]:
@@ -124,13 +201,61 @@ def _gpqa_row(row: dict[str, Any], where: str) -> dict[str, str]:
     return {**_own_id(row, "Record ID", "id"), "prompt": prompt, "answer": letter}
 
 
+# Default templates: AIME (reported by Phi-4-reasoning) takes the AIME template of the harness that report names;
+# MATH-500 (reported by Phi-4-mini-reasoning, which names no harness or prompt) and GSM8K (reported by neither)
+# take the directive of DeepSeek-R1, the teacher Phi-4-mini-reasoning was distilled from.
 BENCHMARKS: dict[str, BenchmarkSpec] = {
-    "aime24": BenchmarkSpec("HuggingFaceH4/aime_2024", None, "train", "integer", _aime_row),
-    "aime25": BenchmarkSpec("math-ai/aime25", None, "test", "integer", _aime_row),
-    "math500": BenchmarkSpec("HuggingFaceH4/MATH-500", None, "test", "math", _math500_row),
-    "gsm8k": BenchmarkSpec("openai/gsm8k", "main", "test", "math", _gsm8k_row),
-    "gpqa-diamond": BenchmarkSpec("Idavidrein/gpqa", "gpqa_diamond", "train", "choice", _gpqa_row),
+    "aime24": BenchmarkSpec("HuggingFaceH4/aime_2024", None, "train", "integer", _aime_row, "eureka-aime"),
+    "aime25": BenchmarkSpec("math-ai/aime25", None, "test", "integer", _aime_row, "eureka-aime"),
+    "math500": BenchmarkSpec("HuggingFaceH4/MATH-500", None, "test", "math", _math500_row, "qwen-boxed",
+                             group_by=("level", "subject")),
+    "gsm8k": BenchmarkSpec("openai/gsm8k", "main", "test", "math", _gsm8k_row, "qwen-boxed"),
+    "gpqa-diamond": BenchmarkSpec("Idavidrein/gpqa", "gpqa_diamond", "train", "choice", _gpqa_row,
+                                  "thinktune-choice"),
 }
+
+
+def resolve_template(value: str, benchmark: str = "", field: str = "data.template") -> tuple[str, str]:
+    """The prompt template a config asks for.
+
+    Args:
+        value: "" for the benchmark's default (``none`` without a benchmark), a name in ``PROMPT_TEMPLATES``,
+            or a custom template: any string holding ``{problem}``.
+        benchmark: the named benchmark being evaluated, or "" for a prompt file.
+        field: the config field ``value`` came from, for error messages.
+
+    Returns:
+        (name, text): the name is "custom" for a custom string.
+
+    Raises:
+        ConfigError: an unknown name, or a custom string without ``{problem}``; the message names ``field``.
+    """
+    if not value:
+        name = BENCHMARKS[benchmark].template if benchmark in BENCHMARKS else "none"
+        return name, PROMPT_TEMPLATES[name].text
+    if value in PROMPT_TEMPLATES:
+        return value, PROMPT_TEMPLATES[value].text
+    if PROBLEM in value:
+        return "custom", value
+    names = ", ".join(PROMPT_TEMPLATES)
+    if any(c.isspace() for c in value) or "{" in value:
+        raise ConfigError(f"{field}: the custom template {value[:60]!r} has no {PROBLEM} placeholder; write "
+                          f"{PROBLEM} where the problem goes, or name one of {names}")
+    raise ConfigError(f"{field}: unknown template name {value!r}; choose one of {names}, or give a custom "
+                      f"string holding {PROBLEM}")
+
+
+def apply_template(prompt: str | list[dict[str, str]], template: str) -> str | list[dict[str, str]]:
+    """``prompt`` with ``{problem}`` in ``template`` replaced by it.
+
+    A message-list prompt keeps its turns; the template wraps the content of its last user turn. The caller's
+    prompt is never modified.
+    """
+    if isinstance(prompt, str):
+        return template.replace(PROBLEM, prompt)
+    last_user = max((i for i, m in enumerate(prompt) if m.get("role") == "user"), default=None)
+    return [{**m, "content": template.replace(PROBLEM, m["content"])} if i == last_user else m
+            for i, m in enumerate(prompt)]
 
 
 def _pick_file(directory: Path, split: str | None) -> Path:
