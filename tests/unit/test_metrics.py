@@ -7,7 +7,17 @@ import math
 
 import pytest
 
-from thinktune.evaluation.metrics import combined_std, majority_answer, pass_at_k, per_run_accuracy, summarize
+from thinktune.evaluation import metrics
+from thinktune.evaluation.metrics import (
+    MAJORITY_RULE,
+    combined_std,
+    majority_answer,
+    majority_index,
+    pass_at_k,
+    per_run_accuracy,
+    summarize,
+)
+from thinktune.rewards import verify as verify_module
 
 
 def brute_force_pass_at_k(n: int, c: int, k: int) -> float:
@@ -102,3 +112,51 @@ def test_per_run_accuracy_and_combined_std() -> None:
     assert per_run_accuracy([[True, False], [True, True]]) == [100.0, 50.0]
     assert combined_std(3.0, 4.0) == 5.0
     assert math.isclose(combined_std(0.0, 2.5), 2.5)
+
+
+def test_majority_counts_equivalent_answers_as_one() -> None:
+    # 1/2 written three ways is one class of 3; "3" twice is a class of 2: the old string vote chose "3".
+    answers = ["\\frac{1}{2}", "0.5", "1/2", "3", "3"]
+    assert majority_answer(answers) == "\\frac{1}{2}"
+    assert majority_index(answers) == 0
+    correct = [True, True, True, False, False]  # gold 0.5
+    stats = summarize([correct], [answers], [[1] * 5], [[True] * 5])
+    assert stats["maj@5"] == 100.0
+
+
+@pytest.mark.parametrize("answers,mode,expected", [
+    (["3", "\\frac{1}{2}", "0.5", "3"], "math", 0),  # 2-2 tie: the class whose first answer came first
+    (["0.5", "3", "3", "1/2"], "math", 0),  # 2-2 tie again; 0.5 came first
+    (["x+1", "1+x", "2", "2", "2"], "math", 2),  # the larger class wins, wherever it starts
+    (["(B)", "A", "\\textbf{B}", "A", "B"], "choice", 0),  # letters, however written
+    (["A or B", "B", "A", "A"], "choice", 2),  # a hedge joins neither letter's class
+    (["33^\\circ", "034", "33", "34"], "integer", 0),  # 2-2 tie between 33 and 34: 33 came first
+    ([None, None, "7", None], "math", 2),  # None never votes
+])
+def test_majority_tie_rule(answers: list[str], mode: str, expected: int) -> None:
+    assert majority_index(answers, mode) == expected
+
+
+def test_majority_compares_only_class_representatives(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 64 samples over 8 distinct plain numbers (written with and without separators and zeros): string keys
+    # and numeric comparison decide everything, so math-verify is never called.
+    def boom(*args: object) -> str:
+        raise AssertionError("math-verify called for plain numbers")
+
+    monkeypatch.setattr(verify_module, "_math_verify_outcome", boom)
+    answers = [f"{1000 * (i % 8)}" if i % 3 else f"{i % 8}{{,}}000.0" for i in range(64)]
+    assert majority_index(answers) == 0  # 0 and 0{,}000.0 are one class of 8, tied with the others: first wins
+
+
+def test_summarize_takes_one_mode_per_problem() -> None:
+    answers = [["(B)", "B", "A"], ["x+1", "1+x", "2"]]
+    correct = [[True, True, False], [True, True, False]]
+    stats = summarize(correct, answers, [[1] * 3] * 2, [[True] * 3] * 2, modes=["choice", "math"])
+    assert stats["maj@3"] == 100.0
+    with pytest.raises(ValueError, match="one mode per problem"):
+        summarize(correct, answers, [[1] * 3] * 2, [[True] * 3] * 2, modes=["math"])
+
+
+def test_majority_rule_is_stated() -> None:
+    assert "equivalence classes" in MAJORITY_RULE and "first" in MAJORITY_RULE
+    assert metrics.MAJORITY_RULE is MAJORITY_RULE

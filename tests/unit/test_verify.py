@@ -19,13 +19,16 @@ from thinktune.rewards.pool import get_pool, threaded_map
 from thinktune.rewards.verify import (
     MODES,
     Verdict,
+    answer_classes,
     check_answer,
     extract_answer,
     has_valid_think,
     is_correct,
     is_correct_batch,
     is_correct_groups,
+    normalize_answer,
     reset_verify_stats,
+    same_answer,
     split_think,
     verify_stats,
 )
@@ -85,12 +88,68 @@ EXTRACT_CASES = [
     ("<think>\\boxed{1}", None),
     ("\\boxed{unclosed", None),
     ("", None),
+    # echoed questions and unevaluated expressions are never answers without a box or an anchor
+    ("What is $51\\times 35$?", None),
+    ("Compute $51 \\times 35$.", None),
+    ("We need 6 times 7", None),
+    ("So there are 42 ways.", "42"),  # a final number that is not an operand
+    ("Therefore,\n$$\nx = 5\n$$", "5"),  # a final "= value" in display math
+    ("**Answer: 18**", "18"),  # markdown bold
+    ("\\boxed{**18**}", "18"),
+    ("\\boxed{2**10}", "2**10"),  # ** between operands is a power, not bold
+    ("\\boxed{} so the answer is 18.", "18"),  # an empty box hides nothing
+    ("\\boxed{7} and \\boxed{ }", "7"),
+    ("The answer is 18 dollars, which John spent.", "18 dollars"),  # the value, not the sentence
+    ("The answer is 3, no, the answer is 4.", "4"),  # the last anchor on a line
+    ("the answer is $5$ apples", "5"),  # the math span after the anchor
 ]
 
 
 @pytest.mark.parametrize("text,expected", EXTRACT_CASES)
 def test_extract_answer(text: str, expected: str | None) -> None:
     assert extract_answer(text) == expected
+
+
+NORMALIZE_CASES = [
+    ("1\\,000", "math", "1000"), ("1\\ 000", "math", "1000"), ("$\\$18$", "math", "18"),
+    ("33^\\circ", "integer", "33"), ("60^{\\circ}", "math", "60"), ("45°", "math", "45"),
+    ("18 dollars", "math", "18"), ("5\\text{ cm}^2", "math", "5"), ("\\frac{1}{2} cup", "math", "\\frac{1}{2}"),
+    ("m+n=33", "integer", "33"), ("m+n = 15+18 = 33", "integer", "33"), ("x=3", "math", "x=3"),
+    ("50\\%", "math", "50\\%"), ("50\\%", "integer", "50"),
+    ("5 or 6", "math", "5 or 6"), ("5 \\text{ or } 6", "math", "5 \\text{ or } 6"),  # hedges stay visible
+    ("x^2 + 1", "math", "x^2 + 1"), (" Yes ", "exact", "Yes"),
+]
+
+
+@pytest.mark.parametrize("answer,mode,expected", NORMALIZE_CASES)
+def test_normalize_answer(answer: str, mode: str, expected: str) -> None:
+    assert normalize_answer(answer, mode) == expected
+
+
+SAME_ANSWER_CASES = [
+    ("\\frac{1}{2}", "0.5", "math", True), ("1/2", "\\dfrac{1}{2}", "math", True), ("1{,}000", "1000.0", "math", True),
+    ("x+1", "1+x", "math", True), ("3", "4", "math", False), ("\\frac{1}{2}", "\\frac{1}{3}", "math", False),
+    ("(B)", "\\textbf{B}", "choice", True), ("A or B", "A", "choice", False), ("A", "B", "choice", False),
+    ("33^\\circ", "033", "integer", True), ("10^3", "1000", "integer", True), ("33", "34", "integer", False),
+    ("yes", "Yes", "exact", False),
+    ("10^{10^{10}}", "10^{10^{10}}", "math", True),  # equal strings need no check
+    ("10^{10^{10}}", "5", "math", False),  # a guarded side is never the same as anything else
+]
+
+
+@pytest.mark.parametrize("a,b,mode,expected", SAME_ANSWER_CASES)
+def test_same_answer(a: str, b: str, mode: str, expected: bool) -> None:
+    assert same_answer(a, b, mode) is expected
+    assert same_answer(b, a, mode) is expected
+
+
+def test_answer_classes_merge_equivalent_forms_in_first_seen_order() -> None:
+    answers = ["3", None, "\\frac{1}{2}", "0.5", "3", "1/2", "x", "3.0"]
+    assert answer_classes(answers) == [0, None, 1, 1, 0, 1, 4, 0]  # ids: first group of each class
+    assert answer_classes(["(B)", "A", "B", "A or B"], "choice") == [0, 1, 0, 2]
+    with ThreadPoolExecutor(max_workers=4) as pool:  # safe from threads, same classes
+        assert all(f.result(timeout=30) == [0, None, 1, 1, 0, 1, 4, 0]
+                   for f in [pool.submit(answer_classes, answers) for _ in range(4)])
 
 
 CORRECT_CASES = [

@@ -3,6 +3,10 @@
 Phi-4-reasoning reports pass@1 as the mean accuracy over N independent runs with the standard deviation
 across runs as ±, plus best-of-N, majority-of-N and worst-of-N. A "run" j is sample j of every problem,
 so ``correct[p][j]`` is sample j of problem p and every problem must have the same N.
+
+maj@N votes over equivalence classes of answers, as the papers do: the verifier decides whether two
+answers are the same (``verify.answer_classes``), so ``\\frac{1}{2}``, ``0.5`` and ``1/2`` are one vote
+block. ``MAJORITY_RULE`` states the tie rule; the evaluation report prints it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,13 @@ import math
 import statistics
 from collections import Counter
 from collections.abc import Sequence
+
+from thinktune.rewards.pool import MAX_WORKERS, threaded_map
+from thinktune.rewards.verify import DEFAULT_TIMEOUT_S, answer_classes
+
+MAJORITY_RULE = ("majority over equivalence classes of answers (the verifier decides which answers are the same); "
+                 "the largest class wins, a tie goes to the class whose first answer came first, and maj@N is "
+                 "correct when that first answer is")
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -36,36 +47,46 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-def _normalize(answer: str) -> str:
-    return "".join(answer.split())
-
-
-def majority_answer(answers: Sequence[str | None]) -> str | None:
-    """The most common non-None answer after light normalization (whitespace removed).
+def majority_index(answers: Sequence[str | None], mode: str = "math",
+                   timeout_s: float = DEFAULT_TIMEOUT_S) -> int | None:
+    """Index of the sample whose answer represents the majority (``MAJORITY_RULE``).
 
     Args:
         answers: [N] extracted answers, None where nothing was extracted.
+        mode: the problem's verify mode; it decides which answers are the same.
+        timeout_s: wall-clock limit of each math-verify check.
 
     Returns:
-        The normalized majority answer; ties go to the answer seen first; None if all are None.
+        The first sample of the largest class of equivalent answers (ties: the class seen first), or
+        None if every answer is None.
     """
-    normalized = [_normalize(a) for a in answers if a is not None]
-    if not normalized:
+    classes = answer_classes(answers, mode, timeout_s)
+    counts = Counter(c for c in classes if c is not None)
+    if not counts:
         return None
-    counts = Counter(normalized)
-    best = max(counts.values())
-    # Counter keeps first-insertion order, so the first answer reaching the top count wins ties.
-    return next(a for a, n in counts.items() if n == best)
+    # Class ids number classes in order of first appearance, so the smallest id among the largest wins.
+    best = min(counts, key=lambda c: (-counts[c], c))
+    return classes.index(best)
 
 
-def _majority_correct(correct: Sequence[bool], answers: Sequence[str | None]) -> bool:
-    """Whether the majority answer belongs to a correct sample."""
-    majority = majority_answer(answers)
-    if majority is None:
-        return False
-    return any(
-        ok for ok, a in zip(correct, answers, strict=True) if a is not None and _normalize(a) == majority
-    )
+def majority_answer(answers: Sequence[str | None], mode: str = "math") -> str | None:
+    """The majority answer (``MAJORITY_RULE``), as its first sample wrote it, whitespace removed.
+
+    Args:
+        answers: [N] extracted answers, None where nothing was extracted.
+        mode: the problem's verify mode.
+
+    Returns:
+        The majority answer, or None if all are None.
+    """
+    index = majority_index(answers, mode)
+    return None if index is None else "".join(answers[index].split())
+
+
+def _majority_correct(correct: Sequence[bool], answers: Sequence[str | None], mode: str) -> bool:
+    """Whether the majority answer is correct: the verdict of the majority class's first sample."""
+    index = majority_index(answers, mode)
+    return index is not None and bool(correct[index])
 
 
 def _check_shape(name: str, table: Sequence[Sequence[object]], problems: int, samples: int) -> None:
@@ -109,6 +130,8 @@ def summarize(
     well_formed: Sequence[Sequence[bool]],
     finished: Sequence[Sequence[bool]] | None = None,
     ks: Sequence[int] = (1,),
+    modes: Sequence[str] | None = None,
+    threads: int = MAX_WORKERS,
 ) -> dict[str, float]:
     """Summary statistics of N samples for each of P problems.
 
@@ -119,11 +142,13 @@ def summarize(
         well_formed: [P][N] whether the think format was valid.
         finished: [P][N] whether generation ended on its own (not cut at the token limit), or None.
         ks: the k values of pass@k to report; those above N are skipped.
+        modes: [P] verify modes, which decide which answers maj@N counts as the same; None: all ``math``.
+        threads: problems whose maj@N classes are computed at once (math-verify runs in worker processes).
 
     Returns:
         A flat dict; accuracies and shares are in percent:
         ``pass@1`` (mean of the N run accuracies), ``pass@1_std`` (sample std across runs, ddof=1; 0.0
-        when N=1 because one run gives no spread estimate), ``maj@N``, ``best@N`` (any sample correct),
+        when N=1 because one run gives no spread estimate), ``maj@N`` (``MAJORITY_RULE``), ``best@N`` (any sample correct),
         ``worst@N`` (all correct), ``pass@k`` per k (unbiased, averaged over problems), ``mean_length``,
         ``format_ok``, ``answered``, ``truncated`` (only when ``finished`` is given), ``num_problems``
         and ``samples_per_problem``.
@@ -135,13 +160,16 @@ def summarize(
     problems, samples = len(correct), len(runs)
     for name, table in (("answers", answers), ("lengths", lengths), ("well_formed", well_formed)):
         _check_shape(name, table, problems, samples)
+    modes = ["math"] * problems if modes is None else list(modes)
+    if len(modes) != problems:
+        raise ValueError(f"summarize: 'modes' must have one mode per problem ({problems}), got {len(modes)}")
+    majority = threaded_map(lambda p: _majority_correct(correct[p], answers[p], modes[p]), problems, threads)
     flat_answers = [a for row in answers for a in row]
     total = problems * samples
     stats = {
         "pass@1": statistics.fmean(runs),
         "pass@1_std": statistics.stdev(runs) if samples > 1 else 0.0,
-        f"maj@{samples}": 100.0
-        * statistics.fmean(_majority_correct(c, a) for c, a in zip(correct, answers, strict=True)),
+        f"maj@{samples}": 100.0 * statistics.fmean(majority),
         f"best@{samples}": 100.0 * statistics.fmean(any(row) for row in correct),
         f"worst@{samples}": 100.0 * statistics.fmean(all(row) for row in correct),
     }

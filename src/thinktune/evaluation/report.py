@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from thinktune.errors import UserError  # noqa: E402
-from thinktune.evaluation.metrics import combined_std  # noqa: E402
+from thinktune.evaluation.metrics import MAJORITY_RULE, combined_std  # noqa: E402
 
 
 def load_report(path: str | Path) -> dict:
@@ -56,6 +56,7 @@ def eval_markdown(report: dict) -> str:
     extra = [k for k in report["groups"]["all"] if k.startswith("pass@") and k not in ("pass@1", "pass@1_std")]
     if extra:
         lines += ["", "Unbiased pass@k (all): " + ", ".join(f"{k} {report['groups']['all'][k]:.1f}" for k in extra)]
+    lines += ["", f"maj@{s['n']}: {MAJORITY_RULE}."]
     return "\n".join(lines) + "\n"
 
 
@@ -98,14 +99,14 @@ def compare(reports: list[dict]) -> tuple[str, list[str]]:
 
 
 def majority_table(reports: list[dict]) -> str:
-    """A markdown table of maj@N per model and group (N: each evaluation's samples per problem)."""
+    """A markdown table of maj@N per model and group (N: each evaluation's samples per problem), with its rule."""
     groups = list(reports[0]["groups"])
     lines = ["| model | N | " + " | ".join(f"{g} maj@N" for g in groups) + " |", "|" + "---|" * (len(groups) + 2)]
     for rep in reports:
         n = int(rep["groups"]["all"]["samples_per_problem"])
         cells = [f"{_at_n(rep['groups'][g], 'maj'):.1f}" if g in rep["groups"] else "–" for g in groups]
         lines.append(f"| {rep['label']} | {n} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + f"\n\nmaj@N: {MAJORITY_RULE}.\n"
 
 
 def plot_run_accuracies(report: dict, out: Path) -> Path:
