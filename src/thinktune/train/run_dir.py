@@ -179,9 +179,11 @@ def differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """What changed between two fingerprints, one readable item per field."""
     changes = []
     old, new = before.get("config", {}), now.get("config", {})
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            changes.append(f"{key} {old.get(key)!r} -> {new.get(key)!r}")
+    # A key on one side only is an option that one thinktune version has and the other lacks, not a change
+    # the user made: a run must resume across an upgrade that adds an option (at its default behaviour).
+    for key in sorted(set(old) & set(new)):
+        if old[key] != new[key]:
+            changes.append(f"{key} {old[key]!r} -> {new[key]!r}")
     old, new = before.get("data", {}), now.get("data", {})
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key) and key in old and key in new:
