@@ -46,6 +46,9 @@ VERBS = {
                     "n teacher samples per prompt from any OpenAI-compatible endpoint; verified ones to SFT JSONL"),
     "select": Verb("thinktune.recipes.select", "SelectConfig",
                    "keep teachable prompts: the student's pass rate over n samples inside a band (0, 0.5]"),
+    "check-logprobs": Verb("thinktune.recipes.check_logprobs", "CheckLogprobsConfig",
+                           "compare the sampler's token log-probs with the training forward's (GRPO's ratio); "
+                           "exit 2 past a threshold"),
     "decontaminate": Verb("thinktune.recipes.decontaminate", "DecontaminateConfig",
                           "drop training rows sharing a word n-gram (13) with an evaluation set; report matches"),
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -55,6 +56,10 @@ def test_grpo_steps_log_dump_and_resume_exactly(world, tmp_path, monkeypatch):
         assert key in rows[-1], key
     for r in rows:  # the whole step holds its three phases
         assert r["time/step"] >= r["time/generate"] + r["time/score"] + r["time/update"], r
+        # fp32 on the CPU: the sampler's log-probs and the training forward's are the same float32 math in another
+        # order, a few rounding steps (1.2e-7 relative) of log-probs under ~10 apart: far below 1e-4.
+        assert 0 <= r["mismatch/abs_mean"] <= r["mismatch/abs_max"] < 1e-4, r
+        assert 0 <= r["mismatch/kl_k3"] < 1e-8, r
     assert rows[-1]["select/samples_kept"] == 16 and rows[-1]["update/kl"] > 0  # the policy moved off the reference
     dumped = [json.loads(line) for line in (out / "samples" / "step-2.jsonl").read_text().splitlines()]
     assert len(dumped) == 16 and {"prompt_id", "completion", "reward", "components", "correct"} <= dumped[0].keys()
@@ -141,7 +146,12 @@ def test_update_without_sampler_log_probs_takes_the_old_policy_from_its_first_pa
 
     given, given_stats = updated(exact)
     first_pass, first_pass_stats = updated(None)
-    made_up, _ = updated(ro.old_logps)
+    made_up, made_up_stats = updated(ro.old_logps)
+    # The step's sampler-trainer mismatch: ~0 against exact log-probs; against made-up ones, their largest gap.
+    assert given_stats["mismatch/abs_max"] < 1e-5 and "mismatch/abs_max" not in first_pass_stats
+    gaps = [abs(a - b) for old, new in zip(ro.old_logps, exact, strict=True) for a, b in zip(old, new, strict=True)]
+    assert made_up_stats["mismatch/abs_max"] == pytest.approx(max(gaps), rel=1e-5)
+    assert made_up_stats["mismatch/abs_mean"] == pytest.approx(sum(gaps) / len(gaps), rel=1e-5)
     torch.testing.assert_close(first_pass, given, rtol=0, atol=1e-6)
     assert first_pass_stats["update/ratio"] == pytest.approx(given_stats["update/ratio"], abs=1e-6)
     # the old log-probs matter here, so the match above means something
@@ -191,3 +201,71 @@ def test_vllm_refuses_token_ids_the_saved_model_cannot_take(world):
         check_vocab(str(world / "model"), rows - 1, exact=True)  # pushed weights must match exactly
     with pytest.raises(ConfigError, match="vocabulary of"):
         check_vocab(str(world / "model"), rows + 1, exact=False)
+
+
+@pytest.mark.parametrize("loss", ["drgrpo", "dapo", "gspo", "gspo_token", "cispo"])
+def test_each_policy_objective_trains(world, tmp_path, monkeypatch, loss):
+    # Two steps of each objective with its preset; cispo also with DAPO's overlong handling (masking the cut
+    # completions out of the loss, and the soft punishment as a reward term). The 0.2 clip for GSPO lets its
+    # ratios move within two steps; the preset's 3e-4 is checked by hand in tests/unit/test_policy_loss.py.
+    monkeypatch.syspath_prepend(str(ASSETS))
+    out = tmp_path / loss
+    extra = {"loss": loss, "max_steps": 2, "log.save_every": 0, "dump_every": 0, "updates_per_batch": 2,
+             "reward.name": "phi4-mini" if loss == "cispo" else "toy_rewards:ones_share"}
+    if loss.startswith("gspo"):
+        extra |= {"clip_low": 0.2, "clip_high": 0.2}
+    if loss == "cispo":
+        extra |= {"mask_truncated": "true", "reward.overlong_buffer": 8000}
+    grpo.run(load_config(grpo.GRPOConfig, None, grpo_args(world, out, **extra)))
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        for key in ("update/kl", "update/entropy", "update/clip_fraction", "update/clip_low", "update/clip_high",
+                    "update/ratio", "update/grad_norm"):
+            assert math.isfinite(r[key]), (key, r)
+        assert r["update/clip_fraction"] == pytest.approx(r["update/clip_low"] + r["update/clip_high"])
+    assert rows[-1]["update/kl"] > 0  # the policy moved
+    if loss == "cispo":
+        assert "reward/overlong" in rows[-1] and rows[-1]["reward/overlong"] <= 0
+
+
+def test_mask_truncated_takes_cut_completions_out_of_the_loss(world, monkeypatch):
+    # Every completion cut: nothing is left in the loss, so an update (no KL, an entropy term) changes no weight.
+    # With mask_truncated off the same rollouts move them.
+    import torch
+
+    from thinktune import runtime
+    from thinktune.modeling import models
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    import grpo_update_worker
+
+    cfg = load_config(grpo.GRPOConfig, None, [f"model.path={world / 'model'}", "model.system_prompt=",
+                                              "data.prompts=unused.jsonl", "beta=0", "gamma=0.01", "loss=dapo"])
+    rt = runtime.init("fp32", 0)
+    tokenizer = models.load_tokenizer(cfg.model)
+    ro = grpo_update_worker.fixed_rollouts(len(tokenizer))
+
+    def moved(in_loss):
+        model = models.load_model(cfg.model, tokenizer, rt.device, torch.float32).train()
+        before = torch.cat([p.detach().flatten() for p in model.parameters()])
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        grpo.update(model, None, optimizer, grpo.Rollouts(ro.prompts, ro.prompt_index, ro.completions, ro.old_logps,
+                                                          ro.advantages, in_loss), cfg, 1.0, tokenizer.pad_token_id, rt)
+        return (torch.cat([p.detach().flatten() for p in model.parameters()]) - before).abs().max().item()
+
+    assert moved([False] * len(ro.completions)) == 0.0
+    assert moved(None) > 1e-4
+
+
+def test_build_rollouts_marks_cut_completions_with_mask_truncated(world):
+    from thinktune.rollout.sampler import Completion
+
+    done = Completion(token_ids=[5, 4], text="a", finished=True, logprobs=[-1.0, -2.0], sampling_logprobs=[-1.0, -2.0])
+    cut = Completion(token_ids=[6, 7], text="b", finished=False, logprobs=[-1.0, -2.0], sampling_logprobs=[-1.0, -2.0])
+    for flag, want in (("true", [True, False]), ("false", [True, True])):
+        cfg = load_config(grpo.GRPOConfig, None, [f"model.path={world / 'model'}", "data.prompts=unused.jsonl",
+                                                  f"mask_truncated={flag}"])
+        ro = grpo.build_rollouts([[1]], [[done, cut]], [[1.0, 0.0]], [(0, 0), (0, 1)], cfg)
+        assert ro.in_loss == want
+        assert ro.advantages[0] > 0 > ro.advantages[1]  # the cut one still counts in its group's advantage

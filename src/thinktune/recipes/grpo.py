@@ -67,10 +67,11 @@ from thinktune.rollout.sampler import Completion
 from thinktune.rollout.service import check_sampling, make_sampler
 from thinktune.tasks.benchmarks import load_prompts
 from thinktune.tracking import MetricsLogger, plot_curves, progress
-from thinktune.train import checkpoint, distributed
+from thinktune.train import checkpoint, distributed, policy_loss
 from thinktune.train.advantages import ADVANTAGE_MODES, annealed_temperature, balance_group, group_advantages
 from thinktune.train.logprobs import PromptCache, length_sorted_chunks, right_padded
 from thinktune.train.losses import LOSS_AGGREGATIONS, aggregate, grpo_token_loss
+from thinktune.train.mismatch import abs_diff, k3
 from thinktune.train.optim import build_optimizer, build_scheduler
 from thinktune.train.run_dir import claim, release
 
@@ -98,10 +99,15 @@ class GRPOConfig:
     scale_reward_to_context: bool = False  # rescale the reward's length constants to sampling.max_new_tokens
     temperature_end: float = 0.0  # > 0: anneal linearly to this (Phi-4-mini: 0.6) ...
     anneal_fraction: float = 0.5  # ... over this share of the steps, then hold it
-    advantage: str = "grpo"  # grpo: (r - mean) / std; drgrpo: r - mean
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    loss_agg: str = "token_mean"  # token_mean | seq_mean
+    # The policy objective (train/policy_loss.py): grpo | drgrpo | dapo | gspo | gspo_token | cispo. The four
+    # fields after it, left unset, take the objective's preset (grpo: grpo, token_mean, 0.2, 0.2, as before);
+    # a setting the objective's paper contradicts (loss=drgrpo with advantage=grpo) is an error.
+    loss: str = "grpo"
+    advantage: str = ""  # grpo: (r - mean) / std; drgrpo: r - mean
+    clip_low: float | None = None  # ratio floor 1 - clip_low (1.0: none)
+    clip_high: float | None = None  # ratio ceiling 1 + clip_high
+    loss_agg: str = ""  # token_mean | seq_mean | token_sum_norm (over prompts x sampling.max_new_tokens)
+    mask_truncated: bool = False  # completions cut at sampling.max_new_tokens leave the loss (DAPO's filtering)
     beta: float = 0.001  # KL to the frozen reference (k3)
     gamma: float = 0.001  # entropy bonus
     updates_per_batch: int = 1  # mu: passes over each batch of rollouts
@@ -121,6 +127,11 @@ class GRPOConfig:
     def __post_init__(self) -> None:
         if not self.data.prompts:
             raise ConfigError("data.prompts is empty; set it to a prompt JSONL (data.prompts=FILE)")
+        try:
+            self.advantage, self.loss_agg, self.clip_low, self.clip_high = policy_loss.resolve(
+                self.loss, self.advantage, self.loss_agg, self.clip_low, self.clip_high)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.advantage not in ADVANTAGE_MODES:
             raise ConfigError(f"advantage={self.advantage!r}; choose one of {', '.join(ADVANTAGE_MODES)}")
         if self.loss_agg not in LOSS_AGGREGATIONS:
@@ -132,8 +143,8 @@ class GRPOConfig:
                               "truncated distribution is not the policy whose log-probs the update compares)")
         if self.temperature_end < 0:
             raise ConfigError("temperature_end must be >= 0 (0: no annealing)")
-        if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
-            raise ConfigError("clip_low must be in [0, 1) and clip_high >= 0")
+        if not (0 <= self.clip_low <= 1 and self.clip_high >= 0):
+            raise ConfigError("clip_low must be in [0, 1] (1: no floor) and clip_high >= 0")
         check_sizes(max_steps=self.max_steps, updates_per_batch=self.updates_per_batch,
                     prompts_per_step=self.prompts_per_step, micro_batch_size=self.micro_batch_size)
 
@@ -155,6 +166,7 @@ class Rollouts:
     # the update's first pass, which runs on the weights that sampled, then provides them.
     old_logps: list[list[float]] | None
     advantages: torch.Tensor  # [N]
+    in_loss: list[bool] | None = None  # [N] False: out of the loss (mask_truncated); None: every completion in
 
 
 def load_rows(cfg: GRPOConfig) -> list[dict]:
@@ -186,7 +198,8 @@ def build_rollouts(prompts: list[list[int]], groups: list[list[Completion]], rew
     old = [groups[p][j].sampling_logprobs for p, j in keep]
     return Rollouts(prompts=prompts, prompt_index=[p for p, _ in keep],
                     completions=[groups[p][j].token_ids for p, j in keep],  # each ends with its EOS, so never empty
-                    old_logps=None if any(x is None for x in old) else old, advantages=adv)
+                    old_logps=None if any(x is None for x in old) else old, advantages=adv,
+                    in_loss=[groups[p][j].finished or not cfg.mask_truncated for p, j in keep])
 
 
 def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperature: float, pad_id: int,
@@ -201,7 +214,8 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
     n = len(ro.completions)
     micro = length_sorted_chunks([len(c) for c in ro.completions], cfg.micro_batch_size)
     micro = distributed.pad_passes(micro)  # FSDP: every rank runs as many passes as the busiest one
-    num_tokens = sum(len(c) for c in ro.completions)
+    in_loss = ro.in_loss or [True] * n  # the advantages saw every completion; the loss sees these
+    num_tokens, n = sum(len(c) for c, x in zip(ro.completions, in_loss, strict=True) if x), sum(in_loss)
     # The loss is normalised by the counts over all ranks, so N ranks make the one-process loss.
     num_tokens, n = (int(v) for v in distributed.all_sum(num_tokens, n))
     autocast = rt.dtype if rt.dtype != torch.float32 else None
@@ -222,26 +236,37 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
         distributed.reshard(reference)  # FSDP leaves a root's weights gathered after a forward with no backward
     # Statistics stay on the device until the update ends: reading each one as it comes would make the CPU
     # wait for the GPU after every micro-batch.
-    parts: dict[str, list[torch.Tensor]] = {"kl": [], "entropy": [], "clip_fraction": [], "ratio": []}
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("kl", "entropy", "clip_fraction", "clip_low",
+                                                           "clip_high", "ratio")}
     grad_norms = []
     first_pass: list[torch.Tensor] = []  # per micro-batch, the old policy's log-probs when the sampler gave none
-    for _ in range(cfg.updates_per_batch):
+    # Per micro-batch of the first pass (the weights that sampled): [sum |Δ|, max |Δ|, sum k3, tokens] between the
+    # sampler's log-probs and the training forward's, which agree up to rounding unless kernels or dtypes differ.
+    drift: list[torch.Tensor] = []
+    for u in range(cfg.updates_per_batch):
         cache = PromptCache(model, ro.prompts, pad_id, cfg.share_prompt, autocast, compile=cfg.model.compile)
         for k, idx in enumerate(micro):
             logps, entropy, mask = forward(cache, idx, need_entropy="grad" if cfg.gamma else True)  # [B, T] each
             if ro.old_logps is not None:
                 old, _ = right_padded([ro.old_logps[i] for i in idx] or [[]], 0.0, rt.device, torch.float32,
                                       width=logps.shape[1])
+                if u == 0 and idx:
+                    gap = abs_diff(old, logps.detach(), mask)
+                    drift.append(torch.stack([gap.sum(), gap.max(), k3(old, logps.detach(), mask).sum(),
+                                              mask.sum().double()]))
             else:
                 if len(first_pass) == k:
                     first_pass.append(logps.detach().float())
                 old = first_pass[k]
             advantages = ro.advantages[idx] if idx else torch.zeros(1)
+            mask = mask * torch.tensor([in_loss[i] for i in idx] or [0], device=mask.device)[:, None]  # [B, T]
             loss_t, stats = grpo_token_loss(logps, old, advantages.to(rt.device), cfg.clip_low, cfg.clip_high,
                                             ref_logps[k] if ref_logps else None, cfg.beta if ref_logps else 0.0,
-                                            entropy, cfg.gamma)
-            (aggregate(loss_t, mask, cfg.loss_agg, num_tokens, n) * distributed.loss_scale(rt)).backward()
-            for key, name in (("kl", "kl"), ("entropy", "entropy"), ("clip_fraction", "clipped"), ("ratio", "ratio")):
+                                            entropy, cfg.gamma, objective=cfg.loss, mask=mask)
+            (aggregate(loss_t, mask, cfg.loss_agg, num_tokens, n, cfg.sampling.max_new_tokens)
+             * distributed.loss_scale(rt)).backward()
+            for key, name in (("kl", "kl"), ("entropy", "entropy"), ("clip_fraction", "clipped"), ("ratio", "ratio"),
+                              ("clip_low", "clipped_low"), ("clip_high", "clipped_high")):
                 if name in stats:
                     parts[key].append((stats[name].detach() * mask).sum())
         cache.backward_prompts()
@@ -252,7 +277,18 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
     sums = dict(zip(sums, distributed.all_sum(*sums.values()), strict=True))
     denom = max(num_tokens * cfg.updates_per_batch, 1)
     grad_norm = float(torch.stack(grad_norms).cpu().double().mean())
-    return {f"update/{k}": v / denom for k, v in sums.items()} | {"update/grad_norm": grad_norm}
+    return ({f"update/{k}": v / denom for k, v in sums.items()} | {"update/grad_norm": grad_norm}
+            | (sampler_drift(drift) if ro.old_logps is not None else {}))
+
+
+def sampler_drift(drift: list[torch.Tensor]) -> dict[str, float]:
+    """The step's ``thinktune.train.mismatch`` figures over every rank's first-pass micro-batches (every rank
+    calls it: a rank without samples adds zeros)."""
+    local = torch.stack(drift).cpu() if drift else torch.zeros(1, 4, dtype=torch.float64)
+    abs_sum, k3_sum, count = distributed.all_sum(*(float(local[:, i].sum()) for i in (0, 2, 3)))
+    worst = max(distributed.gather_lists([float(local[:, 1].max())]))
+    count = max(count, 1.0)
+    return {"mismatch/abs_mean": abs_sum / count, "mismatch/abs_max": worst, "mismatch/kl_k3": k3_sum / count}
 
 
 def reference_model(cfg: GRPOConfig, model, tokenizer, rt: runtime.Runtime):

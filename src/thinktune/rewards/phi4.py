@@ -13,6 +13,8 @@ Phi-4-reasoning-plus (docs/recipe.md section 2.2), with L the number of generate
                (``verify.has_valid_think``) -> -1.0
     R_rep     = -min(rep_cap, max(#frequent / #ngrams, max_count / (#words / n)))   (0 if none frequent)
     R_final   = w_acc * R_acc_scaled + w_rep * R_rep,   w_acc = 8/13, w_rep = 1/13
+    (+ overlong_penalty * R_overlong, DAPO's soft overlong punishment, only with reward.overlong_buffer > 0;
+     also for Phi-4-mini's reward; logged as the ``overlong`` component)
 
 Choices where docs/recipe.md marks the paper unconfirmed (each one a ``RewardConfig`` field):
     - The cosine formula is S6's reconstruction [S]; its behaviour (flat/decay points, ranges) is [C].
@@ -77,6 +79,10 @@ class RewardConfig:
     w_acc: float = 8 / 13
     w_rep: float = 1 / 13
     verify_timeout_s: float = DEFAULT_TIMEOUT_S  # hard limit per math-verify check; 0 = in-process, unbounded
+    # DAPO's soft overlong punishment (arXiv 2503.14476, Eq. 13), added to phi4 and phi4-mini as
+    # overlong_penalty * R_overlong: 0 up to l_max - overlong_buffer tokens, then linear down to -1 at l_max.
+    overlong_buffer: int = 0  # L_cache, in tokens of l_max (scale_to_context scales it); 0: off
+    overlong_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         if self.name not in REWARDS and not any(sep in self.name for sep in ".:"):
@@ -92,6 +98,12 @@ class RewardConfig:
             raise ConfigError("reward.rep_ngram and reward.rep_threshold must be >= 1, reward.rep_cap >= 0")
         if self.w_acc < 0 or self.w_rep < 0 or self.verify_timeout_s < 0:
             raise ConfigError("reward.w_acc, reward.w_rep and reward.verify_timeout_s must be >= 0")
+        if not 0 <= self.overlong_buffer <= self.l_max or self.overlong_penalty < 0:
+            raise ConfigError(f"reward.overlong_buffer must be in [0, l_max={self.l_max}] and reward.overlong_penalty "
+                              ">= 0")
+        if self.overlong_buffer and self.name not in REWARDS:
+            raise ConfigError(f"reward.overlong_buffer applies to the built-in rewards ({', '.join(REWARDS)}), not "
+                              f"{self.name!r}; add the term in that function (phi4.overlong_reward) or set it to 0")
 
 
 @dataclass(frozen=True)
@@ -120,7 +132,8 @@ def scale_to_context(cfg: RewardConfig, max_len: int) -> RewardConfig:
         raise ConfigError(f"scale_to_context: max_len={max_len} must be at least 2 tokens")
     pos = min(max_len - 1, round(max_len * cfg.l_pos_control / cfg.l_max))
     neg = max(1, round(max_len * cfg.l_neg_control / cfg.l_max))
-    return dataclasses.replace(cfg, l_max=max_len, l_pos_control=pos, l_neg_control=neg)
+    buffer = min(max_len, max(1, round(max_len * cfg.overlong_buffer / cfg.l_max))) if cfg.overlong_buffer else 0
+    return dataclasses.replace(cfg, l_max=max_len, l_pos_control=pos, l_neg_control=neg, overlong_buffer=buffer)
 
 
 def _cosine(rho: float, start: float, end: float) -> float:
@@ -170,6 +183,31 @@ def repetition_penalty(text: str, n: int = 5, threshold: int = 5, cap: float = 1
     return -min(cap, max(len(frequent) / total, max(frequent) / (len(words) / n)))
 
 
+def overlong_reward(num_tokens: int, l_max: int, buffer: int) -> float:
+    """DAPO's soft overlong punishment (arXiv 2503.14476, Eq. 13), R_length of a completion of L tokens.
+
+    0 for L <= l_max - buffer; ((l_max - buffer) - L) / buffer above it, reaching -1 at l_max; -1 beyond.
+
+    Args:
+        num_tokens: L.
+        l_max: the generation budget.
+        buffer: L_cache, the punished span before l_max (> 0).
+
+    Returns:
+        A value in [-1, 0].
+    """
+    return max(-1.0, min(0.0, (l_max - buffer - num_tokens) / buffer))
+
+
+def _with_overlong(result: RewardResult, num_tokens: int, cfg: RewardConfig) -> RewardResult:
+    """``result`` plus ``overlong_penalty * R_overlong`` and its ``overlong`` component, when the term is on."""
+    if not cfg.overlong_buffer:
+        return result
+    term = overlong_reward(num_tokens, cfg.l_max, cfg.overlong_buffer)
+    return RewardResult(result.reward + cfg.overlong_penalty * term, result.correct,
+                        result.components | {"overlong": term})
+
+
 def _base_components(completion: str, answer: str, finished: bool, cfg: RewardConfig,
                      mode: str) -> dict[str, float]:
     verdict = check_answer(completion, answer, mode, cfg.verify_timeout_s)
@@ -195,7 +233,7 @@ def phi4_reward(completion: str, answer: str, num_tokens: int, finished: bool, c
 
     Returns:
         The reward with components ``accuracy, format, truncated, verify_failed, length_reward, r_acc,
-        repetition``.
+        repetition`` (and ``overlong`` with reward.overlong_buffer > 0).
     """
     comp = _base_components(completion, answer, finished, cfg, mode)
     comp["length_reward"] = length_reward(comp["accuracy"] == 1.0, num_tokens, cfg)
@@ -206,19 +244,20 @@ def phi4_reward(completion: str, answer: str, num_tokens: int, finished: bool, c
     else:
         comp["r_acc"] = comp["length_reward"]
     comp["repetition"] = repetition_penalty(completion, cfg.rep_ngram, cfg.rep_threshold, cfg.rep_cap)
-    return RewardResult(cfg.w_acc * comp["r_acc"] + cfg.w_rep * comp["repetition"], comp["accuracy"] == 1.0, comp)
+    result = RewardResult(cfg.w_acc * comp["r_acc"] + cfg.w_rep * comp["repetition"], comp["accuracy"] == 1.0, comp)
+    return _with_overlong(result, num_tokens, cfg)
 
 
 def phi4_mini_reward(completion: str, answer: str, num_tokens: int, finished: bool, cfg: RewardConfig,
                      mode: str) -> RewardResult:
     """The Phi-4-mini-reasoning RLVR reward: ``correct_max`` (+1) if correct, else ``wrong_min`` (-1).
 
-    Same arguments as ``phi4_reward``; ``num_tokens`` is unused. Components: ``accuracy, format,
+    Same arguments as ``phi4_reward``; ``num_tokens`` serves only the overlong term. Components: ``accuracy, format,
     truncated, verify_failed``.
     """
     comp = _base_components(completion, answer, finished, cfg, mode)
     correct = comp["accuracy"] == 1.0
-    return RewardResult(cfg.correct_max if correct else cfg.wrong_min, correct, comp)
+    return _with_overlong(RewardResult(cfg.correct_max if correct else cfg.wrong_min, correct, comp), num_tokens, cfg)
 
 
 # The built-in rewards, by the name a config gives (reward.name); any other name is a "package.module:function".

@@ -12,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from thinktune.data.chat import IGNORE_INDEX
 from thinktune.modeling import onednn
+from thinktune.train.policy_loss import POLICY_LOSSES
 
 # The most float32 logits one chunk of ``chunked_score`` holds: 256 MiB, 670 tokens of Phi-4's vocabulary.
 CHUNK_BYTES = 1 << 28
@@ -177,10 +178,11 @@ def chosen_nll(policy_chosen_logps: torch.Tensor, chosen_num_tokens: torch.Tenso
 # ---------------------------------------------------------------------------------------------------------
 # GRPO
 
-LOSS_AGGREGATIONS = ("token_mean", "seq_mean")
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean", "token_sum_norm")
 
 
-def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, num_tokens: int, num_seqs: int) -> torch.Tensor:
+def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, num_tokens: int, num_seqs: int,
+              max_len: int = 0) -> torch.Tensor:
     """Reduce per-token losses to the batch loss, so that summing over micro-batches gives the whole batch's.
 
     Args:
@@ -188,9 +190,12 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, num_tokens: i
         mask: [B, T] 1 on completion tokens.
         mode: "token_mean": every token of the batch weighs the same (DAPO; long answers count more);
             "seq_mean": the mean over sequences of each sequence's token mean (the original GRPO; each
-            answer counts the same, so tokens of long answers count less).
+            answer counts the same, so tokens of long answers count less);
+            "token_sum_norm": the token sum over num_seqs * max_len (Dr. GRPO: a constant normaliser, so
+            neither the answer's length nor the batch's token count rescales a token's gradient).
         num_tokens: completion tokens in the whole batch (all micro-batches), for "token_mean".
-        num_seqs: sequences in the whole batch, for "seq_mean".
+        num_seqs: sequences in the whole batch, for "seq_mean" and "token_sum_norm".
+        max_len: the generation budget, for "token_sum_norm".
     """
     mask = mask.to(values.dtype)
     if mode == "token_mean":
@@ -198,6 +203,10 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, num_tokens: i
     if mode == "seq_mean":
         per_seq = (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # [B]
         return per_seq.sum() / max(num_seqs, 1)
+    if mode == "token_sum_norm":
+        if max_len < 1:
+            raise ValueError("loss aggregation 'token_sum_norm' needs max_len, the generation budget")
+        return (values * mask).sum() / (max(num_seqs, 1) * max_len)
     raise ValueError(f"loss aggregation {mode!r}; choose one of {', '.join(LOSS_AGGREGATIONS)}")
 
 
@@ -214,28 +223,34 @@ def entropy_from_logprobs(logp: torch.Tensor) -> torch.Tensor:
 
 def grpo_token_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, clip_low: float,
                     clip_high: float, ref_logps: torch.Tensor | None = None, beta: float = 0.0,
-                    entropy: torch.Tensor | None = None, gamma: float = 0.0
-                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The per-token GRPO objective to minimise, before aggregation.
+                    entropy: torch.Tensor | None = None, gamma: float = 0.0, *, objective: str = "grpo",
+                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The per-token loss of a GRPO-family objective to minimise, before aggregation.
 
-    loss_t = -min(rho_t A, clip(rho_t, 1 - clip_low, 1 + clip_high) A) + beta KL_k3(pi || ref)_t - gamma H_t
-    with rho_t = exp(logp_t - old_logp_t). Separate low and high clip ratios are DAPO's "clip-higher".
+    loss_t = policy_t + beta KL_k3(pi || ref)_t - gamma H_t, with policy_t the objective's term
+    (``policy_loss.POLICY_LOSSES``). The default, "grpo", is -min(rho_t A, clip(rho_t, 1 - clip_low,
+    1 + clip_high) A) with rho_t = exp(logp_t - old_logp_t); separate low and high clips are DAPO's
+    "clip-higher".
 
     Args:
         logps, old_logps: [B, T] log-probs of the sampled tokens under the current and the sampling policy.
         advantages: [B] one advantage per sequence, broadcast over its tokens.
         ref_logps: [B, T] under the frozen reference, needed when beta > 0.
         entropy: [B, T] policy entropy per position, needed when gamma > 0.
+        objective: a key of ``POLICY_LOSSES``.
+        mask: [B, T] 1 on completion tokens; the sequence-level objectives (GSPO) average over it. None: all.
 
     Returns:
-        (loss [B, T], stats [B, T] each: ratio, clipped (1 where the clipped branch was taken), kl, entropy).
+        (loss [B, T], stats [B, T] each: ratio, clipped_low, clipped_high, clipped (their sum), kl, entropy).
+
+    Raises:
+        ValueError: an unknown objective.
     """
-    ratio = torch.exp(logps - old_logps)  # [B, T]
-    adv = advantages[:, None].to(logps.dtype)  # [B, 1]
-    unclipped = ratio * adv
-    clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
-    loss = -torch.minimum(unclipped, clipped)  # [B, T]
-    stats = {"ratio": ratio.detach(), "clipped": (clipped < unclipped).float()}
+    if objective not in POLICY_LOSSES:
+        raise ValueError(f"policy loss {objective!r}; choose one of {', '.join(POLICY_LOSSES)}")
+    mask = torch.ones_like(logps) if mask is None else mask
+    loss, stats = POLICY_LOSSES[objective](logps, old_logps, advantages, mask, clip_low, clip_high)  # [B, T]
+    stats["clipped"] = stats["clipped_low"] + stats["clipped_high"]
     if beta:
         kl = kl_k3(logps, ref_logps)
         loss = loss + beta * kl
