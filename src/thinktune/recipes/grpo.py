@@ -68,10 +68,9 @@ from thinktune.rollout.service import check_sampling, make_sampler
 from thinktune.tasks.benchmarks import load_prompts
 from thinktune.tracking import MetricsLogger, plot_curves, progress
 from thinktune.train import checkpoint, distributed, policy_loss
-from thinktune.train.advantages import ADVANTAGE_MODES, annealed_temperature, balance_group, group_advantages
-from thinktune.train.logprobs import PromptCache, length_sorted_chunks, right_padded
-from thinktune.train.losses import LOSS_AGGREGATIONS, aggregate, grpo_token_loss
-from thinktune.train.mismatch import abs_diff, k3
+from thinktune.train.advantages import ADVANTAGE_MODES, annealed_temperature, balance_group
+from thinktune.train.grpo_update import Rollouts, build_rollouts, update  # noqa: F401 - Rollouts: tests build them here
+from thinktune.train.losses import LOSS_AGGREGATIONS
 from thinktune.train.optim import build_optimizer, build_scheduler
 from thinktune.train.run_dir import claim, release
 
@@ -155,20 +154,6 @@ class GRPOConfig:
                                     self.anneal_fraction)
 
 
-@dataclass
-class Rollouts:
-    """The samples of one step that enter the update, flattened: N completions of the step's prompts."""
-
-    prompts: list[list[int]]  # the step's prompts, each once
-    prompt_index: list[int]  # [N] which prompt each completion answers
-    completions: list[list[int]]  # [N] completion tokens
-    # [N] per completion token, under the sampling distribution; None when the sampler gives none (vLLM):
-    # the update's first pass, which runs on the weights that sampled, then provides them.
-    old_logps: list[list[float]] | None
-    advantages: torch.Tensor  # [N]
-    in_loss: list[bool] | None = None  # [N] False: out of the loss (mask_truncated); None: every completion in
-
-
 def load_rows(cfg: GRPOConfig) -> list[dict]:
     return load_prompts(cfg.data.prompts, limit=cfg.data.limit or None, difficulties=cfg.data.difficulties)
 
@@ -189,106 +174,6 @@ def select(groups: list[list[Completion]], correct: list[list[bool]], cfg: GRPOC
     counts["samples_kept"] = len(keep)
     counts["samples_dropped"] = sum(len(g) for g in groups) - len(keep)
     return keep, counts
-
-
-def build_rollouts(prompts: list[list[int]], groups: list[list[Completion]], rewards: list[list[float]],
-                   keep: list[tuple[int, int]], cfg: GRPOConfig) -> Rollouts:
-    r = torch.tensor([rewards[p][j] for p, j in keep])  # [N]
-    adv = group_advantages(r, torch.tensor([p for p, _ in keep]), cfg.advantage) if keep else torch.zeros(0)
-    old = [groups[p][j].sampling_logprobs for p, j in keep]
-    return Rollouts(prompts=prompts, prompt_index=[p for p, _ in keep],
-                    completions=[groups[p][j].token_ids for p, j in keep],  # each ends with its EOS, so never empty
-                    old_logps=None if any(x is None for x in old) else old, advantages=adv,
-                    in_loss=[groups[p][j].finished or not cfg.mask_truncated for p, j in keep])
-
-
-def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperature: float, pad_id: int,
-           rt: runtime.Runtime) -> dict[str, float]:
-    """``updates_per_batch`` passes of the GRPO objective over the step's rollouts; returns update stats.
-
-    Log-probs come from ``PromptCache``: each prompt forwarded once per pass, completions in micro-batches
-    of similar length (see ``thinktune.train.logprobs``). Without the sampler's log-probs (``ro.old_logps`` None),
-    the old policy's are the first pass's own, detached: that pass runs before any optimizer step, on the
-    weights that sampled, so its ratio is exactly 1 (what TRL does for one pass, and verl's recomputation).
-    """
-    n = len(ro.completions)
-    micro = length_sorted_chunks([len(c) for c in ro.completions], cfg.micro_batch_size)
-    micro = distributed.pad_passes(micro)  # FSDP: every rank runs as many passes as the busiest one
-    in_loss = ro.in_loss or [True] * n  # the advantages saw every completion; the loss sees these
-    num_tokens, n = sum(len(c) for c, x in zip(ro.completions, in_loss, strict=True) if x), sum(in_loss)
-    # The loss is normalised by the counts over all ranks, so N ranks make the one-process loss.
-    num_tokens, n = (int(v) for v in distributed.all_sum(num_tokens, n))
-    autocast = rt.dtype if rt.dtype != torch.float32 else None
-
-    def forward(cache: PromptCache, idx: list[int], need_entropy: bool | str):
-        if not idx:  # a filler pass (distributed.pad_passes): run the model so FSDP's collectives match
-            logps, entropy, mask = cache.logps([0], [[pad_id]], temperature, need_entropy)
-            return logps, entropy, mask * 0
-        return cache.logps([ro.prompt_index[i] for i in idx], [ro.completions[i] for i in idx], temperature,
-                           need_entropy)
-
-    ref_logps = []
-    if cfg.beta and reference is not None:
-        with torch.no_grad():
-            ref_cache = PromptCache(reference, ro.prompts, pad_id, cfg.share_prompt, autocast,
-                                    compile=cfg.model.compile)
-            ref_logps = [forward(ref_cache, idx, False)[0] for idx in micro]
-        distributed.reshard(reference)  # FSDP leaves a root's weights gathered after a forward with no backward
-    # Statistics stay on the device until the update ends: reading each one as it comes would make the CPU
-    # wait for the GPU after every micro-batch.
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("kl", "entropy", "clip_fraction", "clip_low",
-                                                           "clip_high", "ratio")}
-    grad_norms = []
-    first_pass: list[torch.Tensor] = []  # per micro-batch, the old policy's log-probs when the sampler gave none
-    # Per micro-batch of the first pass (the weights that sampled): [sum |Δ|, max |Δ|, sum k3, tokens] between the
-    # sampler's log-probs and the training forward's, which agree up to rounding unless kernels or dtypes differ.
-    drift: list[torch.Tensor] = []
-    for u in range(cfg.updates_per_batch):
-        cache = PromptCache(model, ro.prompts, pad_id, cfg.share_prompt, autocast, compile=cfg.model.compile)
-        for k, idx in enumerate(micro):
-            logps, entropy, mask = forward(cache, idx, need_entropy="grad" if cfg.gamma else True)  # [B, T] each
-            if ro.old_logps is not None:
-                old, _ = right_padded([ro.old_logps[i] for i in idx] or [[]], 0.0, rt.device, torch.float32,
-                                      width=logps.shape[1])
-                if u == 0 and idx:
-                    gap = abs_diff(old, logps.detach(), mask)
-                    drift.append(torch.stack([gap.sum(), gap.max(), k3(old, logps.detach(), mask).sum(),
-                                              mask.sum().double()]))
-            else:
-                if len(first_pass) == k:
-                    first_pass.append(logps.detach().float())
-                old = first_pass[k]
-            advantages = ro.advantages[idx] if idx else torch.zeros(1)
-            mask = mask * torch.tensor([in_loss[i] for i in idx] or [0], device=mask.device)[:, None]  # [B, T]
-            loss_t, stats = grpo_token_loss(logps, old, advantages.to(rt.device), cfg.clip_low, cfg.clip_high,
-                                            ref_logps[k] if ref_logps else None, cfg.beta if ref_logps else 0.0,
-                                            entropy, cfg.gamma, objective=cfg.loss, mask=mask)
-            (aggregate(loss_t, mask, cfg.loss_agg, num_tokens, n, cfg.sampling.max_new_tokens)
-             * distributed.loss_scale(rt)).backward()
-            for key, name in (("kl", "kl"), ("entropy", "entropy"), ("clip_fraction", "clipped"), ("ratio", "ratio"),
-                              ("clip_low", "clipped_low"), ("clip_high", "clipped_high")):
-                if name in stats:
-                    parts[key].append((stats[name].detach() * mask).sum())
-        cache.backward_prompts()
-        grad_norms.append(distributed.clip_grad_norm(model, cfg.optim.grad_clip))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    sums = {k: float(torch.stack(v).cpu().double().sum()) if v else 0.0 for k, v in parts.items()}
-    sums = dict(zip(sums, distributed.all_sum(*sums.values()), strict=True))
-    denom = max(num_tokens * cfg.updates_per_batch, 1)
-    grad_norm = float(torch.stack(grad_norms).cpu().double().mean())
-    return ({f"update/{k}": v / denom for k, v in sums.items()} | {"update/grad_norm": grad_norm}
-            | (sampler_drift(drift) if ro.old_logps is not None else {}))
-
-
-def sampler_drift(drift: list[torch.Tensor]) -> dict[str, float]:
-    """The step's ``thinktune.train.mismatch`` figures over every rank's first-pass micro-batches (every rank
-    calls it: a rank without samples adds zeros)."""
-    local = torch.stack(drift).cpu() if drift else torch.zeros(1, 4, dtype=torch.float64)
-    abs_sum, k3_sum, count = distributed.all_sum(*(float(local[:, i].sum()) for i in (0, 2, 3)))
-    worst = max(distributed.gather_lists([float(local[:, 1].max())]))
-    count = max(count, 1.0)
-    return {"mismatch/abs_mean": abs_sum / count, "mismatch/abs_max": worst, "mismatch/kl_k3": k3_sum / count}
 
 
 def reference_model(cfg: GRPOConfig, model, tokenizer, rt: runtime.Runtime):
