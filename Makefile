@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 # e.g. `make TORCH=torch` (torch >= 2.8; CI runs 2.13.0).
 TORCH ?= torch==2.13.0
 
-.PHONY: demo demo-quick demo-real demo-real-quick smollm2 test test-fast test-rest lint clean bench-grpo \
+.PHONY: demo demo-quick demo-real demo-real-quick smollm2 test test-fast test-rest lint clean bench-grpo bench-objectives \
 	test-lowest test-lowest-fast check-vllm-extra
 
 $(VENV)/.installed: pyproject.toml
@@ -115,3 +115,7 @@ check-vllm-extra: $(VENV)/.installed
 
 bench-grpo: .venv-bench/.installed
 	.venv-bench/bin/python benchmarks/grpo_step.py
+
+# Each GRPO-family objective's loss and gradient against TRL's GRPOTrainer._compute_loss on the same tensors (1e-6).
+bench-objectives: .venv-bench/.installed
+	.venv-bench/bin/python benchmarks/objectives_trl.py
