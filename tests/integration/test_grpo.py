@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 
 from thinktune.config import load_config
+from thinktune.data.order import step_units
 from thinktune.data.synth import SynthConfig
 from thinktune.data.synth import run as run_synth
+from thinktune.errors import ConfigError
 from thinktune.modeling import build_model
 from thinktune.recipes import grpo
+from thinktune.train import checkpoint
 
 pytestmark = pytest.mark.integration
 ASSETS = Path(__file__).parents[1] / "assets"
@@ -269,3 +272,198 @@ def test_build_rollouts_marks_cut_completions_with_mask_truncated(world):
         ro = grpo.build_rollouts([[1]], [[done, cut]], [[1.0, 0.0]], [(0, 0), (0, 1)], cfg)
         assert ro.in_loss == want
         assert ro.advantages[0] > 0 > ro.advantages[1]  # the cut one still counts in its group's advantage
+
+
+def expected_draws(cfg: grpo.GRPOConfig, steps: int) -> tuple[list[dict], int]:
+    """The select/ counts dynamic sampling must log under toy_rewards:even_answers_uniform, derived from the reward's
+    construction (a prompt with an even answer gives a uniform group, any other a spread one) and the data order,
+    and the data position after ``steps`` steps."""
+    rows, pps = grpo.load_rows(cfg), cfg.prompts_per_step
+    position, out = 0, []
+    for _ in range(steps):
+        e = dict.fromkeys(("rounds", "prompts_drawn", "groups_uniform_dropped", "groups_surplus_dropped",
+                           "groups_kept"), 0)
+        while e["rounds"] < cfg.max_sampling_rounds and e["groups_kept"] < pps:
+            idx = step_units(position, pps, len(rows), cfg.seed)
+            position += pps
+            usable = sum(int(rows[i]["answer"]) % 2 != 0 for i in idx)
+            take = min(usable, pps - e["groups_kept"])
+            e["rounds"] += 1
+            e["prompts_drawn"] += pps
+            e["groups_uniform_dropped"] += pps - usable
+            e["groups_surplus_dropped"] += usable - take
+            e["groups_kept"] += take
+        e["groups_short"] = pps - e["groups_kept"]
+        out.append(e)
+    return out, position
+
+
+def dynamic_args(root: Path, out: Path, **extra) -> list[str]:
+    return grpo_args(root, out, **{"reward.name": "toy_rewards:even_answers_uniform", "dynamic_sampling": "true",
+                                   "max_sampling_rounds": 4, **extra})
+
+
+def test_dynamic_sampling_refills_the_batch_logs_the_draws_and_resumes_exactly(world, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ASSETS))
+    out = tmp_path / "dynamic"
+    cfg = load_config(grpo.GRPOConfig, None, dynamic_args(world, out))
+    want, position = expected_draws(cfg, 4)
+    # The data makes the case: some step needs more than one round, and every step fills in four.
+    assert any(e["rounds"] > 1 and e["groups_uniform_dropped"] for e in want) and not any(e["groups_short"] for e in want)
+    grpo.run(cfg)
+    rows = metrics(out)
+    for r, e in zip(rows, want, strict=True):
+        assert {k: r[f"select/{k}"] for k in e} == e, r["step"]
+        # Full batch: prompts_per_step groups of sampling.n samples, every sample drawn counted once.
+        assert r["select/samples_kept"] == 16, r["step"]
+        assert r["select/samples_kept"] + r["select/samples_dropped"] == 4 * r["select/prompts_drawn"], r["step"]
+        assert math.isfinite(r["update/kl"]), r["step"]
+    # The checkpoint holds the position past every prompt drawn, not steps x prompts_per_step.
+    state = checkpoint.load_state(out / "checkpoints" / "step-2")
+    assert state["data"]["position"] == sum(e["prompts_drawn"] for e in want[:2]) > 2 * 4
+    assert position == sum(e["prompts_drawn"] for e in want)
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    shutil.rmtree(resumed / "final")
+    grpo.run(load_config(grpo.GRPOConfig, None, dynamic_args(world, resumed)))
+    for a, b in zip(rows, metrics(resumed), strict=True):
+        assert {k: v for k, v in a.items() if k.startswith("select/")} == \
+               {k: v for k, v in b.items() if k.startswith("select/")}, a["step"]
+        assert a["rollout/reward_mean"] == pytest.approx(b["rollout/reward_mean"], abs=1e-9), a["step"]
+        assert a["update/kl"] == pytest.approx(b["update/kl"], rel=1e-5, abs=1e-9), a["step"]
+
+
+def test_dynamic_sampling_out_of_rounds_trains_on_what_it_kept(world, tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ASSETS))
+    out = tmp_path / "short"
+    cfg = load_config(grpo.GRPOConfig, None, dynamic_args(world, out, max_sampling_rounds=1, max_steps=1,
+                                                          **{"log.save_every": 0}))
+    (want,), _ = expected_draws(cfg, 1)
+    assert 0 < want["groups_kept"] < 4  # the first four prompts mix even and odd answers
+    grpo.run(cfg)
+    (r,) = metrics(out)
+    assert {k: r[f"select/{k}"] for k in want} == want
+    assert r["select/samples_kept"] == 4 * want["groups_kept"] and "update/kl" in r
+    assert f"kept {want['groups_kept']} of prompts_per_step=4 groups in max_sampling_rounds=1" in capsys.readouterr().out
+
+
+def test_dynamic_sampling_stops_when_no_round_finds_a_usable_group(world, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ASSETS))
+    cfg = load_config(grpo.GRPOConfig, None, grpo_args(world, tmp_path / "zeros", **{
+        "reward.name": "toy_rewards:zeros", "dynamic_sampling": "true", "max_sampling_rounds": 2}))
+    with pytest.raises(ConfigError, match=r"step 1 kept no group of the 8 prompts drawn in max_sampling_rounds=2 "
+                                          r"rounds \(8 with equal rewards\); raise max_sampling_rounds") as e:
+        grpo.run(cfg)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "zeros" / "metrics.jsonl").exists() or not metrics(tmp_path / "zeros")
+
+
+def test_dynamic_sampling_refills_with_the_groups_balance_keeps(world, tmp_path, monkeypatch):
+    # Under balance an even answer's group has no positive; an odd one's is kept or dropped by its samples' luck.
+    # Whatever the luck, every group drawn is accounted for once, and what balance drops is not in the batch.
+    monkeypatch.syspath_prepend(str(ASSETS))
+    out = tmp_path / "balanced"
+    grpo.run(load_config(grpo.GRPOConfig, None, dynamic_args(world, out, balance="true", max_steps=2,
+                                                             **{"log.save_every": 0})))
+    for r in metrics(out):
+        s = {k.removeprefix("select/"): v for k, v in r.items() if k.startswith("select/")}
+        assert s["prompts_drawn"] == 4 * s["rounds"] and s["groups_kept"] + s["groups_short"] == 4
+        assert s["prompts_too_easy"] + s["prompts_no_positive"] + s["groups_uniform_dropped"] + \
+            s["groups_surplus_dropped"] + s["groups_kept"] == s["prompts_drawn"], s
+        assert s["rounds"] == 4 or s["groups_kept"] == 4, s
+        assert s["prompts_no_positive"] >= 1 and s["samples_kept"] <= 4 * s["groups_kept"], s
+
+
+# --- rollout-trainer mismatch correction (train/policy_loss.py ImportanceCorrection, train/grpo_update.py) ---
+
+
+def test_mismatch_correction_gives_each_log_prob_its_role(world, monkeypatch):
+    # The sampler's log-probs are the exact teacher-forced ones shifted by known offsets d_t = trainer - sampler.
+    # mode=none puts them in the PPO ratio (its mean on the one pass is the mean of exp(d_t)); recompute_old_logps
+    # replaces them there by the trainer's own, so the update equals the one handed exact log-probs; tis then
+    # weights each token by min(exp(d_t), 2) and mis_token keeps the tokens with |d_t| <= log 2.
+    import copy
+
+    import torch
+
+    from thinktune import runtime
+    from thinktune.errors import ConfigError
+    from thinktune.modeling import models
+    from thinktune.train import grpo_update
+    from thinktune.train.logprobs import length_sorted_chunks
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    import grpo_update_worker
+
+    base = [f"model.path={world / 'model'}", "model.system_prompt=", "data.prompts=unused.jsonl", "beta=0",
+            "gamma=0.01", "micro_batch_size=3", "updates_per_batch=1"]
+    rt = runtime.init("fp32", 0)
+    cfg = load_config(grpo.GRPOConfig, None, base)
+    tokenizer = models.load_tokenizer(cfg.model)
+    start = models.load_model(cfg.model, tokenizer, rt.device, torch.float32).train()
+    ro = grpo_update_worker.fixed_rollouts(len(tokenizer))
+    temperature = 0.7
+    with torch.no_grad():  # the trainer's old log-probs: one plain forward per sequence, no prompt cache
+        exact = []
+        for p, c in zip(ro.prompts, ro.completions, strict=True):
+            logits = start(input_ids=torch.tensor([p + c])).logits[0, len(p) - 1:-1] / temperature
+            exact.append(torch.log_softmax(logits, -1).gather(1, torch.tensor(c)[:, None]).squeeze(1).tolist())
+    # log 2 = 0.693: 0.9 and 0.8 are capped by tis; 0.9, -1.2, 0.8 and -0.75 are outside mis's band [1/2, 2]
+    offsets = [0.9, -0.5, 0.3, -1.2, 0.05, 0.0, 0.8, -0.75]
+    d = [[offsets[(i + t) % len(offsets)] for t in range(len(c))] for i, c in enumerate(ro.completions)]
+    sampler = [[e - x for e, x in zip(row, dr, strict=True)] for row, dr in zip(exact, d, strict=True)]
+    flat = [x for row in d for x in row]
+    log2 = math.log(2.0)
+
+    weights_seen = []
+    real_loss = grpo_update.grpo_token_loss
+
+    def spy(*args, **kwargs):
+        weights_seen.append(kwargs["weights"])
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(grpo_update, "grpo_token_loss", spy)
+
+    def updated(old_logps, *correction: str):
+        weights_seen.clear()
+        c = load_config(grpo.GRPOConfig, None, [*base, *correction])
+        model = copy.deepcopy(start)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        stats = grpo.update(model, None, optimizer, grpo.Rollouts(ro.prompts, ro.prompt_index, ro.completions,
+                                                                  old_logps, ro.advantages),
+                            c, temperature, tokenizer.pad_token_id, rt)
+        return torch.cat([p.detach().flatten() for p in model.parameters()]), stats, list(weights_seen)
+
+    given, given_stats, _ = updated(exact)
+    shifted, shifted_stats, shifted_weights = updated(sampler)
+    # mode=none: the sampler's (shifted) log-probs are the ratio's old ones, and nothing weights the loss
+    assert shifted_weights == [None] * 3 and not any(k.startswith("correction/") for k in shifted_stats)
+    assert given_stats["update/ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert shifted_stats["update/ratio"] == pytest.approx(sum(math.exp(x) for x in flat) / len(flat), rel=1e-5)
+    assert shifted_stats["mismatch/abs_max"] == pytest.approx(1.2, rel=1e-5)
+    assert (shifted - given).abs().max() > 1e-3  # the old log-probs matter here
+
+    recomputed, recomputed_stats, _ = updated(sampler, "correction.recompute_old_logps=true")
+    torch.testing.assert_close(recomputed, given, rtol=0, atol=1e-6)
+    assert recomputed_stats["update/ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert recomputed_stats["mismatch/abs_max"] == pytest.approx(1.2, rel=1e-5)  # still sampler vs trainer
+
+    micro = length_sorted_chunks([len(c) for c in ro.completions], 3)  # the update's micro-batches, in order
+    for mode, want in (("tis", lambda x: min(math.exp(x), 2.0)), ("mis_token", lambda x: float(abs(x) <= log2))):
+        moved, stats, seen = updated(sampler, f"correction.mode={mode}", "correction.recompute_old_logps=true")
+        assert len(seen) == len(micro)
+        for w, idx in zip(seen, micro, strict=True):
+            expect = torch.zeros_like(w)
+            for row, i in enumerate(idx):
+                expect[row, :len(d[i])] = torch.tensor([want(x) for x in d[i]])
+            torch.testing.assert_close(w, expect, rtol=1e-5, atol=1e-6)
+        assert stats["correction/weight_mean"] == pytest.approx(sum(map(want, flat)) / len(flat), rel=1e-5)
+        capped = sum(x > log2 for x in flat) / len(flat) if mode == "tis" else 0.0
+        masked = sum(abs(x) > log2 for x in flat) / len(flat) if mode == "mis_token" else 0.0
+        assert stats["correction/capped_fraction"] == pytest.approx(capped)
+        assert stats["correction/masked_fraction"] == pytest.approx(masked)
+        assert capped + masked > 0.2 and (moved - recomputed).abs().max() > 1e-4  # the weights change the update
+
+    with pytest.raises(ConfigError, match="correction.mode=tis .* gives none"):
+        updated(None, "correction.mode=tis", "correction.recompute_old_logps=true")

@@ -6,9 +6,10 @@ Run:
 
 Each step: P prompts x G samples from the sampler at the step's temperature -> rewards and their
 components -> (optional) Phi-4-mini rebalancing: keep every positive sample and as many negatives, drop
-prompts above an accuracy threshold -> group advantages -> reference log-probs -> ``updates_per_batch``
-passes of the clipped surrogate with KL (k3, coefficient beta) and an entropy bonus (gamma) -> log, dump
-rollouts, checkpoint.
+prompts above an accuracy threshold -> (optional) DAPO's dynamic sampling: drop groups whose rewards are all
+equal and refill the step from the data order, in up to ``max_sampling_rounds`` rounds (``draw``) -> group
+advantages -> reference log-probs -> ``updates_per_batch`` passes of the clipped surrogate with KL (k3,
+coefficient beta) and an entropy bonus (gamma) -> log, dump rollouts, checkpoint.
 
 The old policy's log-probs are the ones the sampler returns under the distribution it sampled
 (softmax of logits / temperature); the update computes the policy's log-probs at the same temperature, so
@@ -36,10 +37,12 @@ and Adam betas are not reported; they are config fields with conventional defaul
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -72,6 +75,7 @@ from thinktune.train.advantages import ADVANTAGE_MODES, annealed_temperature, ba
 from thinktune.train.grpo_update import Rollouts, build_rollouts, update  # noqa: F401 - Rollouts: tests build them here
 from thinktune.train.losses import LOSS_AGGREGATIONS
 from thinktune.train.optim import build_optimizer, build_scheduler
+from thinktune.train.policy_loss import ImportanceCorrection
 from thinktune.train.run_dir import claim, release
 
 
@@ -107,11 +111,17 @@ class GRPOConfig:
     clip_high: float | None = None  # ratio ceiling 1 + clip_high
     loss_agg: str = ""  # token_mean | seq_mean | token_sum_norm (over prompts x sampling.max_new_tokens)
     mask_truncated: bool = False  # completions cut at sampling.max_new_tokens leave the loss (DAPO's filtering)
+    correction: ImportanceCorrection = field(default_factory=ImportanceCorrection)  # sampler-trainer gap: tis, mis
     beta: float = 0.001  # KL to the frozen reference (k3)
     gamma: float = 0.001  # entropy bonus
     updates_per_batch: int = 1  # mu: passes over each batch of rollouts
     balance: bool = False  # Phi-4-mini rebalancing: all positives, as many negatives
     max_group_accuracy: float = 0.5  # with balance: prompts above this accuracy are dropped
+    # DAPO's dynamic sampling (arXiv 2503.14476, section 3.2): drop groups whose kept rewards are all equal (zero
+    # advantage) and draw further prompts_per_step prompts from the data order until prompts_per_step groups are
+    # kept, in at most max_sampling_rounds rounds (the step's first included); see draw().
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 3
     micro_batch_size: int = 8  # completions per forward pass in the update (sorted by length)
     share_prompt: bool = True  # forward each prompt once per pass, not once per sample (same result)
     score_behind_decode: bool | None = None  # score each completion as it ends, beside the decode; None: on GPUs
@@ -142,6 +152,8 @@ class GRPOConfig:
                               "truncated distribution is not the policy whose log-probs the update compares)")
         if self.temperature_end < 0:
             raise ConfigError("temperature_end must be >= 0 (0: no annealing)")
+        if self.max_sampling_rounds < 1:
+            raise ConfigError("max_sampling_rounds must be >= 1 (rounds of prompts_per_step prompts a step may draw)")
         if not (0 <= self.clip_low <= 1 and self.clip_high >= 0):
             raise ConfigError("clip_low must be in [0, 1] (1: no floor) and clip_high >= 0")
         check_sizes(max_steps=self.max_steps, updates_per_batch=self.updates_per_batch,
@@ -174,6 +186,133 @@ def select(groups: list[list[Completion]], correct: list[list[bool]], cfg: GRPOC
     counts["samples_kept"] = len(keep)
     counts["samples_dropped"] = sum(len(g) for g in groups) - len(keep)
     return keep, counts
+
+
+def drop_uniform(keep: list[tuple[int, int]], rewards: list[list[float]]) -> tuple[list[int], int]:
+    """The groups among ``keep`` whose kept samples' rewards differ, in order, and how many groups were dropped
+    because theirs are all equal: every advantage zero, so no policy gradient (DAPO's dynamic sampling)."""
+    kept: dict[int, list[float]] = {}
+    for p, j in keep:
+        kept.setdefault(p, []).append(rewards[p][j])
+    usable = [p for p, rs in kept.items() if max(rs) > min(rs)]
+    return usable, len(kept) - len(usable)
+
+
+def fill_share(count: int, need: int, rt: runtime.Runtime) -> tuple[int, int]:
+    """How many of this rank's ``count`` usable groups go into the step, and how many all ranks' do: the first
+    ``need`` in rank order (collective: every rank calls, so every rank sees the same total)."""
+    counts = distributed.gather_lists([count])
+    mine = max(0, min(count, need - sum(counts[:rt.rank])))
+    return mine, min(sum(counts), need)
+
+
+@dataclass
+class StepDraw:
+    """What this rank sampled in one step, over all its rounds, and the samples that enter the update."""
+
+    position: int  # the data position after the step's rounds
+    rows: list[dict] = field(default_factory=list)
+    prompts: list[list[int]] = field(default_factory=list)
+    groups: list[list[Completion]] = field(default_factory=list)
+    results: list[list] = field(default_factory=list)
+    keep: list[tuple[int, int]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # this rank's; the caller sums them over ranks
+    rounds: int = 0
+    groups_kept: int = 0  # with dynamic_sampling: over all ranks
+
+    def rewards(self) -> list[list[float]]:
+        return [[r.reward for r in rs] for rs in self.results]
+
+    def correct(self) -> list[list[bool]]:
+        return [[r.correct for r in rs] for rs in self.results]
+
+    def update_batch(self) -> tuple[list[list[int]], list[list[Completion]], list[list[float]], list[tuple[int, int]]]:
+        """Prompts, groups, rewards and kept pairs of the groups with kept samples only, renumbered: the update
+        forwards every prompt it is given, and dynamic sampling draws several times the prompts it keeps."""
+        used = sorted({p for p, _ in self.keep})
+        new = {p: i for i, p in enumerate(used)}
+        rewards = self.rewards()
+        return ([self.prompts[p] for p in used], [self.groups[p] for p in used], [rewards[p] for p in used],
+                [(new[p], j) for p, j in self.keep])
+
+
+def draw(step: int, position: int, rows: list[dict], prompt_ids: list[list[int]], cfg: GRPOConfig,
+         rt: runtime.Runtime, sample_round: Callable, rng: random.Random) -> StepDraw:
+    """Draw, sample and score the step's prompts from data ``position`` and choose the samples that enter the update.
+
+    Without ``dynamic_sampling``: one round of ``prompts_per_step`` prompts, ``select`` as before. With it (DAPO):
+    rounds of ``prompts_per_step`` prompts, each taken from the data order where the last one ended; a round's
+    groups go through ``select`` (balance, where on), then those whose kept rewards are all equal are dropped,
+    and the survivors fill the step up to ``prompts_per_step`` groups (the rest of the round that fills it is
+    dropped as surplus). The rounds stop when the step is full or after ``max_sampling_rounds``; every rank runs
+    the same rounds, since the fill is summed over ranks. The position moves past every prompt drawn.
+
+    ``sample_round(rows, prompts, seed)`` samples and scores this rank's share of a round: (groups, results).
+    """
+    d = StepDraw(position)
+    d.counts = {"prompts_too_easy": 0, "prompts_no_positive": 0}
+    if cfg.dynamic_sampling:
+        d.counts |= {"prompts_drawn": 0, "groups_uniform_dropped": 0, "groups_surplus_dropped": 0, "groups_kept": 0}
+    for r in range(cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
+        idx = distributed.shard(step_units(d.position, cfg.prompts_per_step, len(rows), cfg.seed), rt)
+        d.position += cfg.prompts_per_step
+        # round 0 keeps the one-round seed (on 1 rank, the one-process one); later rounds sit far from any step's
+        seed = (cfg.sampling.seed * 1_000_003 + step) * rt.world_size + rt.rank + r * 1_000_003 ** 2
+        round_rows, round_prompts = [rows[i] for i in idx], [prompt_ids[i] for i in idx]
+        groups, results = sample_round(round_rows, round_prompts, seed)
+        keep, counts = select(groups, [[x.correct for x in rs] for rs in results], cfg, rng)
+        base, d.rounds = len(d.groups), r + 1
+        d.rows += round_rows
+        d.prompts += round_prompts
+        d.groups += groups
+        d.results += results
+        for k in ("prompts_too_easy", "prompts_no_positive"):
+            d.counts[k] += counts[k]
+        if not cfg.dynamic_sampling:
+            d.keep = keep
+            break
+        usable, uniform = drop_uniform(keep, [[x.reward for x in rs] for rs in results])
+        mine, filled = fill_share(len(usable), cfg.prompts_per_step - d.groups_kept, rt)
+        taken = set(usable[:mine])
+        d.keep += [(base + p, j) for p, j in keep if p in taken]
+        d.groups_kept += filled
+        d.counts["prompts_drawn"] += len(idx)
+        d.counts["groups_uniform_dropped"] += uniform
+        d.counts["groups_surplus_dropped"] += len(usable) - mine
+        d.counts["groups_kept"] += mine
+        if d.groups_kept == cfg.prompts_per_step:
+            break
+    d.counts["samples_kept"] = len(d.keep)
+    d.counts["samples_dropped"] = sum(map(len, d.groups)) - len(d.keep)
+    return d
+
+
+def check_fill(counts: dict[str, float], cfg: GRPOConfig, step: int, warned: bool) -> bool:
+    """Act on a dynamic-sampling step that ran out of rounds (``counts`` summed over ranks); returns ``warned``.
+
+    Some groups kept, fewer than ``prompts_per_step``: the step trains on those; ``select/groups_short`` logs the
+    gap every step, and the first such step prints a line. None kept: every group drawn in ``max_sampling_rounds``
+    rounds had equal rewards (or balance dropped it), so the run would train on nothing; it stops (every rank
+    decides alike, from the summed counts).
+
+    Raises:
+        ConfigError: no group was kept.
+    """
+    if not counts["groups_kept"]:
+        why = f"{int(counts['groups_uniform_dropped'])} with equal rewards"
+        if cfg.balance:
+            why += (f", {int(counts['prompts_too_easy'])} above max_group_accuracy and "
+                    f"{int(counts['prompts_no_positive'])} without a correct sample")
+        raise ConfigError(f"dynamic_sampling: step {step + 1} kept no group of the {int(counts['prompts_drawn'])} "
+                          f"prompts drawn in max_sampling_rounds={cfg.max_sampling_rounds} rounds ({why}); raise "
+                          "max_sampling_rounds (a rerun with it resumes this run) or give prompts the model "
+                          "sometimes solves (data.prompts, data.difficulties)")
+    if counts["groups_short"] and not warned:
+        runtime.print0(f"[grpo] dynamic_sampling: step {step + 1} kept {int(counts['groups_kept'])} of "
+                       f"prompts_per_step={cfg.prompts_per_step} groups in max_sampling_rounds="
+                       f"{cfg.max_sampling_rounds} rounds and trains on those; select/groups_short logs each step's gap")
+        return True
+    return warned
 
 
 def reference_model(cfg: GRPOConfig, model, tokenizer, rt: runtime.Runtime):
@@ -258,6 +397,28 @@ def scores_behind_decode(device: torch.device, choice: bool | None = None) -> bo
     return device.type == "cuda" if choice is None else choice
 
 
+def sample_and_score(sampler, scorer: StreamingScorer, rows: list[dict], prompts: list[list[int]], seed: int, *,
+                     params, behind: bool, timer: dict[str, float]) -> tuple[list[list[Completion]], list[list]]:
+    """``sampling.n`` completions of each prompt and their reward results, ``[P][n]`` each; adds the time taken to
+    ``timer``. ``behind``: score each completion as it ends, beside the decode (``scores_behind_decode``)."""
+    t = time.perf_counter()
+
+    def start_scoring(p: int, j: int, c: Completion) -> None:
+        scorer.submit((p, j), c.text, str(rows[p]["answer"]), len(c.token_ids), c.finished, rows[p].get("mode"))
+
+    groups = sampler.sample(prompts, params, seed=seed, show_progress=False,
+                            on_complete=start_scoring if behind else None)
+    timer["time/generate"] += time.perf_counter() - t
+    t = time.perf_counter()  # the scoring left when sampling ends
+    if not behind:
+        for p, group in enumerate(groups):
+            for j, c in enumerate(group):
+                start_scoring(p, j, c)
+    results = [scorer.results((p, j) for j in range(params.n)) for p in range(len(groups))]
+    timer["time/score"] += time.perf_counter() - t
+    return groups, results
+
+
 def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; its stages are calls
     rt = runtime.init(cfg.model.dtype, cfg.seed)
     distributed.check_divisible("prompts_per_step", cfg.prompts_per_step, 1, rt)
@@ -291,8 +452,13 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
     logger = MetricsLogger(out / "metrics.jsonl", resume_step=start, enabled=rt.is_main)
     runtime.print0(f"[grpo] {len(rows)} prompts; {cfg.max_steps} steps of {cfg.prompts_per_step} x "
                    f"{cfg.sampling.n} on {rt.world_size} rank(s), rollouts on {sampler.backend}; reward "
-                   f"{reward_cfg.name}; lr {cfg.optim.lr}, beta {cfg.beta}, gamma {cfg.gamma}; balance {cfg.balance}")
+                   f"{reward_cfg.name}; lr {cfg.optim.lr}, beta {cfg.beta}, gamma {cfg.gamma}; balance {cfg.balance}"
+                   + (f"; dynamic sampling, up to {cfg.max_sampling_rounds} rounds" if cfg.dynamic_sampling else ""))
 
+    # Where the next step's prompts start in the data order: past every prompt the steps before it drew (more than
+    # prompts_per_step a step with dynamic_sampling), so a resume reads it from the checkpoint.
+    position = resume_from.state["data"]["position"] if resume_from else 0
+    warned_short = False
     bar = progress(cfg.max_steps, start, "grpo", cfg.log.progress and rt.is_main)
     score_behind_decode = scores_behind_decode(rt.device, cfg.score_behind_decode)
     with StreamingScorer(reward_cfg) as scorer:  # also closed (queued checks cancelled) when a step fails
@@ -300,49 +466,38 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
             step_start = time.perf_counter()
             timer = {"time/generate": 0.0, "time/score": 0.0, "time/update": 0.0}
             temperature = cfg.temperature_at(step)
-            idx = step_units(step * cfg.prompts_per_step, cfg.prompts_per_step, len(rows), cfg.seed)
-            idx = distributed.shard(idx, rt)  # data-parallel rollouts: each rank samples its share of prompts
-            step_rows, step_prompts = [rows[i] for i in idx], [prompt_ids[i] for i in idx]
-            # on 1 rank this is the one-process seed
-            rank_seed = (cfg.sampling.seed * 1_000_003 + step) * rt.world_size + rt.rank
+            params = cfg.sampling.params(temperature=temperature)
+
+            sample_round = functools.partial(sample_and_score, sampler, scorer, params=params,
+                                             behind=score_behind_decode, timer=timer)
 
             t = time.perf_counter()
             sampler.sync_weights(model)
-
-            def start_scoring(p: int, j: int, c: Completion, rows: list[dict] = step_rows) -> None:
-                scorer.submit((p, j), c.text, str(rows[p]["answer"]), len(c.token_ids), c.finished,
-                              rows[p].get("mode"))
-
-            groups = sampler.sample(step_prompts, cfg.sampling.params(temperature=temperature), seed=rank_seed,
-                                    show_progress=False, on_complete=start_scoring if score_behind_decode else None)
+            timer["time/generate"] += time.perf_counter() - t
+            # data-parallel rollouts: each rank samples its share of every round's prompts
+            d = draw(step, position, rows, prompt_ids, cfg, rt, sample_round,
+                     random.Random((cfg.seed * 7919 + step) * rt.world_size + rt.rank))
+            t = time.perf_counter()
             sampler.release()  # the update gets the memory; the next sync_weights takes it back
-            timer["time/generate"] = time.perf_counter() - t
-
-            t = time.perf_counter()  # the scoring left when sampling ends
-            if not score_behind_decode:
-                for p, group in enumerate(groups):
-                    for j, c in enumerate(group):
-                        start_scoring(p, j, c)
-            g = cfg.sampling.n
-            results = [scorer.results((p, j) for j in range(g)) for p in range(len(groups))]
-            rewards = [[r.reward for r in rs] for rs in results]
-            if step == start and (warning := unformatted_warning(results, reward_cfg)):
+            timer["time/generate"] += time.perf_counter() - t
+            position = d.position
+            if step == start and (warning := unformatted_warning(d.results, reward_cfg)):
                 runtime.print0(warning)
-            correct = [[r.correct for r in rs] for rs in results]
-            timer["time/score"] = time.perf_counter() - t
 
             t = time.perf_counter()
-            keep, counts = select(groups, correct, cfg,
-                                  random.Random((cfg.seed * 7919 + step) * rt.world_size + rt.rank))
-            counts = dict(zip(counts, distributed.all_sum(*counts.values()), strict=True))
+            counts = dict(zip(d.counts, distributed.all_sum(*d.counts.values()), strict=True))
+            if cfg.dynamic_sampling:
+                counts |= {"rounds": d.rounds, "groups_short": cfg.prompts_per_step - d.groups_kept}
+                warned_short = check_fill(counts, cfg, step, warned_short)
             dumping = bool(cfg.dump_every) and ((step + 1) % cfg.dump_every == 0 or step == 0)
-            all_rows, all_groups, all_results, all_correct = gather_step(step_rows, groups, results, correct,
+            all_rows, all_groups, all_results, all_correct = gather_step(d.rows, d.groups, d.results, d.correct(),
                                                                          dumping)
             metrics = {**rollout_metrics(all_groups, all_results, all_correct),
                        **{f"select/{k}": float(v) for k, v in counts.items()},
                        "rollout/temperature": temperature}
-            if distributed.any_rank(bool(keep)):  # a rank with nothing kept still joins FSDP's collectives
-                ro = build_rollouts(step_prompts, groups, rewards, keep, cfg)
+            if distributed.any_rank(bool(d.keep)):  # a rank with nothing kept still joins FSDP's collectives
+                batch = d.update_batch() if cfg.dynamic_sampling else (d.prompts, d.groups, d.rewards(), d.keep)
+                ro = build_rollouts(*batch, cfg)
                 metrics.update(update(model, reference, optimizer, ro, cfg, temperature, pad_id, rt))
             metrics["train/lr"] = scheduler.get_last_lr()[0]  # the rate this step used, not the next one
             with warnings.catch_warnings():
@@ -364,7 +519,7 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
                 dump(out, done, all_rows, all_groups, all_results, all_correct)
             if cfg.log.save_every and done % cfg.log.save_every == 0 and done < cfg.max_steps:
                 checkpoint.save(out, done, model, tokenizer, optimizer, scheduler,
-                                {"position": done * cfg.prompts_per_step}, cfg.log.keep_checkpoints,
+                                {"position": position}, cfg.log.keep_checkpoints,
                                 cfg.log.lora_merged_checkpoints, run_dir.fingerprint)
     bar.close()
 

@@ -224,10 +224,11 @@ def entropy_from_logprobs(logp: torch.Tensor) -> torch.Tensor:
 def grpo_token_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, clip_low: float,
                     clip_high: float, ref_logps: torch.Tensor | None = None, beta: float = 0.0,
                     entropy: torch.Tensor | None = None, gamma: float = 0.0, *, objective: str = "grpo",
-                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    mask: torch.Tensor | None = None, weights: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The per-token loss of a GRPO-family objective to minimise, before aggregation.
 
-    loss_t = policy_t + beta KL_k3(pi || ref)_t - gamma H_t, with policy_t the objective's term
+    loss_t = w_t policy_t + beta KL_k3(pi || ref)_t - gamma H_t, with policy_t the objective's term
     (``policy_loss.POLICY_LOSSES``). The default, "grpo", is -min(rho_t A, clip(rho_t, 1 - clip_low,
     1 + clip_high) A) with rho_t = exp(logp_t - old_logp_t); separate low and high clips are DAPO's
     "clip-higher".
@@ -239,6 +240,8 @@ def grpo_token_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: to
         entropy: [B, T] policy entropy per position, needed when gamma > 0.
         objective: a key of ``POLICY_LOSSES``.
         mask: [B, T] 1 on completion tokens; the sequence-level objectives (GSPO) average over it. None: all.
+        weights: [B, T] w_t, the mismatch correction's multiplier of the policy term alone
+            (``policy_loss.importance_weights``; constant, no gradient). None: 1, the same tensors as without it.
 
     Returns:
         (loss [B, T], stats [B, T] each: ratio, clipped_low, clipped_high, clipped (their sum), kl, entropy).
@@ -251,6 +254,8 @@ def grpo_token_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: to
     mask = torch.ones_like(logps) if mask is None else mask
     loss, stats = POLICY_LOSSES[objective](logps, old_logps, advantages, mask, clip_low, clip_high)  # [B, T]
     stats["clipped"] = stats["clipped_low"] + stats["clipped_high"]
+    if weights is not None:
+        loss = loss * weights.detach()
     if beta:
         kl = kl_k3(logps, ref_logps)
         loss = loss + beta * kl

@@ -14,14 +14,21 @@ An objective is more than its per-token formula: the paper also fixes how tokens
 Dr. GRPO, the advantage. ``PRESETS`` holds those per objective; ``GRPOConfig`` fills unset fields from it
 and rejects a set field that contradicts it. The KL (k3, beta) and entropy (gamma) terms are added on top
 by ``losses.grpo_token_loss``, the same for every objective.
+
+``ImportanceCorrection`` (``GRPOConfig.correction``) and ``importance_weights`` correct every objective for
+the gap between the sampler's log-probs and the trainer's on the same weights (``train.mismatch`` measures
+it): a per-token multiplier of the policy term, truncated (TIS) or masking (MIS).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from thinktune.errors import ConfigError
 
 Stats = dict[str, torch.Tensor]
 
@@ -170,3 +177,90 @@ def resolve(loss: str, advantage: str, loss_agg: str, clip_low: float | None, cl
                              f"setting, or use loss=grpo, which takes any {key}")
     return (advantage or p.advantage or p.default_advantage, loss_agg or p.loss_agg or p.default_loss_agg,
             p.clip_low if clip_low is None else clip_low, p.clip_high if clip_high is None else clip_high)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rollout-trainer mismatch correction
+
+CORRECTION_MODES = ("none", "tis", "mis_token", "mis_sequence")
+
+
+@dataclass(frozen=True)
+class ImportanceCorrection:
+    """How the update corrects for the sampler's log-probs differing from the trainer's (``GRPOConfig.correction``).
+
+    With rho_t = pi_old(x_t) / q(x_t), the trainer's old log-prob against the sampler's (``importance_weights``):
+    ``mode`` none: no correction, today's update exactly; tis: each token's policy term times min(rho_t, cap);
+    mis_token / mis_sequence: tokens / whole sequences whose ratio lies outside [1/cap, cap] leave the policy term.
+    ``recompute_old_logps``: a no-grad forward before the first pass gives pi_old, and the PPO ratio takes it
+    in place of the sampler's log-probs (``grpo_update.update`` lists every role).
+
+    Raises:
+        ConfigError: an unknown mode, a cap that is not a finite number > 1, or a correction without
+            ``recompute_old_logps``.
+    """
+
+    mode: str = "none"  # none | tis | mis_token | mis_sequence
+    cap: float = 2.0  # C: tis caps the weight at C; mis keeps ratios in [1/C, C]
+    recompute_old_logps: bool = False  # the PPO ratio's old log-probs: the trainer's (a no-grad pass), not the sampler's
+
+    def __post_init__(self) -> None:
+        if self.mode not in CORRECTION_MODES:
+            raise ConfigError(f"correction.mode={self.mode!r}; choose one of {', '.join(CORRECTION_MODES)}")
+        if not (math.isfinite(self.cap) and self.cap > 1):
+            raise ConfigError(f"correction.cap={self.cap} must be a finite number > 1 (the weight's ceiling; "
+                              f"mis keeps ratios in [1/cap, cap]); the usual value is 2")
+        if self.mode != "none" and not self.recompute_old_logps:
+            # Against the sampler's log-probs the PPO ratio pi/q already holds the gap pi_old/q, and the weight
+            # would count it a second time (verl's "bypass" mode, likewise, applies no weight to a PPO loss).
+            raise ConfigError(f"correction.mode={self.mode} weights the PPO ratio against the trainer's own old "
+                              "log-probs, so it needs correction.recompute_old_logps=true")
+
+
+def importance_weights(trainer_old_logps: torch.Tensor, sampler_logps: torch.Tensor, mask: torch.Tensor, mode: str,
+                       cap: float) -> tuple[torch.Tensor, Stats]:
+    """The per-token multiplier of the policy term that corrects for the sampler-trainer gap, with its flags.
+
+    rho_t = exp(trainer_old_logp_t - sampler_logp_t) = pi_old(x_t) / q(x_t): x_t was drawn from q (the sampler's
+    kernels), the update's objective is under pi_old (the trainer's forward on the same weights).
+
+    - "none": w_t = 1.
+    - "tis": w_t = min(rho_t, cap), truncated importance sampling (Yao et al. 2025, "Your efficient RL framework
+      secretly brings you off-policy RL training"; verl's token-level rollout IS in truncate mode, TRL's
+      ``vllm_importance_sampling_correction``). Flag "capped": rho_t > cap.
+    - "mis_token": w_t = 1 if 1/cap <= rho_t <= cap, else 0: verl's rollout-correction rejection sampling,
+      ``rollout_rs="token"`` with ``rollout_rs_threshold=cap`` and its default lower bound 1/cap, without IS
+      weights. Not IcePop (Ring-1T), which keeps rho_t as the weight inside its band [0.5, 5].
+    - "mis_sequence": the same test on the sequence's ratio prod_t rho_t (the exp of the sum of log rho_t over
+      its masked tokens), keeping or dropping all its tokens together: verl's ``rollout_rs="sequence"``.
+    Flag "masked": w_t = 0 on a real token (mis).
+
+    Args:
+        trainer_old_logps: [B, T] log pi_old of the sampled tokens (no gradient is taken through it).
+        sampler_logps: [B, T] log q, what the sampler gave for the same tokens.
+        mask: [B, T] 1 on real tokens; the values elsewhere are never read.
+        mode: one of ``CORRECTION_MODES``.
+        cap: C > 1.
+
+    Returns:
+        (weights [B, T] float32, 0 off the mask, no graph; {"capped", "masked"} each [B, T], 0/1 float32).
+    """
+    keep = mask.bool()  # [B, T]
+    # float64: rho of a float32 pair near 1 keeps its digits, and the clamp below keeps exp finite.
+    log_rho = torch.where(keep, trainer_old_logps.detach().double() - sampler_logps.double(), 0.0)  # [B, T]
+    log_cap = math.log(cap)
+    none = torch.zeros_like(keep)  # [B, T] bool
+    if mode == "none":
+        weights, capped, masked = keep.double(), none, none
+    elif mode == "tis":
+        weights, capped, masked = torch.exp(log_rho.clamp(max=log_cap)), log_rho > log_cap, none
+    elif mode == "mis_token":
+        inside = log_rho.abs() <= log_cap  # [B, T]
+        weights, capped, masked = inside.double(), none, keep & ~inside
+    elif mode == "mis_sequence":
+        inside = (log_rho.sum(-1, keepdim=True).abs() <= log_cap).expand_as(keep)  # [B, T], one value per row
+        weights, capped, masked = inside.double(), none, keep & ~inside
+    else:
+        raise ValueError(f"correction mode {mode!r}; choose one of {', '.join(CORRECTION_MODES)}")
+    weights = (weights * keep).float()  # [B, T]
+    return weights, {"capped": (capped & keep).float(), "masked": masked.float()}

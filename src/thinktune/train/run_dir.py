@@ -43,7 +43,8 @@ FINGERPRINT_FILE = "fingerprint.json"
 # (same updates, other batching or placement). Dotted names; a section name covers its fields.
 RESUMABLE = ("output_dir", "resume", "max_steps", "log", "eval_every", "dump_every", "micro_batch_size",
              "model.gradient_checkpointing", "model.compile", "model.attn_implementation", "sampling.batch_size",
-             "sampling.backend", "sampling.decoder", "sampling.vllm", "score_behind_decode")
+             "sampling.backend", "sampling.decoder", "sampling.vllm", "score_behind_decode",
+             "max_sampling_rounds")  # GRPO's dynamic-sampling bound: the fix its error suggests
 # The digest of a large file reads this many blocks of BLOCK bytes, spread evenly over it.
 BLOCKS, BLOCK = 32, 1 << 16
 
