@@ -61,6 +61,17 @@ def test_pipeline_runs_skips_and_reruns_what_changed(tmp_path):
     second = pipeline.run(pipeline.load_pipeline(path))
     assert set(second["stages"].values()) == {"skipped"}
 
+    # A second pipeline over the same run_dir with its own report_file reuses the finished stages and leaves
+    # the first report as it was.
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**TINY, "run_dir": str(run_dir), "report": ["eval-sft", "eval-model"],
+                                     "report_file": "report-other.md"}, sort_keys=False))
+    before = (run_dir / "report.md").read_text()
+    assert set(pipeline.run(pipeline.load_pipeline(other))["stages"].values()) == {"skipped"}
+    assert (run_dir / "report.md").read_text() == before
+    assert (run_dir / "report-other.md").read_text().index("| sft |") < (run_dir / "report-other.md").read_text().index("| init |")
+    assert (run_dir / "plots" / "comparison-report-other.png").stat().st_size > 0
+
     # Changing SFT reruns it and the evaluation that reads it, and nothing else.
     third = pipeline.run(pipeline.load_pipeline(path, overrides=["sft.max_steps=4"]))
     assert third["stages"] == {"data": "skipped", "model": "skipped", "sft": "ran", "eval-model": "skipped",

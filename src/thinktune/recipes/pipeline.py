@@ -52,14 +52,18 @@ class Pipeline:
     run_dir: Path
     stages: list[Stage]
     report: list[str]
+    # Where the comparison goes, in run_dir: a second pipeline over the same run_dir (another file that reuses
+    # its finished stages, e.g. configs/demo/objectives.yaml) names its own, so the first one's report stays.
+    report_file: str = "report.md"
 
 
 def load_pipeline(path: str | Path, profile: str = "", overrides: list[str] | None = None) -> Pipeline:
     """Read a pipeline file, apply a profile and ``STAGE.key=value`` overrides, resolve ``{stage}`` refs."""
     path = Path(path)
     spec = read_yaml(path)
-    if unknown := set(spec) - {"run_dir", "stages", "report", "profiles"}:
-        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; a pipeline has run_dir, stages, report, profiles")
+    if unknown := set(spec) - {"run_dir", "stages", "report", "report_file", "profiles"}:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; a pipeline has run_dir, stages, report, "
+                          "report_file, profiles")
     if not isinstance(spec.get("stages"), dict) or not spec["stages"]:
         raise ConfigError(f"{path}: 'stages' must be a mapping of stage name to {{verb, config, set}}")
     run_dir = spec.get("run_dir", f"runs/{path.stem}")
@@ -85,7 +89,11 @@ def load_pipeline(path: str | Path, profile: str = "", overrides: list[str] | No
     report = spec.get("report", [])
     if missing := [r for r in report if r not in spec["stages"]]:
         raise ConfigError(f"{path}: report names unknown stages {missing}")
-    return Pipeline(path=path, run_dir=Path(run_dir), stages=stages, report=report)
+    report_file = str(spec.get("report_file", "report.md"))
+    if Path(report_file).name != report_file or not report_file.endswith(".md"):
+        raise ConfigError(f"{path}: report_file {report_file!r} must be a file name ending in .md (it is written "
+                          "in run_dir)")
+    return Pipeline(path=path, run_dir=Path(run_dir), stages=stages, report=report, report_file=report_file)
 
 
 def _stage(path: Path, run_dir: Path, name: str, body: Any, extra: dict, all_stages: dict) -> Stage:
@@ -188,8 +196,9 @@ def write_report(pipeline: Pipeline) -> dict:
     if drops:
         text += "\n**Drops beyond the combined std:**\n\n" + "\n".join(f"- {d}" for d in drops) + "\n"
     text += "\nMajority vote over each problem's N samples (maj@N, % of problems).\n\n" + majority_table(reports)
-    (pipeline.run_dir / "report.md").write_text(text)
-    plot_comparison(reports, pipeline.run_dir / "plots" / "comparison.png")
+    (pipeline.run_dir / pipeline.report_file).write_text(text)
+    suffix = "" if pipeline.report_file == "report.md" else "-" + Path(pipeline.report_file).stem
+    plot_comparison(reports, pipeline.run_dir / "plots" / f"comparison{suffix}.png")
     tqdm.write("\n" + table)
     for d in drops:
         tqdm.write(f"WARNING: {d}")
