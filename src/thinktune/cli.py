@@ -90,11 +90,13 @@ def main(argv: list[str] | None = None) -> int:
         print("thinktune: interrupted; rerun the same command to resume from the last checkpoint",
               file=sys.stderr)
         code = 130
-    if argv is None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+    if argv is None and (int(os.environ.get("WORLD_SIZE", 1)) > 1 or args.verb == "serve"):
         # A torchrun rank whose work is done and whose process group is closed can still abort in C++ static
         # destructors on the way out ("terminate called without an active exception", a few runs in a hundred
-        # on CPU), and torchrun then fails the whole launch: leave without running them. Everything a run
-        # writes is closed (and atomically renamed) by now.
+        # on CPU), and torchrun then fails the whole launch: leave without running them. `serve`, stopped with
+        # Ctrl-C while its connection threads still wait on clients' keep-alive sockets, aborted the same way
+        # (exit -6, about one stop in three under load). Everything a run writes is closed (and atomically
+        # renamed) by now; serve writes nothing.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
