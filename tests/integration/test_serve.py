@@ -293,6 +293,8 @@ def test_a_burst_of_connections_waits_in_the_backlog(engine, char_tokenizer):
         threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         for sock in socks:
+            # The answer, not its speed, is under test: a loaded CI machine may take seconds for the 64.
+            sock.settimeout(60)
             sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
         assert [sock.recv(64).split(b"\r\n")[0] for sock in socks] == [b"HTTP/1.1 200 OK"] * 64
     finally:
@@ -317,8 +319,10 @@ def test_idle_and_slow_header_connections_are_closed_after_their_timeouts(engine
 
         threading.Thread(target=drip, daemon=True).start()
         idle_s, slow_s = closed_after(idle, since, 5), closed_after(slow, since, 5)
-        assert idle_s is not None and 0.4 < idle_s < 2, idle_s
-        assert slow_s is not None and 0.9 < slow_s < 3, slow_s
+        # Closed after the deadline, not before, and well before the 5 s a missing deadline would take; the upper
+        # bounds leave seconds of slack for a loaded machine.
+        assert idle_s is not None and 0.4 < idle_s < 3.5, idle_s
+        assert slow_s is not None and 0.9 < slow_s < 4.5, slow_s
 
 
 @pytest.mark.parametrize("length, body, status, words", [
@@ -332,7 +336,7 @@ def test_bad_lengths_and_slow_bodies_are_refused_quickly(engine, char_tokenizer,
     with serving(engine, char_tokenizer, HTTPLimits(body_timeout_s=1.0, max_body_mb=1.0)) as server:
         started = time.monotonic()
         got, reply = post(server, body, {"Content-Length": length}, timeout=5)
-        assert (got, time.monotonic() - started < 3) == (status, True)
+        assert (got, time.monotonic() - started < 4) == (status, True)  # a hang would reach the 5 s timeout
         assert words in reply["error"]["message"]
 
 
