@@ -108,6 +108,7 @@ class PooledHTTPServer(HTTPServer):
         self.waiting: queue.Queue[tuple[socket.socket, Any] | None] = queue.Queue()
         self.refused: queue.Queue[socket.socket | None] = queue.Queue()
         self.busy, self.lock = 0, threading.Lock()  # connection threads inside a connection
+        self.open: set[socket.socket] = set()  # the connections being served, for server_close to end
         super().__init__(address, handler)
         self.threads = [threading.Thread(target=self._serve_connections, name=f"http-{i}", daemon=True)
                         for i in range(limits.workers)]
@@ -126,6 +127,7 @@ class PooledHTTPServer(HTTPServer):
             request, address = item
             with self.lock:
                 self.busy += 1
+                self.open.add(request)
             try:
                 self.finish_request(request, address)
             except Exception:
@@ -133,6 +135,7 @@ class PooledHTTPServer(HTTPServer):
             finally:
                 with self.lock:
                     self.busy -= 1
+                    self.open.discard(request)
                 self.shutdown_request(request)
 
     def _refuse_connections(self) -> None:
@@ -156,10 +159,20 @@ class PooledHTTPServer(HTTPServer):
         super().handle_error(request, client_address)
 
     def server_close(self) -> None:
+        """Stop accepting, end the connections still open (a client's idle keep-alive would hold its thread until
+        the idle deadline) and wait for the threads: none is left running into interpreter shutdown, where a
+        thread still inside the tokenizer or torch aborted the process ("terminate called without an active
+        exception")."""
         super().server_close()
         for _ in self.threads:
             self.waiting.put(None)
         self.refused.put(None)
+        with self.lock:
+            for sock in self.open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        for t in self.threads:
+            t.join(timeout=5)
 
 
 def _linger(sock: socket.socket, seconds: float, limit: int = 8 * 2**20) -> None:
