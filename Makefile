@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,gguf]"
+	$(PY) -m pip install --quiet -e ".[dev,gguf,tracking]"
 	touch $@
 
 demo: $(VENV)/.installed
@@ -59,7 +59,7 @@ $(LOWEST)/.installed: pyproject.toml
 	test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
 	$(LOWEST)/bin/python -m pip install --quiet --upgrade pip
 	$(LOWEST)/bin/python -c "import torch" 2>/dev/null || $(LOWEST)/bin/python -m pip install --quiet "$(TORCH)"
-	$(LOWEST)/bin/python -m pip install --quiet -e ".[dev,gguf]" "transformers==$(TRANSFORMERS_LOWEST)"
+	$(LOWEST)/bin/python -m pip install --quiet -e ".[dev,gguf,tracking]" "transformers==$(TRANSFORMERS_LOWEST)"
 	touch $@
 
 test-lowest: $(LOWEST)/.installed smollm2

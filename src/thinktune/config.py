@@ -114,6 +114,10 @@ class OptimConfig:
             raise ConfigError("optim.warmup_steps and optim.grad_clip must be >= 0")
 
 
+# The trackers log.report_to may name: jsonl (metrics.jsonl, always on) and the ones thinktune.trackers adapts.
+REPORT_TO = ("jsonl", "tensorboard", "wandb", "trackio")
+
+
 @dataclass
 class LogConfig:
     """Logging, checkpointing and progress display."""
@@ -125,10 +129,17 @@ class LogConfig:
     # writes the adapter alone (megabytes, not the whole model); the final model is merged either way.
     lora_merged_checkpoints: bool = True
     progress: bool = True  # tqdm progress bar
+    # Trackers that receive every metrics line besides metrics.jsonl, which is always written (TRL's names;
+    # thinktune.trackers): e.g. [tensorboard] or [tensorboard, wandb]. Each needs its package installed.
+    report_to: list[str] = field(default_factory=list)
+    run_name: str = ""  # the run's name in W&B and Trackio; "" takes the output directory's name
 
     def __post_init__(self) -> None:
         if self.log_every < 1 or self.save_every < 0 or self.keep_checkpoints < 1:
             raise ConfigError("log.log_every and log.keep_checkpoints must be >= 1, log.save_every >= 0")
+        if unknown := [name for name in self.report_to if name not in REPORT_TO]:
+            raise ConfigError(f"log.report_to lists {', '.join(map(repr, unknown))}; choose from "
+                              f"{', '.join(REPORT_TO)} (e.g. log.report_to=tensorboard,wandb)")
 
 
 BACKENDS = ("auto", "thinktune", "vllm")  # auto: vLLM where it is installed and a GPU exists, else thinktune's
