@@ -17,7 +17,7 @@ on the same 8 sequences of 300-512 tokens (right padded, loss on the last 60% of
 Each side runs in its own subprocess (so its peak RSS, ``getrusage(RUSAGE_SELF).ru_maxrss`` at exit, is its
 own), one warm-up step and then ``--steps`` timed ones; the sides alternate for ``--rounds`` rounds and the
 best step counts (the machine is shared, so the best is the least disturbed). tokens/s counts every input
-token of the batch (padding included, as the recipe's ``train/tokens_per_s`` does).
+token of the batch (padding included, as the recipe's ``train/input_tokens_per_s`` does).
 """
 
 from __future__ import annotations

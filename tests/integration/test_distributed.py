@@ -114,6 +114,8 @@ def test_grpo_on_two_ranks_samples_every_prompt_and_resumes_on_one(small_world, 
         # refreshed after step 1, would put it off 1 from step 2 on).
         assert r["select/samples_kept"] == 16
         assert r["update/ratio"] == pytest.approx(1.0, abs=1e-5), r["step"]
+        # tokens/s counts both ranks' 16 samples over rank 0's clock, the whole job's rate
+        assert r["time/tokens_per_s"] * r["time/step"] == pytest.approx(16 * r["rollout/length_mean"]), r["step"]
     dumped = [json.loads(line) for line in (two / "samples" / "step-2.jsonl").read_text().splitlines()]
     assert len(dumped) == 16 and len({d["prompt_id"] for d in dumped}) == 4
     AutoModelForCausalLM.from_pretrained(two / "final")
@@ -163,7 +165,7 @@ def test_dpo_with_lora_on_two_ranks_matches_one(small_world, tmp_path):
     assert [r["step"] for r in two] == [1, 2, 3] and one[-1]["train/loss"] < one[0]["train/loss"]
     for a, b in zip(two, one, strict=True):
         # DPO's per-pair losses are fp32 means (not float64 sums as in SFT): measured 3e-7 apart.
-        for key in ("train/loss", "train/reward_margin", "train/grad_norm"):
+        for key in ("train/loss", "train/rewards/margins", "train/grad_norm"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), (a["step"], key)
     # Held-out metrics before and after training, each rank scoring its share of the pairs.
     one_sum, two_sum = (json.loads((tmp_path / run / "summary.json").read_text()) for run in ("one", "two"))

@@ -60,11 +60,17 @@ def test_pairs_are_correct_against_incorrect_on_disjoint_prompts(mined):
 def test_dpo_learns_the_preferences_and_resumes_exactly(mined, tmp_path):
     out = tmp_path / "dpo"
     summary = dpo.run(load_config(dpo.DPOConfig, None, dpo_args(mined, out)))
-    assert summary["eval_before"]["eval/reward_accuracy"] == 0.5  # policy == reference: every pair is a tie
+    assert summary["eval_before"]["eval/rewards/accuracies"] == 0.5  # policy == reference: every pair is a tie
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if "train/loss" in r]
     assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
-    assert train[-1]["train/reward_margin"] > 0 and train[-1]["train/loss"] < train[0]["train/loss"]
+    assert train[-1]["train/rewards/margins"] > 0 and train[-1]["train/loss"] < train[0]["train/loss"]
+    for r in train:  # TRL's names under train/; the margin is chosen minus rejected, pair by pair and on average
+        assert r["train/rewards/margins"] == pytest.approx(r["train/rewards/chosen"] - r["train/rewards/rejected"],
+                                                           abs=1e-6)
+        assert 0 <= r["train/rewards/accuracies"] <= 1
+    assert set(summary["eval_after"]) == {"eval/loss", "eval/rewards/chosen", "eval/rewards/rejected",
+                                          "eval/rewards/margins", "eval/rewards/accuracies"}
     assert (out / "final" / "config.json").is_file() and (out / "ref_logps.pt").is_file()
 
     # Drop everything after the step-2 checkpoint, as if killed there; the rerun must repeat steps 3-6.

@@ -57,6 +57,17 @@ def test_grpo_steps_log_dump_and_resume_exactly(world, tmp_path, monkeypatch):
                 "select/samples_kept", "select/samples_dropped", "rollout/temperature", "time/generate",
                 "time/score", "time/update", "time/step"):
         assert key in rows[-1], key
+    for r in rows:  # the metrics RL users read (docs/design.md section 4.1), every logged step, finite
+        for key in ("rollout/reward_std", "rollout/length_min", "rollout/length_max", "rollout/groups_all_equal",
+                    "rollout/groups_all_correct", "rollout/groups_all_wrong", "update/clip_fraction_low",
+                    "update/clip_fraction_high", "update/grad_norm", "train/lr", "time/tokens_per_s",
+                    "time/generate_tokens_per_s"):
+            assert math.isfinite(r[key]), (key, r)
+        assert r["rollout/length_min"] <= r["rollout/length_mean"] <= r["rollout/length_max"] <= 12, r
+        assert r["update/clip_fraction"] == pytest.approx(r["update/clip_fraction_low"] + r["update/clip_fraction_high"])
+        assert r["time/generate_tokens_per_s"] >= r["time/tokens_per_s"] > 0, r  # sampling is part of the step
+        # 16 samples a step: the step's tokens are its mean length times 16, over the step's seconds
+        assert r["time/tokens_per_s"] == pytest.approx(16 * r["rollout/length_mean"] / r["time/step"], rel=1e-9)
     for r in rows:  # the whole step holds its three phases
         assert r["time/step"] >= r["time/generate"] + r["time/score"] + r["time/update"], r
         # fp32 on the CPU: the sampler's log-probs and the training forward's are the same float32 math in another
@@ -223,10 +234,10 @@ def test_each_policy_objective_trains(world, tmp_path, monkeypatch, loss):
     rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
-        for key in ("update/kl", "update/entropy", "update/clip_fraction", "update/clip_low", "update/clip_high",
-                    "update/ratio", "update/grad_norm"):
+        for key in ("update/kl", "update/entropy", "update/clip_fraction", "update/clip_fraction_low",
+                    "update/clip_fraction_high", "update/ratio", "update/grad_norm"):
             assert math.isfinite(r[key]), (key, r)
-        assert r["update/clip_fraction"] == pytest.approx(r["update/clip_low"] + r["update/clip_high"])
+        assert r["update/clip_fraction"] == pytest.approx(r["update/clip_fraction_low"] + r["update/clip_fraction_high"])
     assert rows[-1]["update/kl"] > 0  # the policy moved
     if loss == "cispo":
         assert "reward/overlong" in rows[-1] and rows[-1]["reward/overlong"] <= 0

@@ -83,7 +83,7 @@ def test_lora_dpo_trains_only_adapters_against_the_disabled_adapter_reference(sm
     assert summary["steps"] == 3
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     # The reference is the base: before any update the policy equals it, so step 1's margin is exactly 0.
-    assert rows[0]["train/reward_margin"] == 0 and rows[-1]["train/reward_margin"] > 0
+    assert rows[0]["train/rewards/margins"] == 0 and rows[-1]["train/rewards/margins"] > 0
     assert_only_adapters_changed(small_world / "model", out / "final")
 
 

@@ -266,8 +266,8 @@ def test_stale_reference_logps_are_recomputed(small_world, tmp_path):
     first = next(r for r in read_metrics(out / "metrics.jsonl") if r["step"] == 1)
     # At step 1 the policy is the reference, so each implicit reward is exactly 0 -- unless the reference
     # log-probs belong to other pairs.
-    assert first["train/reward_chosen"] == pytest.approx(0, abs=1e-6)
-    assert first["train/reward_rejected"] == pytest.approx(0, abs=1e-6)
+    assert first["train/rewards/chosen"] == pytest.approx(0, abs=1e-6)
+    assert first["train/rewards/rejected"] == pytest.approx(0, abs=1e-6)
 
 
 def test_grpo_refuses_a_changed_reward_on_resume(small_world, tmp_path):

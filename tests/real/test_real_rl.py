@@ -40,13 +40,13 @@ def test_dpo_prefers_correct_traces_and_moves_the_weights(smollm2_dir, data, tmp
     rows = [r for r in metrics(out) if "train/loss" in r]
     assert [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:
-        assert math.isfinite(r["train/loss"]) and 0 <= r["train/reward_accuracy"] <= 1
-        assert math.isfinite(r["train/reward_margin"])
+        assert math.isfinite(r["train/loss"]) and 0 <= r["train/rewards/accuracies"] <= 1
+        assert math.isfinite(r["train/rewards/margins"])
     # Step 1 runs the policy at the reference: every implicit reward is 0, so the loss is exactly log 2.
     assert rows[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-4)
-    assert rows[0]["train/reward_margin"] == pytest.approx(0, abs=1e-4)
+    assert rows[0]["train/rewards/margins"] == pytest.approx(0, abs=1e-4)
     # After two updates on these preferences the policy favours the chosen traces over the reference's view.
-    assert rows[-1]["train/reward_margin"] > 0 and rows[-1]["train/loss"] < math.log(2)
+    assert rows[-1]["train/rewards/margins"] > 0 and rows[-1]["train/loss"] < math.log(2)
     assert max_change(smollm2_dir, out / "final", "model.layers.0.self_attn.q_proj.weight") > 0
 
 

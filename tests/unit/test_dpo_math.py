@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from thinktune.curation.pairs import Scored, make_pairs, mine, outcome
+from thinktune.recipes import dpo
 from thinktune.train.losses import chosen_nll, dpo_loss, sequence_logps
 
 
@@ -40,6 +41,15 @@ def test_dpo_loss_gradient_raises_chosen_and_lowers_rejected():
     losses.sum().backward()
     # d/dpi_c of -log sigmoid(beta (pi_c - pi_r)) at h = 0 is -beta * sigmoid(0) = -0.1.
     assert chosen.grad.item() == pytest.approx(-0.1) and rejected.grad.item() == pytest.approx(0.1)
+
+
+def test_reward_metrics_by_hand_under_trls_names():
+    # Implicit rewards (chosen, rejected): (0.3, 0.1) right, (-0.1, 0.2) wrong, (0.2, 0.2) a tie, half right.
+    # Means: chosen 0.4 / 3, rejected 0.5 / 3, margins (0.2 - 0.3 + 0) / 3, accuracy (1 + 0 + 0.5) / 3 = 0.5.
+    got = dpo.reward_metrics("eval", torch.tensor([0.5, 0.7, 0.6]), torch.tensor([0.3, -0.1, 0.2]),
+                             torch.tensor([0.1, 0.2, 0.2]))
+    assert got == pytest.approx({"eval/loss": 0.6, "eval/rewards/chosen": 0.4 / 3, "eval/rewards/rejected": 0.5 / 3,
+                                 "eval/rewards/margins": -0.1 / 3, "eval/rewards/accuracies": 0.5}, abs=1e-6)
 
 
 def test_chosen_nll_is_per_token():

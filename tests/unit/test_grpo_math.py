@@ -1,5 +1,5 @@
 """GRPO math: advantages against a looped reference, the clipped surrogate and KL by hand, the
-Phi-4-mini rebalancing and the temperature schedule."""
+Phi-4-mini rebalancing, the temperature schedule and the step's rollout metrics by hand."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from reference import entropy_from_logits
+from thinktune.recipes import grpo
+from thinktune.rewards import RewardResult
 from thinktune.train.advantages import annealed_temperature, balance_group, group_advantages
 from thinktune.train.losses import aggregate, grpo_token_loss, kl_k3
 
@@ -117,3 +119,40 @@ def test_temperature_schedule():
     assert annealed_temperature(50, 100) == pytest.approx(0.6)
     assert annealed_temperature(99, 100) == pytest.approx(0.6)
     assert annealed_temperature(10, 40, start=0.9, end=0.7, anneal_fraction=1.0) == pytest.approx(0.85)
+
+
+def test_rollout_metrics_by_hand():
+    # Four groups of two, as (tokens, finished, reward, correct):
+    #   A: (4, yes, 1, T), (12, cut, 1, T)      all equal, all correct
+    #   B: (7, yes, 0, F), (3, yes, 0, F)       all equal, all wrong
+    #   C: (9, yes, 1, T), (2, yes, -1, F)      mixed
+    #   D: (5, yes, 0.5, T), (6, yes, 1.5, T)   all correct, rewards differ (a length-aware reward)
+    # Rewards sum to 4 over 8 samples, mean 0.5; deviations .5 .5 -.5 -.5 .5 -1.5 0 1, squares summing to 4.5:
+    # population std sqrt(4.5 / 8) = 0.75. Lengths sorted 2 3 4 5 6 7 9 12: mean 48 / 8 = 6, p90 the 8th (12).
+    rows = [[(4, True, 1.0, True), (12, False, 1.0, True)], [(7, True, 0.0, False), (3, True, 0.0, False)],
+            [(9, True, 1.0, True), (2, True, -1.0, False)], [(5, True, 0.5, True), (6, True, 1.5, True)]]
+    groups = [[grpo.Sample(n, done) for n, done, _, _ in g] for g in rows]
+    results = [[RewardResult(r, ok, {"answer": float(ok)}) for _, _, r, ok in g] for g in rows]
+    correct = [[ok for *_, ok in g] for g in rows]
+    got = grpo.rollout_metrics(groups, results, correct)
+    assert got == pytest.approx({
+        "rollout/reward_mean": 0.5, "rollout/reward_std": 0.75, "rollout/accuracy": 5 / 8,
+        "rollout/length_mean": 6.0, "rollout/length_min": 2.0, "rollout/length_max": 12.0,
+        "rollout/length_p90": 12.0, "rollout/truncated": 1 / 8, "rollout/groups_all_equal": 2 / 4,
+        "rollout/groups_all_correct": 2 / 4, "rollout/groups_all_wrong": 1 / 4, "reward/answer": 5 / 8})
+
+
+def test_groups_all_equal_counts_the_groups_before_selection():
+    # Equal rewards with differing verdicts (a reward blind to the answer) are all equal yet neither all correct
+    # nor all wrong; a single differing sample makes a group unequal.
+    results = [[RewardResult(0.2, True), RewardResult(0.2, False), RewardResult(0.2, True)],
+               [RewardResult(0.2, True), RewardResult(0.2, True), RewardResult(0.3, True)]]
+    correct = [[r.correct for r in g] for g in results]
+    assert grpo.group_shares(results, correct) == {"rollout/groups_all_equal": 0.5, "rollout/groups_all_correct": 0.5,
+                                                    "rollout/groups_all_wrong": 0.0}
+
+
+def test_throughput_divides_the_step_tokens_by_its_times():
+    # 48 sampled tokens in a 4 s step of which 2 s sampling: 12 tokens/s overall, 24 while sampling.
+    assert grpo.throughput(48, {"time/step": 4.0, "time/generate": 2.0}) == {
+        "time/tokens_per_s": 12.0, "time/generate_tokens_per_s": 24.0}

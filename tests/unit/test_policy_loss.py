@@ -20,6 +20,7 @@ from thinktune.errors import ConfigError
 from thinktune.recipes import grpo
 from thinktune.rewards import RewardConfig, scale_to_context, score
 from thinktune.rewards.phi4 import overlong_reward
+from thinktune.train.grpo_update import masked_stat_sums
 from thinktune.train.losses import aggregate, grpo_token_loss, kl_k3
 from thinktune.train.policy_loss import POLICY_LOSSES, PRESETS
 
@@ -132,6 +133,34 @@ def test_cispo_by_hand_and_no_token_loses_its_gradient():
     _, dapo_grad, _ = loss_and_grad("dapo", 0.2, 0.28, "token_mean")
     assert dapo_grad[0][0] == 0.0 and dapo_grad[1][0] == 0.0 and grad[0][0] != 0.0 and grad[1][0] != 0.0
     assert all(g != 0.0 for row, m in zip(grad, MASK.tolist(), strict=True) for g, x in zip(row, m, strict=True) if x)
+
+
+# The clip-fraction batch: the shared MASK and ADV, ratios [[1.5, 0.7, 1.25], [0.5, 2.0, (padding) 3.0]]. Seq 0
+# (A = +1) has a ratio under every band (0.7) and seq 1 (A = -1) one over it (2.0): there a PPO clip never binds
+# (the min keeps the unclipped term), CISPO's weight clamps all the same.
+CLIP_D = [[math.log(1.5), math.log(0.7), math.log(1.25)], [math.log(0.5), math.log(2.0), math.log(3.0)]]
+
+
+@pytest.mark.parametrize(("objective", "clip_low", "clip_high", "log_ratios", "low", "high"), [
+    # band [0.8, 1.2]: low 0.5 (A < 0); high 1.5 and 1.25 (A > 0): 1/5 and 2/5 of the 5 tokens
+    ("grpo", 0.2, 0.2, CLIP_D, 0.2, 0.4),
+    # clip-higher, band [0.8, 1.28]: 1.25 now inside, so high is 1.5 alone
+    ("dapo", 0.2, 0.28, CLIP_D, 0.2, 0.2),
+    # the weight clamps to [0.8, 1.28] whatever A: low 0.7 and 0.5, high 1.5 and 2.0 (the padding's 3.0 masked)
+    ("cispo", 0.2, 0.28, CLIP_D, 0.4, 0.4),
+    # CISPO's preset has no floor (clip_low 1.0: weight >= 0), so nothing clamps low
+    ("cispo", PRESETS["cispo"].clip_low, PRESETS["cispo"].clip_high, CLIP_D, 0.0, 0.4),
+    # GSPO's preset on GSPO_D: seq 0 (3 tokens) clips high, seq 1 (2 real tokens) low, counted over tokens
+    ("gspo", PRESETS["gspo"].clip_low, PRESETS["gspo"].clip_high, GSPO_D, 0.4, 0.6),
+])
+def test_clip_fractions_split_low_and_high(objective, clip_low, clip_high, log_ratios, low, high):
+    logps, old = batch(log_ratios)
+    _, stats = grpo_token_loss(logps, old, ADV, clip_low, clip_high, objective=objective, mask=MASK)
+    sums = masked_stat_sums(stats, MASK)  # what update() sums per micro-batch, then divides by the tokens (5)
+    got = {k: float(v) / 5 for k, v in sums.items()}
+    assert got["clip_fraction_low"] == pytest.approx(low) and got["clip_fraction_high"] == pytest.approx(high)
+    assert got["clip_fraction"] == pytest.approx(low + high)
+    assert "kl" not in got  # no reference: no KL statistic, rather than a zero one
 
 
 @pytest.mark.parametrize("objective", sorted(POLICY_LOSSES))

@@ -17,9 +17,16 @@ Scale: under ``torchrun`` the policy and reference are sharded with FSDP2 and ea
 of every step's pairs; the loss is divided by the global ``batch_size``, so N ranks give the one-process
 loss. With ``model.lora.r > 0`` the reference is the policy with its adapters disabled.
 
+Metrics: the implicit rewards r = beta * (log pi - log ref) of each completion, under TRL DPOTrainer's names
+in thinktune's namespaces: ``train/rewards/chosen`` is TRL's ``rewards/chosen`` and ``eval/rewards/chosen`` its
+``eval_rewards/chosen``; likewise ``rewards/rejected``, ``rewards/margins`` (chosen minus rejected) and
+``rewards/accuracies`` (the share of pairs whose chosen reward is the higher). ``train/loss`` and ``eval/loss``
+are the DPO loss.
+
 Departures from the paper: the report gives lr 5e-7 and one epoch but not beta (docs/recipe.md section 3.3,
 unconfirmed); we default to beta 0.1, the value of the DPO paper. Reward accuracy counts a tie (chosen and
-rejected rewards equal, as before the first update) as half right, so it starts at 50%, the chance level.
+rejected rewards equal, as before the first update) as half right, so it starts at 50%, the chance level
+(TRL counts a tie as wrong, so its accuracy starts at 0).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 
 from thinktune import runtime
-from thinktune.config import LogConfig, ModelConfig, OptimConfig, Resume, check_sizes
+from thinktune.config import LogConfig, ModelConfig, OptimConfig, Resume, check_sizes, to_dict
 from thinktune.data.chat import Example, pad_batch, prompt_messages, render_sft
 from thinktune.data.io import read_jsonl_lines, write_json
 from thinktune.data.order import step_units
@@ -40,6 +47,14 @@ from thinktune.modeling import lora, models
 from thinktune.modeling.chat_format import prompt_overhead, too_long_note
 from thinktune.tracking import MetricsLogger, plot_curves, progress
 from thinktune.train import checkpoint, distributed
+from thinktune.train.heldout import (
+    HeldoutConfig,
+    HeldoutEval,
+    load_heldout,
+    log_before_training,
+    log_if_due,
+    summary_of,
+)
 from thinktune.train.logprobs import next_token_logps
 from thinktune.train.losses import chosen_nll, dpo_loss
 from thinktune.train.optim import build_optimizer, build_scheduler
@@ -68,6 +83,7 @@ class DPOConfig:
     epochs: float = 1.0
     max_steps: int = 0
     eval_every: int = 0  # steps between held-out metrics (0: only before and after training)
+    heldout: HeldoutConfig = field(default_factory=HeldoutConfig)  # held-out accuracy (train/heldout.py)
     seed: int = 0
     output_dir: str = "runs/dpo"
     resume: Resume = "auto"  # a run already in output_dir: auto continues it if its settings match (config.Resume)
@@ -152,9 +168,9 @@ def all_pair_logps(model, pairs: list[Pair], size: int, pad_id: int, rt: runtime
 def reward_metrics(prefix: str, losses: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor) -> dict:
     margin = chosen - rejected
     accuracy = (margin > 0).float() + 0.5 * (margin == 0).float()
-    return {f"{prefix}/loss": losses.mean().item(), f"{prefix}/reward_chosen": chosen.mean().item(),
-            f"{prefix}/reward_rejected": rejected.mean().item(), f"{prefix}/reward_accuracy": accuracy.mean().item(),
-            f"{prefix}/reward_margin": margin.mean().item()}
+    return {f"{prefix}/loss": losses.mean().item(), f"{prefix}/rewards/chosen": chosen.mean().item(),
+            f"{prefix}/rewards/rejected": rejected.mean().item(),
+            f"{prefix}/rewards/accuracies": accuracy.mean().item(), f"{prefix}/rewards/margins": margin.mean().item()}
 
 
 def evaluate_pairs(model, pairs: list[Pair], ref: torch.Tensor, cfg: DPOConfig, pad_id: int,
@@ -200,13 +216,16 @@ def reference_logps(cfg: DPOConfig, run: Run, tokenizer, sets: dict[str, list[Pa
 
 
 def policy_and_reference(cfg: DPOConfig, run: Run, tokenizer, sets: dict[str, list[Pair]], pad_id: int,
-                         rt: runtime.Runtime) -> tuple[torch.nn.Module, dict]:
+                         rt: runtime.Runtime, heldout_eval: HeldoutEval | None = None) -> tuple[torch.nn.Module, dict]:
     """The policy to train and the reference log-probs. With LoRA the reference is the policy with its
     adapters off, so the policy loads first; without, the starting model is loaded, used and freed before
-    the policy loads: one full model in memory at a time."""
+    the policy loads: one full model in memory at a time. ``heldout_eval`` gets its sampler of the policy."""
     def load_policy() -> torch.nn.Module:
         resume_from = run.resume_from and run.resume_from.path
-        return distributed.prepare(lora.load_policy(cfg.model, resume_from, tokenizer, rt.device), cfg.model, rt)
+        policy = lora.load_policy(cfg.model, resume_from, tokenizer, rt.device)
+        if heldout_eval:  # before sharding: thinktune's sampler reads whole weights
+            heldout_eval.build_sampler(policy)
+        return distributed.prepare(policy, cfg.model, rt)
 
     if cfg.model.lora.r:
         model = load_policy()
@@ -222,15 +241,18 @@ def run(cfg: DPOConfig) -> dict:
     pad_id = tokenizer.pad_token_id
     train, stats = load_pairs(cfg.data.train, tokenizer, cfg)
     heldout = load_pairs(cfg.data.eval, tokenizer, cfg)[0] if cfg.data.eval else []
+    heldout_eval = load_heldout(cfg.heldout, cfg.model, tokenizer, rt, "dpo")  # None when heldout.every=0
     # Only with the inputs checked is the run directory claimed: locked, matched against its checkpoint, written.
     run_dir = claim(cfg, "dpo", rt)
     out = run_dir.out
-    model, ref = policy_and_reference(cfg, run_dir, tokenizer, {"train": train, "eval": heldout}, pad_id, rt)
+    model, ref = policy_and_reference(cfg, run_dir, tokenizer, {"train": train, "eval": heldout}, pad_id, rt,
+                                      heldout_eval)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train) / cfg.batch_size))
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
     start = checkpoint.resume(run_dir.resume_from, model, optimizer, scheduler, "dpo")
-    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start, enabled=rt.is_main)
+    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start, enabled=rt.is_main,
+                           report_to=cfg.log.report_to, config=to_dict(cfg), name=cfg.log.run_name)
     runtime.print0(f"[dpo] {stats['rows']} rows: {stats['identical']} identical skipped, {stats['too_long']} "
                    f"too long; {len(train)} train pairs, {len(heldout)} held-out; {total_steps} steps of "
                    f"{cfg.batch_size} on {rt.world_size} rank(s), beta {cfg.beta}")
@@ -238,6 +260,7 @@ def run(cfg: DPOConfig) -> dict:
     if heldout and start == 0:
         summary["eval_before"] = evaluate_pairs(model, heldout, ref["eval"], cfg, pad_id, rt)
         logger.log(0, summary["eval_before"])
+    log_before_training(heldout_eval, model, start, logger)
 
     chosen_tokens = torch.tensor([sum(x != -100 for x in c.labels[1:]) for c, _ in train])  # [N]
     bar = progress(total_steps, start, "dpo", cfg.log.progress and rt.is_main)
@@ -264,13 +287,14 @@ def run(cfg: DPOConfig) -> dict:
         done = step + 1
         metrics = reward_metrics("train", *(torch.cat(x) for x in zip(*parts, strict=True)))
         bar.update(1)
-        bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", acc=f"{metrics['train/reward_accuracy']:.2f}")
+        bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", acc=f"{metrics['train/rewards/accuracies']:.2f}")
         if done % cfg.log.log_every == 0 or done == total_steps:
             logger.log(done, {**metrics, "train/grad_norm": float(grad_norm), "train/lr": lr,
                               "train/pairs_per_s": (done - start) * cfg.batch_size / (time.perf_counter() - t0),
                               **runtime.memory_metrics(rt.device)})
         if heldout and cfg.eval_every and done % cfg.eval_every == 0 and done < total_steps:
             logger.log(done, evaluate_pairs(model, heldout, ref["eval"], cfg, pad_id, rt))
+        log_if_due(heldout_eval, model, done, total_steps, logger)  # before the checkpoint: a resume keeps it
         if cfg.log.save_every and done % cfg.log.save_every == 0 and done < total_steps:
             checkpoint.save(out, done, model, tokenizer, optimizer, scheduler,
                             {"position": done * cfg.batch_size}, cfg.log.keep_checkpoints,
@@ -280,15 +304,17 @@ def run(cfg: DPOConfig) -> dict:
     if heldout:
         summary["eval_after"] = evaluate_pairs(model, heldout, ref["eval"], cfg, pad_id, rt)
         logger.log(total_steps, summary["eval_after"])
-    checkpoint.export(model, tokenizer, out / "final")
+    checkpoint.export(model, tokenizer, out / "final")  # its barrier also means metrics.jsonl is complete
+    summary |= summary_of(heldout_eval, out / "metrics.jsonl")
     if rt.is_main:
-        plot_curves(out / "metrics.jsonl", ["train/loss", "train/reward_accuracy", "train/reward_margin",
-                                            "eval/reward_accuracy"], out / "plots" / "dpo.png", title=f"DPO: {out}")
+        plot_curves(out / "metrics.jsonl", ["train/loss", "train/rewards/accuracies", "train/rewards/margins",
+                                            "eval/rewards/accuracies", "heldout/pass@1"], out / "plots" / "dpo.png", title=f"DPO: {out}")
         write_json(out / "summary.json", summary)
     if heldout:
         before, after = summary.get("eval_before", {}), summary["eval_after"]
-        runtime.print0(f"[dpo] held-out reward accuracy {before.get('eval/reward_accuracy', float('nan')):.3f} "
-                       f"-> {after['eval/reward_accuracy']:.3f}, margin {after['eval/reward_margin']:+.3f}")
+        runtime.print0(f"[dpo] held-out reward accuracy {before.get('eval/rewards/accuracies', float('nan')):.3f} "
+                       f"-> {after['eval/rewards/accuracies']:.3f}, margin {after['eval/rewards/margins']:+.3f}")
     runtime.print0(f"[dpo] done; model in {out / 'final'}")
+    logger.close()
     release(out)
     return summary

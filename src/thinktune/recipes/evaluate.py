@@ -37,10 +37,11 @@ from thinktune.config import SAMPLING_RENAMED, ModelConfig, SamplingConfig, save
 from thinktune.data.chat import prompt_messages, render_prompt
 from thinktune.data.io import write_json, write_jsonl
 from thinktune.errors import ConfigError
-from thinktune.evaluation.metrics import per_run_accuracy, summarize
+from thinktune.evaluation import scoring
+from thinktune.evaluation.metrics import per_run_accuracy
 from thinktune.evaluation.report import eval_markdown, plot_run_accuracies
+from thinktune.evaluation.scoring import score
 from thinktune.modeling import models
-from thinktune.rewards.verify import extract_answer, has_valid_think, is_correct_groups
 from thinktune.rollout.service import check_sampling, make_sampler
 from thinktune.tasks.benchmarks import (
     BENCHMARKS,
@@ -102,47 +103,9 @@ def load_rows(cfg: EvalConfig) -> list[dict]:
     return load_benchmark(cfg.data.benchmark, path=cfg.data.path or None, limit=limit)
 
 
-def score(rows: list[dict], completions: list[list], tokenizer, prompts: list[list[int]]) -> tuple[dict, list[dict]]:
-    """Verify every completion; returns the per-problem matrices for ``summarize`` and rollout records (with
-    each prompt as the model saw it, chat template and system prompt included)."""
-    mats: dict[str, list[list]] = {"correct": [], "answers": [], "lengths": [], "well_formed": [], "finished": []}
-    records = []
-    verdicts = is_correct_groups([[c.text for c in outs] for outs in completions], [str(r["answer"]) for r in rows],
-                                 [r.get("mode", "math") for r in rows])
-    for row, outs, correct, prompt in zip(rows, completions, verdicts, prompts, strict=True):
-        rendered = tokenizer.decode(prompt)
-        mats["correct"].append(correct)
-        mats["answers"].append([extract_answer(c.text) for c in outs])
-        mats["lengths"].append([len(c.token_ids) for c in outs])
-        mats["well_formed"].append([has_valid_think(c.text) for c in outs])
-        mats["finished"].append([c.finished for c in outs])
-        records += [{"prompt_id": row["id"], "sample": j, "prompt": rendered, "completion": c.text, "num_tokens": len(c.token_ids),
-                     "finished": c.finished, "correct": ok, "answer": row["answer"]}
-                    for j, (c, ok) in enumerate(zip(outs, correct, strict=True))]
-    mats["modes"] = [r.get("mode", "math") for r in rows]  # maj@N asks each problem's verifier which answers agree
-    return mats, records
-
-
-def _value_order(value: object) -> tuple[int, float | str]:
-    """Numbers in numeric order (level 2 before level 10), then anything else by its text."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return 0, value
-    return 1, str(value)
-
-
 def summarize_groups(rows: list[dict], mats: dict, cfg: EvalConfig) -> dict[str, dict]:
-    """Overall metrics plus one entry per value of each grouping field ("level=3", "subject=Algebra", ...),
-    field by field in ``group_fields`` order, values sorted within a field; rows lacking a field are only in
-    "all"."""
-    groups: dict[str, list[int]] = {"all": list(range(len(rows)))}
-    for f in group_fields(cfg):
-        named: dict[str, list[int]] = {}
-        for i, row in enumerate(rows):
-            if f in row:
-                named.setdefault(f"{f}={row[f]}", []).append(i)
-        groups |= dict(sorted(named.items(), key=lambda kv: _value_order(rows[kv[1][0]][f])))
-    return {name: summarize(**{k: [v[i] for i in idx] for k, v in mats.items()}, ks=cfg.ks)
-            for name, idx in groups.items()}
+    """Overall metrics plus one entry per value of each field of ``group_fields`` ("level=3", ...)."""
+    return scoring.summarize_groups(rows, mats, group_fields(cfg), cfg.ks)
 
 
 def run(cfg: EvalConfig) -> dict:

@@ -38,6 +38,7 @@ and Adam betas are not reported; they are config fields with conventional defaul
 from __future__ import annotations
 
 import functools
+import math
 import random
 import re
 import time
@@ -58,6 +59,7 @@ from thinktune.config import (
     SamplingConfig,
     VLLMOptions,
     check_sizes,
+    to_dict,
 )
 from thinktune.data.chat import prompt_messages, render_prompt
 from thinktune.data.io import write_json, write_jsonl
@@ -72,6 +74,7 @@ from thinktune.train import checkpoint, distributed, policy_loss
 from thinktune.train.advantages import ADVANTAGE_MODES, annealed_temperature
 from thinktune.train.group_draw import check_fill, draw
 from thinktune.train.grpo_update import Rollouts, build_rollouts, update  # noqa: F401 - Rollouts: tests build them here
+from thinktune.train.heldout import HeldoutConfig, load_heldout, log_before_training, log_if_due, summary_of
 from thinktune.train.losses import LOSS_AGGREGATIONS
 from thinktune.train.optim import build_optimizer, build_scheduler
 from thinktune.train.policy_loss import ImportanceCorrection
@@ -126,6 +129,7 @@ class GRPOConfig:
     score_behind_decode: bool | None = None  # score each completion as it ends, beside the decode; None: on GPUs
     max_steps: int = 90
     dump_every: int = 10  # steps between rollout dumps to samples/ (0: never)
+    heldout: HeldoutConfig = field(default_factory=HeldoutConfig)  # held-out accuracy, on the policy's sampler
     seed: int = 0  # prompt order, selection and initialisation; the draws take sampling.seed
     output_dir: str = "runs/grpo"
     resume: Resume = "auto"  # a run already in output_dir: auto continues it if its settings match (config.Resume)
@@ -157,12 +161,23 @@ class GRPOConfig:
             raise ConfigError("clip_low must be in [0, 1] (1: no floor) and clip_high >= 0")
         check_sizes(max_steps=self.max_steps, updates_per_batch=self.updates_per_batch,
                     prompts_per_step=self.prompts_per_step, micro_batch_size=self.micro_batch_size)
+        check_heldout_sampler(self)
 
     def temperature_at(self, step: int) -> float:
         if not self.temperature_end:
             return self.sampling.temperature
         return annealed_temperature(step, self.max_steps, self.sampling.temperature, self.temperature_end,
                                     self.anneal_fraction)
+
+
+def check_heldout_sampler(cfg: GRPOConfig) -> None:
+    """Held-out problems are sampled by the policy's sampler, which ``sampling`` builds: a different engine
+    asked for under ``heldout.sampling`` would be silently ignored, so it is refused."""
+    mine, lent = cfg.heldout.sampling, cfg.sampling
+    if cfg.heldout.every and (mine.backend, mine.decoder) != (lent.backend, lent.decoder):
+        raise ConfigError(f"heldout.sampling.backend={mine.backend} and decoder={mine.decoder}: grpo samples held-out "
+                          f"problems with its policy's sampler (sampling.backend={lent.backend}, decoder="
+                          f"{lent.decoder}); give heldout.sampling the same two values or leave both unset")
 
 
 def load_rows(cfg: GRPOConfig) -> list[dict]:
@@ -200,19 +215,50 @@ def gather_step(rows: list[dict], groups: list[list[Completion]], results: list[
 
 def rollout_metrics(groups: list[list[Sample]], results: list[list],
                     correct: list[list[bool]]) -> dict[str, float]:
+    """The step's sample statistics, over every group it sampled (every round, before balance or dynamic
+    sampling drop any) on every rank (``gather_step``); docs/design.md section 4.1 defines each."""
     flat = [c for g in groups for c in g]
-    lengths = sorted(c.num_tokens for c in flat)
     rewards = [r.reward for g in results for r in g]
-    out = {"rollout/reward_mean": sum(rewards) / len(rewards),
+    mean = sum(rewards) / len(rewards)
+    # The population std (divided by N) of all the step's rewards, the spread around their mean; TRL's current
+    # reward_std is the same over its batch, divided by N - 1.
+    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards))
+    out = {"rollout/reward_mean": mean, "rollout/reward_std": std,
            "rollout/accuracy": sum(map(sum, correct)) / len(flat),
-           "rollout/length_mean": sum(lengths) / len(lengths),
-           "rollout/length_p90": float(lengths[min(len(lengths) - 1, int(0.9 * len(lengths)))]),
-           "rollout/truncated": sum(not c.finished for c in flat) / len(flat)}
+           **length_metrics([c.num_tokens for c in flat]),
+           "rollout/truncated": sum(not c.finished for c in flat) / len(flat),
+           **group_shares(results, correct)}
     keys = {k for g in results for r in g for k in r.components}
     for k in sorted(keys):
         vals = [r.components[k] for g in results for r in g if k in r.components]
         out[f"reward/{k}"] = sum(vals) / len(vals)
     return out
+
+
+def length_metrics(lengths: list[int]) -> dict[str, float]:
+    """Mean, min, max and 90th percentile of the completions' lengths in tokens (each with its EOS)."""
+    lengths = sorted(lengths)
+    return {"rollout/length_mean": sum(lengths) / len(lengths), "rollout/length_min": float(lengths[0]),
+            "rollout/length_max": float(lengths[-1]),
+            "rollout/length_p90": float(lengths[min(len(lengths) - 1, int(0.9 * len(lengths)))])}
+
+
+def group_shares(results: list[list], correct: list[list[bool]]) -> dict[str, float]:
+    """The shares of the groups whose rewards are all equal, all correct and all wrong. An all-equal group has
+    zero advantage on every sample, so no policy gradient (TRL's frac_reward_zero_std; what dynamic sampling
+    drops); all correct (too easy) and all wrong (too hard) tell which side of the model's reach they lie."""
+    rewards = [[r.reward for r in rs] for rs in results]
+    return {"rollout/groups_all_equal": sum(max(rs) == min(rs) for rs in rewards) / len(rewards),
+            "rollout/groups_all_correct": sum(all(cs) for cs in correct) / len(correct),
+            "rollout/groups_all_wrong": sum(not any(cs) for cs in correct) / len(correct)}
+
+
+def throughput(num_tokens: int, timer: dict[str, float]) -> dict[str, float]:
+    """Sampled completion tokens per second of the step's wall time and of its sampling time (weight sync and
+    release included). ``num_tokens`` counts every rank's samples and ``timer`` is this rank's clock: the ranks
+    sample side by side, so these are the whole job's rates."""
+    return {"time/tokens_per_s": num_tokens / timer["time/step"],
+            "time/generate_tokens_per_s": num_tokens / timer["time/generate"]}
 
 
 def dump(out: Path, step: int, rows: list[dict], groups: list[list[Sample]], results: list[list],
@@ -290,20 +336,27 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
     pad_id = tokenizer.pad_token_id
     rows = load_rows(cfg)
     prompt_ids = [render_prompt(tokenizer, prompt_messages(r["prompt"])) for r in rows]
+    heldout_eval = load_heldout(cfg.heldout, cfg.model, tokenizer, rt, "grpo")  # None when heldout.every=0
+    # vLLM's context must hold the longer of a rollout and a held-out completion (make_sampler adds the former's
+    # max_new_tokens to longest_prompt).
+    longest_prompt = max(max(map(len, prompt_ids)),
+                         heldout_eval.context - cfg.sampling.max_new_tokens if heldout_eval else 0)
     # Only with the inputs checked is the run directory claimed: locked, matched against its checkpoint, written.
     run_dir = claim(cfg, "grpo", rt)
     out, resume_from = run_dir.out, run_dir.resume_from
 
     model = lora.load_policy(cfg.model, resume_from and resume_from.path, tokenizer, rt.device)
     # Before sharding: thinktune's sampler reads whole weights (on N ranks, a copy made here). vLLM holds its own.
-    sampler = make_sampler(cfg.sampling, cfg.model, tokenizer, rt, model=model,
-                           longest_prompt=max(map(len, prompt_ids)))
+    sampler = make_sampler(cfg.sampling, cfg.model, tokenizer, rt, model=model, longest_prompt=longest_prompt)
+    if heldout_eval:
+        heldout_eval.sampler = sampler  # lent: the policy's weights are already in it, and no second copy is made
     model = distributed.prepare(model, cfg.model, rt)
     reference = reference_model(cfg, model, tokenizer, rt)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
     start = checkpoint.resume(resume_from, model, optimizer, scheduler, "grpo")
-    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start, enabled=rt.is_main)
+    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start, enabled=rt.is_main,
+                           report_to=cfg.log.report_to, config=to_dict(cfg), name=cfg.log.run_name)
     runtime.print0(f"[grpo] {len(rows)} prompts; {cfg.max_steps} steps of {cfg.prompts_per_step} x "
                    f"{cfg.sampling.n} on {rt.world_size} rank(s), rollouts on {sampler.backend}; reward "
                    f"{reward_cfg.name}; lr {cfg.optim.lr}, beta {cfg.beta}, gamma {cfg.gamma}; balance {cfg.balance}"
@@ -312,6 +365,7 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
     # Where the next step's prompts start in the data order: past every prompt the steps before it drew (more than
     # prompts_per_step a step with dynamic_sampling), so a resume reads it from the checkpoint.
     position = resume_from.state["data"]["position"] if resume_from else 0
+    log_before_training(heldout_eval, model, start, logger)
     warned_short = False
     bar = progress(cfg.max_steps, start, "grpo", cfg.log.progress and rt.is_main)
     score_behind_decode = scores_behind_decode(rt.device, cfg.score_behind_decode)
@@ -363,7 +417,8 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
             done = step + 1
             # The whole step up to here: the three phases and the little outside them (choosing the prompts).
             timer["time/step"] = time.perf_counter() - step_start
-            metrics.update(timer | runtime.memory_metrics(rt.device))
+            sampled_tokens = sum(c.num_tokens for g in all_groups for c in g)
+            metrics.update(timer | throughput(sampled_tokens, timer) | runtime.memory_metrics(rt.device))
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}",
                             acc=f"{metrics['rollout/accuracy']:.2f}", T=f"{temperature:.2f}")
@@ -371,6 +426,7 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
                 logger.log(done, metrics)
             if dumping and rt.is_main:
                 dump(out, done, all_rows, all_groups, all_results, all_correct)
+            log_if_due(heldout_eval, model, done, cfg.max_steps, logger)  # before the checkpoint: a resume keeps it
             if cfg.log.save_every and done % cfg.log.save_every == 0 and done < cfg.max_steps:
                 checkpoint.save(out, done, model, tokenizer, optimizer, scheduler,
                                 {"position": position}, cfg.log.keep_checkpoints,
@@ -379,12 +435,15 @@ def run(cfg: GRPOConfig) -> dict:  # noqa: C901 - the loop reads top to bottom; 
 
     checkpoint.export(model, tokenizer, out / "final")
     summary = {"steps": cfg.max_steps, "prompts": len(rows)}
+    summary |= summary_of(heldout_eval, out / "metrics.jsonl")  # export's barrier: metrics.jsonl is complete
     if rt.is_main:
-        plot_curves(out / "metrics.jsonl", ["rollout/reward_mean", "rollout/accuracy", "rollout/length_mean"],
+        plot_curves(out / "metrics.jsonl", ["rollout/reward_mean", "rollout/accuracy", "heldout/pass@1",
+                                            "rollout/length_mean"],
                     out / "plots" / "reward_length.png", title=f"GRPO: {out}")
         plot_curves(out / "metrics.jsonl", ["update/kl", "update/entropy", "update/clip_fraction",
-                                            "rollout/temperature"], out / "plots" / "update.png", title=f"GRPO: {out}")
+                                            "update/grad_norm", "rollout/groups_all_equal", "rollout/temperature"], out / "plots" / "update.png", title=f"GRPO: {out}")
         write_json(out / "summary.json", summary)
     runtime.print0(f"[grpo] done; model in {out / 'final'}")
+    logger.close()
     release(out)
     return summary

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from thinktune import runtime
-from thinktune.config import LogConfig, ModelConfig, OptimConfig, Resume, check_sizes
+from thinktune.config import LogConfig, ModelConfig, OptimConfig, Resume, check_sizes, to_dict
 from thinktune.data.chat import IGNORE_INDEX, Example, pack_examples, packed_batch, pad_batch, render_sft
 from thinktune.data.io import read_jsonl_lines, write_json
 from thinktune.data.order import step_units
@@ -41,6 +41,7 @@ from thinktune.modeling.chat_format import prompt_overhead, too_long_note
 from thinktune.rewards.verify import is_correct_batch
 from thinktune.tracking import MetricsLogger, plot_curves, progress, read_metrics
 from thinktune.train import checkpoint, distributed
+from thinktune.train.heldout import HeldoutConfig, load_heldout, log_before_training, log_if_due, summary_of
 from thinktune.train.logprobs import next_token_logps
 from thinktune.train.optim import build_optimizer, build_scheduler
 from thinktune.train.run_dir import claim, release
@@ -69,6 +70,7 @@ class SFTConfig:
     epochs: float = 2.0  # passes over the data; ignored when max_steps > 0
     max_steps: int = 0
     eval_every: int = 0  # steps between validation losses (0: only at the end, if data.eval is set)
+    heldout: HeldoutConfig = field(default_factory=HeldoutConfig)  # held-out accuracy (train/heldout.py)
     resume: Resume = "auto"  # a run already in output_dir: auto continues it if its settings match (config.Resume)
 
     def __post_init__(self) -> None:
@@ -166,13 +168,16 @@ def run(cfg: SFTConfig) -> dict:
     examples, data_stats = load_examples(cfg.data.train, tokenizer, cfg)
     units = make_units(examples, cfg)
     eval_units = make_units(load_examples(cfg.data.eval, tokenizer, cfg)[0], cfg) if cfg.data.eval else []
+    heldout_eval = load_heldout(cfg.heldout, cfg.model, tokenizer, rt, "sft")  # None when heldout.every=0
     # Only with the inputs checked is the run directory claimed: locked, matched against its checkpoint, written.
     run_dir = claim(cfg, "sft", rt)
     out, resume_from = run_dir.out, run_dir.resume_from
 
     # Weights come from the last checkpoint when resuming; master weights stay fp32, bf16 is autocast.
-    model = distributed.prepare(lora.load_policy(cfg.model, resume_from and resume_from.path, tokenizer, rt.device),
-                                cfg.model, rt)
+    model = lora.load_policy(cfg.model, resume_from and resume_from.path, tokenizer, rt.device)
+    if heldout_eval:  # before sharding: thinktune's sampler reads whole weights
+        heldout_eval.build_sampler(model)
+    model = distributed.prepare(model, cfg.model, rt)
     steps_per_epoch = max(1, len(units) // cfg.batch_size)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     runtime.print0(f"[sft] {data_stats['rows']} rows: {data_stats['rejected']} rejected by the verifier, "
@@ -183,12 +188,14 @@ def run(cfg: SFTConfig) -> dict:
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
     start = checkpoint.resume(resume_from, model, optimizer, scheduler, "sft")
-    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start, enabled=rt.is_main)
+    logger = MetricsLogger(out / "metrics.jsonl", resume_step=start, enabled=rt.is_main,
+                           report_to=cfg.log.report_to, config=to_dict(cfg), name=cfg.log.run_name)
     pad_id = tokenizer.pad_token_id
 
     # Labelled next-token targets per unit, counted once rather than every step (rows can be 32K tokens).
     unit_tokens = [sum(sum(1 for x in e.labels[1:] if x != -100) for e in u) for u in units]
     bar = progress(total_steps, start, "sft", cfg.log.progress and rt.is_main)
+    log_before_training(heldout_eval, model, start, logger)
     t0, tokens = time.perf_counter(), 0
     for step in range(start, total_steps):
         idx = step_units(step * cfg.batch_size, cfg.batch_size, len(units), cfg.seed)
@@ -203,7 +210,7 @@ def run(cfg: SFTConfig) -> dict:
             nll, _ = forward_loss(model, {k: v.to(rt.device) for k, v in batch.items()}, rt)
             (nll * distributed.loss_scale(rt) / step_tokens).backward()
             losses.append(nll.detach())
-            tokens += int(batch["input_ids"].numel())
+            tokens += int(batch["input_ids"].numel())  # every position forwarded: prompt, padding, labels
         grad_norm = distributed.clip_grad_norm(model, cfg.optim.grad_clip)
         lr = scheduler.get_last_lr()[0]  # the rate this step used; scheduler.step() moves to the next one
         optimizer.step()
@@ -218,10 +225,13 @@ def run(cfg: SFTConfig) -> dict:
         if done % cfg.log.log_every == 0 or done == total_steps:
             elapsed = time.perf_counter() - t0
             logger.log(done, {"train/loss": loss, "train/grad_norm": float(grad_norm),
-                              "train/lr": lr, "train/tokens_per_s": all_tokens / elapsed,
+                              # all ranks' input tokens, padding included (HF Trainer's input tokens), per second of
+                              # wall time since the run (or its resume) began, evaluations and checkpoints included
+                              "train/lr": lr, "train/input_tokens_per_s": all_tokens / elapsed,
                               "train/epoch": done * cfg.batch_size / len(units), **runtime.memory_metrics(rt.device)})
         if eval_units and cfg.eval_every and done % cfg.eval_every == 0:
             logger.log(done, {"eval/loss": validation_loss(model, eval_units, cfg, pad_id, rt)})
+        log_if_due(heldout_eval, model, done, total_steps, logger)  # before the checkpoint: a resume keeps it
         if cfg.log.save_every and done % cfg.log.save_every == 0 and done < total_steps:
             checkpoint.save(out, done, model, tokenizer, optimizer, scheduler,
                             {"position": done * cfg.batch_size}, cfg.log.keep_checkpoints,
@@ -234,11 +244,13 @@ def run(cfg: SFTConfig) -> dict:
         logger.log(total_steps, {"eval/loss": summary["eval_loss"]})
     checkpoint.export(model, tokenizer, out / "final")  # its barrier also means metrics.jsonl is complete
     summary["final_loss"] = _last(out / "metrics.jsonl", "train/loss")
+    summary |= summary_of(heldout_eval, out / "metrics.jsonl")
     if rt.is_main:
-        plot_curves(out / "metrics.jsonl", ["train/loss", "train/lr", "eval/loss"], out / "plots" / "loss.png",
+        plot_curves(out / "metrics.jsonl", ["train/loss", "train/lr", "eval/loss", "heldout/pass@1"], out / "plots" / "loss.png",
                     title=f"SFT: {out}")
         write_json(out / "summary.json", summary)
     runtime.print0(f"[sft] done: final loss {summary['final_loss']:.4f}; model in {out / 'final'}")
+    logger.close()
     release(out)
     return summary
 

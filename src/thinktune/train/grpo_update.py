@@ -120,8 +120,7 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
         distributed.reshard(model)
     # Statistics stay on the device until the update ends: reading each one as it comes would make the CPU
     # wait for the GPU after every micro-batch.
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("kl", "entropy", "clip_fraction", "clip_low",
-                                                           "clip_high", "ratio")}
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in UPDATE_STATS}
     grad_norms = []
     first_pass: list[torch.Tensor] = []  # per micro-batch, the old policy's log-probs when nothing else gives them
     # Per micro-batch of the first pass (the weights that sampled): [sum |Δ|, max |Δ|, sum k3, tokens] between the
@@ -145,10 +144,8 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
                                             weights=weights[k] if weights else None)
             (aggregate(loss_t, mask, cfg.loss_agg, num_tokens, n, cfg.sampling.max_new_tokens)
              * distributed.loss_scale(rt)).backward()
-            for key, name in (("kl", "kl"), ("entropy", "entropy"), ("clip_fraction", "clipped"), ("ratio", "ratio"),
-                              ("clip_low", "clipped_low"), ("clip_high", "clipped_high")):
-                if name in stats:
-                    parts[key].append((stats[name].detach() * mask).sum())
+            for key, total in masked_stat_sums(stats, mask).items():
+                parts[key].append(total)
         cache.backward_prompts()
         grad_norms.append(distributed.clip_grad_norm(model, cfg.optim.grad_clip))
         optimizer.step()
@@ -156,10 +153,27 @@ def update(model, reference, optimizer, ro: Rollouts, cfg: GRPOConfig, temperatu
     sums = {k: float(torch.stack(v).cpu().double().sum()) if v else 0.0 for k, v in parts.items()}
     sums = dict(zip(sums, distributed.all_sum(*sums.values()), strict=True))
     denom = max(num_tokens * cfg.updates_per_batch, 1)
+    # clip_grad_norm_ returns the global norm before it clips, the same on every rank: the mean over the passes
+    # says how large the step's gradients were, not the ceiling grad_clip put on them.
     grad_norm = float(torch.stack(grad_norms).cpu().double().mean())
     return ({f"update/{k}": v / denom for k, v in sums.items()} | {"update/grad_norm": grad_norm}
             | (sampler_drift(drift) if ro.old_logps is not None else {})
             | (correction_stats(corrected, num_tokens) if corr.mode != "none" else {}))
+
+
+# update/<key> <- grpo_token_loss's stat <name>, each a mean over the loss's tokens and the passes. clip_fraction
+# is the share of tokens whose gradient the clip cut (TRL's clip_ratio/region_mean, verl's pg_clipfrac), split
+# into its two sides: clip_fraction_low (ratio under 1 - clip_low with A < 0), clip_fraction_high (over
+# 1 + clip_high with A > 0); policy_loss says how GSPO and CISPO flag theirs.
+UPDATE_STATS = {"kl": "kl", "entropy": "entropy", "ratio": "ratio", "clip_fraction": "clipped",
+                "clip_fraction_low": "clipped_low", "clip_fraction_high": "clipped_high"}
+
+
+def masked_stat_sums(stats: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each ``UPDATE_STATS`` statistic of ``grpo_token_loss`` ([B, T] each) summed over the tokens of ``mask``
+    [B, T]: 0-dim tensors, left on the device, keyed by the metric's name; a statistic the loss did not compute
+    (kl without a reference) is absent."""
+    return {key: (stats[name].detach() * mask).sum() for key, name in UPDATE_STATS.items() if name in stats}
 
 
 def padded_sampler_logps(ro: Rollouts, idx: list[int], width: int, device: torch.device) -> torch.Tensor | None:

@@ -8,7 +8,10 @@ Every objective takes the same tensors and returns per-token loss terms to minim
 
 ``clipped_low`` marks tokens held at the lower bound 1 - clip_low, ``clipped_high`` at the upper bound
 1 + clip_high. For the clipped surrogates a token counts only where the clip cuts its gradient (A < 0 below
-the band, A > 0 above it); CISPO cuts no gradient, so there a token counts wherever its weight was clamped.
+the band, A > 0 above it); CISPO cuts no gradient, so there a token counts wherever its weight was clamped,
+whatever the sign of A. GSPO clips whole sequences, and marks every token of a clipped one, so the update's
+``update/clip_fraction_*`` (a mean over tokens, ``grpo_update.UPDATE_STATS``) is for GSPO the share of the
+loss's tokens that lie in clipped sequences: one denominator for every objective, a long sequence weighing more.
 
 An objective is more than its per-token formula: the paper also fixes how tokens are averaged and, for
 Dr. GRPO, the advantage. ``PRESETS`` holds those per objective; ``GRPOConfig`` fills unset fields from it

@@ -14,8 +14,9 @@ resumed only by the run that started it.
 5. Only now are ``config.yaml`` and ``fingerprint.json`` written.
 
 The fingerprint is what determines the run: the resolved config less the fields a resume may change
-(``RESUMABLE``: the step budget, logging, and memory or speed knobs such as the micro-batch size, which a run
-that ran out of memory must be able to lower), a digest of each data file, and a digest of the starting model.
+(``RESUMABLE``: the step budget, logging and held-out evaluation, and memory or speed knobs such as the
+micro-batch size, which a run that ran out of memory must be able to lower), a digest of each data file, and a
+digest of the starting model.
 The model's digest reads its config and a fixed sample of blocks of each weight file (not every byte: a
 14B model would take a minute to hash), which any retraining changes.
 """
@@ -44,7 +45,8 @@ FINGERPRINT_FILE = "fingerprint.json"
 RESUMABLE = ("output_dir", "resume", "max_steps", "log", "eval_every", "dump_every", "micro_batch_size",
              "model.gradient_checkpointing", "model.compile", "model.attn_implementation", "sampling.batch_size",
              "sampling.backend", "sampling.decoder", "sampling.vllm", "score_behind_decode",
-             "max_sampling_rounds")  # GRPO's dynamic-sampling bound: the fix its error suggests
+             "max_sampling_rounds",  # GRPO's dynamic-sampling bound: the fix its error suggests
+             "heldout")  # held-out evaluation only samples the policy: no update depends on it
 # The digest of a large file reads this many blocks of BLOCK bytes, spread evenly over it.
 BLOCKS, BLOCK = 32, 1 << 16
 
