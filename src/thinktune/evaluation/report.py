@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from thinktune.errors import UserError  # noqa: E402
+from thinktune.evaluation.effects import mean_change, over_seeds, paired_bootstrap, problem_accuracy  # noqa: E402
 from thinktune.evaluation.metrics import MAJORITY_RULE, combined_std  # noqa: E402
 
 
@@ -60,18 +61,20 @@ def eval_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare(reports: list[dict]) -> tuple[str, list[str]]:
+def compare(reports: list[dict], baselines: list[int | None] | None = None) -> tuple[str, list[str]]:
     """A markdown table comparing evaluations in order, and the list of flagged drops.
 
-    Each row after the first shows its change against the row before, per group; a fall larger than the
-    combined std of the two is marked and listed. Rows evaluated on different problems are not compared.
+    Each row after the first shows its change against the row before (or row ``baselines[i]``, which names it),
+    per group; a fall larger than the combined std of the two is marked and listed. Rows evaluated on different
+    problems are not compared.
     """
+    baselines = baselines or [i - 1 if i else None for i in range(len(reports))]
     groups = list(reports[0]["groups"])
     head = "| model | " + " | ".join(f"{g} pass@1" for g in groups) + " | maj@N (all) | format ok % | mean length |"
     lines = [head, "|" + "---|" * (len(groups) + 4)]
     drops: list[str] = []
-    for i, rep in enumerate(reports):
-        prev = reports[i - 1] if i else None
+    for i, (rep, b) in enumerate(zip(reports, baselines, strict=True)):
+        prev = None if b is None else reports[b]
         comparable = prev is not None and prev.get("problem_ids") == rep.get("problem_ids")
         cells = []
         for g in groups:
@@ -93,7 +96,8 @@ def compare(reports: list[dict]) -> tuple[str, list[str]]:
                 cell += " (other problems)"
             cells.append(cell)
         a = rep["groups"]["all"]
-        lines.append(f"| {rep['label']} | " + " | ".join(cells) +
+        label = rep["label"] if b in (None, i - 1) else f"{rep['label']} (vs {prev['label']})"
+        lines.append(f"| {label} | " + " | ".join(cells) +
                      f" | {_at_n(a, 'maj'):.1f} | {a['format_ok']:.1f} | {a['mean_length']:.1f} |")
     return "\n".join(lines) + "\n", drops
 
@@ -107,6 +111,31 @@ def majority_table(reports: list[dict]) -> str:
         cells = [f"{_at_n(rep['groups'][g], 'maj'):.1f}" if g in rep["groups"] else "–" for g in groups]
         lines.append(f"| {rep['label']} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + f"\n\nmaj@N: {MAJORITY_RULE}.\n"
+
+
+def effects_table(run_dir: Path, pairs: list[tuple[str, str]], seed_copies: dict[int, dict[str, str]]) -> str:
+    """Each (before, after) pair of evaluation stages: the change in pass@1, with 95% intervals (``thinktune.evaluation.effects``):
+    over problems (paired bootstrap, the stages as written) and, where the stage was repeated over training seeds,
+    over seeds. An interval that holds zero is marked as noise."""
+    if not pairs:
+        return ""
+    lines = ["Each stage's effect: change in pass@1 (points) from the row before, with its 95% interval. Over "
+             "problems: a paired bootstrap of the held-out problems (one training run). Over seeds: the stage "
+             "trained once per seed (Student t). '(noise)': the interval holds zero.", "",
+             "| stage | change, interval over problems | change per seed | mean change, interval over seeds |",
+             "|---|---|---|---|"]
+    for before, after in pairs:
+        boot = paired_bootstrap(problem_accuracy(run_dir / before), problem_accuracy(run_dir / after))
+        per_seed, seeds_cell = [boot.mean], "–"
+        for names in seed_copies.values():
+            if after in names:
+                per_seed.append(mean_change(problem_accuracy(run_dir / names.get(before, before)),
+                                            problem_accuracy(run_dir / names[after])))
+        if len(per_seed) > 1:
+            seeds_cell = over_seeds(per_seed).cell()
+        lines.append(f"| {before} → {after} | {boot.cell()} | {', '.join(f'{e:+.1f}' for e in per_seed)} "
+                     f"| {seeds_cell} |")
+    return "\n".join(lines) + "\n"
 
 
 def plot_run_accuracies(report: dict, out: Path) -> Path:

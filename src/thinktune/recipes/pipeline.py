@@ -11,12 +11,27 @@ marker matches its config and nothing it reads from was rerun; an interrupted st
 checkpoint; a stage whose config or inputs changed starts over in a clean directory.
 
 ``report`` lists evaluation stages in order; the pipeline writes ``report.md`` comparing each with the one
-before it on the same problems and flags drops larger than the combined std. A ``profiles`` section holds
+before it on the same problems and flags drops larger than the combined std. ``"eval-b vs eval-a"`` compares
+a row with a named one instead (an alternative to the row above, e.g. DPO on other pairs, both against SFT). A ``profiles`` section holds
 named variants (``quick``) with their own run directory and per-stage overrides.
+
+``seeds`` repeats stages once per further training seed, to tell a stage's effect from run-to-run noise::
+
+    seeds:
+      values: [0, 1, 2]                          # the stages as written run with the first
+      stages: [dpo, grpo, eval-dpo, eval-grpo]   # copied as dpo-seed1, grpo-seed1, ... for the others
+      set: {heldout.every: 0}                    # optional: overrides for the training copies only
+
+A copy reads the copies of the listed stages it depends on and the originals of the rest; a training copy gets
+``seed`` (and ``sampling.seed``, where its recipe samples) set to its seed, an evaluation copy keeps its own
+sampling seed so that only training differs. The report then gives each stage's effect over the seeds
+(``thinktune.evaluation.effects``) beside the paired-bootstrap interval of the first seed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import re
 import shutil
@@ -30,7 +45,7 @@ from tqdm import tqdm
 
 from thinktune.config import ConfigError, load_config, read_yaml, set_dotted, to_dict
 from thinktune.data.io import write_json
-from thinktune.evaluation.report import compare, load_report, majority_table, plot_comparison
+from thinktune.evaluation.report import compare, effects_table, load_report, majority_table, plot_comparison
 from thinktune.verbs import VERBS, recipe
 
 DONE = ".done.json"
@@ -52,18 +67,21 @@ class Pipeline:
     run_dir: Path
     stages: list[Stage]
     report: list[str]
+    against: dict[str, str] = field(default_factory=dict)  # report row -> the row it is compared with, if not the one above
     # Where the comparison goes, in run_dir: a second pipeline over the same run_dir (another file that reuses
     # its finished stages, e.g. configs/demo/objectives.yaml) names its own, so the first one's report stays.
     report_file: str = "report.md"
+    # seed -> {stage: its copy} for each further training seed (``seeds``); the first seed's stages are the originals
+    seed_copies: dict[int, dict[str, str]] = field(default_factory=dict)
 
 
 def load_pipeline(path: str | Path, profile: str = "", overrides: list[str] | None = None) -> Pipeline:
     """Read a pipeline file, apply a profile and ``STAGE.key=value`` overrides, resolve ``{stage}`` refs."""
     path = Path(path)
     spec = read_yaml(path)
-    if unknown := set(spec) - {"run_dir", "stages", "report", "report_file", "profiles"}:
+    if unknown := set(spec) - {"run_dir", "stages", "report", "report_file", "seeds", "profiles"}:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; a pipeline has run_dir, stages, report, "
-                          "report_file, profiles")
+                          "report_file, seeds, profiles")
     if not isinstance(spec.get("stages"), dict) or not spec["stages"]:
         raise ConfigError(f"{path}: 'stages' must be a mapping of stage name to {{verb, config, set}}")
     run_dir = spec.get("run_dir", f"runs/{path.stem}")
@@ -74,26 +92,90 @@ def load_pipeline(path: str | Path, profile: str = "", overrides: list[str] | No
             raise ConfigError(f"{path}: no profile {profile!r}; profiles here: {', '.join(profiles) or 'none'}")
         run_dir = profiles[profile].get("run_dir", run_dir)
         extra = profiles[profile].get("stages", {})
+        spec = {**spec, "seeds": profiles[profile].get("seeds", spec.get("seeds"))}
     for item in overrides or []:
         key, _, value = item.partition("=")
         stage, _, sub = key.partition(".")
         if stage not in spec["stages"] or not sub or not _:
             raise ConfigError(f"override {item!r}: write STAGE.key=value with STAGE one of {', '.join(spec['stages'])}")
         set_dotted(extra.setdefault(stage, {}), sub, value)
-    stages = [_stage(path, Path(run_dir), name, body, extra.get(name, {}), spec["stages"])
-              for name, body in spec["stages"].items()]
+    bodies, seed_copies = _with_seed_copies(path, spec["stages"], spec.get("seeds"))
+    stages = [_stage(path, Path(run_dir), name, body, extra.get(_original(name, seed_copies), {}), bodies)
+              for name, body in bodies.items()]
     for i, stage in enumerate(stages):
         if later := stage.depends - {s.name for s in stages[:i]}:
             raise ConfigError(f"{path}: stage {stage.name!r} reads {sorted(later)}, which run after it; "
                               "order the stages so that each comes after the ones it reads")
-    report = spec.get("report", [])
-    if missing := [r for r in report if r not in spec["stages"]]:
+    report, against = _report_rows(path, spec.get("report", []))
+    if missing := [r for r in report + list(against.values()) if r not in spec["stages"]]:
         raise ConfigError(f"{path}: report names unknown stages {missing}")
     report_file = str(spec.get("report_file", "report.md"))
     if Path(report_file).name != report_file or not report_file.endswith(".md"):
         raise ConfigError(f"{path}: report_file {report_file!r} must be a file name ending in .md (it is written "
                           "in run_dir)")
-    return Pipeline(path=path, run_dir=Path(run_dir), stages=stages, report=report, report_file=report_file)
+    return Pipeline(path=path, run_dir=Path(run_dir), stages=stages, report=report, against=against,
+                    report_file=report_file, seed_copies=seed_copies)
+
+
+def _report_rows(path: Path, items: list) -> tuple[list[str], dict[str, str]]:
+    """The report's stages in order, and the rows compared with a named row (``"b vs a"``) instead of the one above."""
+    rows, against = [], {}
+    for item in items:
+        name, sep, baseline = str(item).partition(" vs ")
+        rows.append(name.strip())
+        if sep:
+            against[name.strip()] = baseline.strip()
+    for name, baseline in against.items():
+        if baseline in rows and rows.index(baseline) > rows.index(name):
+            raise ConfigError(f"{path}: report row {name!r} is compared with {baseline!r}, which comes after it; "
+                              "list the baseline first")
+    return rows, against
+
+
+def _with_seed_copies(path: Path, stages: dict, seeds: Any) -> tuple[dict, dict[int, dict[str, str]]]:
+    """The stage bodies with a copy of each ``seeds.stages`` stage per further seed, and seed -> {stage: copy}."""
+    if not seeds:
+        return stages, {}
+    if not isinstance(seeds, dict) or not {"values", "stages"} <= set(seeds) <= {"values", "stages", "set"}:
+        raise ConfigError(f"{path}: 'seeds' must be {{values: [0, 1, 2], stages: [names of the stages to repeat], "
+                          "set: {overrides of the training copies} (optional)}")
+    values, repeated, extra = seeds["values"], seeds["stages"], _flatten(seeds.get("set") or {})
+    if not (isinstance(values, list) and values and all(isinstance(v, int) for v in values)
+            and len(set(values)) == len(values)):
+        raise ConfigError(f"{path}: seeds.values must be a list of distinct integers, got {values!r}")
+    if missing := [n for n in repeated if n not in stages]:
+        raise ConfigError(f"{path}: seeds.stages names unknown stages {missing}")
+    bodies, copies = dict(stages), {}
+    for seed in values[1:]:
+        names = {n: f"{n}-seed{seed}" for n in repeated}
+        copies[seed] = names
+        for name in stages:  # in pipeline order, so that each copy comes after the copies it reads
+            if name in names:
+                bodies[names[name]] = _seed_copy(stages[name], seed, names, extra)
+    return bodies, copies
+
+
+def _seed_copy(body: dict, seed: int, names: dict[str, str], extra: dict[str, Any]) -> dict:
+    """A stage body for ``seed``: references to repeated stages point at their copies; training takes the seed
+    and the ``extra`` overrides."""
+    rename = functools.partial(_REF.sub, lambda m: "{" + names.get(m.group(1), m.group(1)) + "}")
+    values = {k: rename(v) if isinstance(v, str) else v for k, v in _flatten(body.get("set") or {}).items()}
+    _, cls = recipe(body["verb"])
+    if body["verb"] != "evaluate":
+        values |= extra
+        values["seed"] = seed
+        if "sampling" in {f.name for f in dataclasses.fields(cls)}:
+            values["sampling.seed"] = seed
+    return {**body, "set": values}
+
+
+def _original(name: str, seed_copies: dict[int, dict[str, str]]) -> str:
+    """The stage a seed copy was made from (a profile's overrides of it apply to its copies too)."""
+    for names in seed_copies.values():
+        for original, copy in names.items():
+            if copy == name:
+                return original
+    return name
 
 
 def _stage(path: Path, run_dir: Path, name: str, body: Any, extra: dict, all_stages: dict) -> Stage:
@@ -190,12 +272,16 @@ def write_report(pipeline: Pipeline) -> dict:
     if not pipeline.report:
         return {}
     reports = [load_report(pipeline.run_dir / name) for name in pipeline.report]
-    table, drops = compare(reports)
+    baselines = [pipeline.report.index(pipeline.against[name]) if name in pipeline.against else i - 1 if i else None
+                 for i, name in enumerate(pipeline.report)]
+    table, drops = compare(reports, baselines)
     text = f"# Pipeline report: {pipeline.path}\n\nHeld-out pass@1 (%), mean ± std across runs; " \
            "change against the row above in brackets.\n\n" + table
     if drops:
         text += "\n**Drops beyond the combined std:**\n\n" + "\n".join(f"- {d}" for d in drops) + "\n"
     text += "\nMajority vote over each problem's N samples (maj@N, % of problems).\n\n" + majority_table(reports)
+    pairs = [(pipeline.report[b], name) for name, b in zip(pipeline.report, baselines, strict=True) if b is not None]
+    text += "\n" + effects_table(pipeline.run_dir, pairs, pipeline.seed_copies)
     (pipeline.run_dir / pipeline.report_file).write_text(text)
     suffix = "" if pipeline.report_file == "report.md" else "-" + Path(pipeline.report_file).stem
     plot_comparison(reports, pipeline.run_dir / "plots" / f"comparison{suffix}.png")
