@@ -427,7 +427,11 @@ def _check_pipeline(path: Path, profile: str) -> None:
 
     spec = yaml.safe_load(path.read_text())
     pipe = load_pipeline(path, profile)
-    assert [s.name for s in pipe.stages] == list(spec["stages"])
+    names = [s.name for s in pipe.stages]
+    # the file's stages, after those of a pipeline it extends, then the copies its seeds: block makes
+    inherited = list(yaml.safe_load((path.parent / spec["extends"]).read_text())["stages"]) if "extends" in spec else []
+    copies = [c for names_of_seed in pipe.seed_copies.values() for c in names_of_seed.values()]
+    assert names == inherited + list(spec["stages"]) + copies
     for stage in pipe.stages:
         cls = recipe(stage.verb)[1]
         cfg = load_config(cls, stage.config, stage.overrides)

@@ -12,6 +12,7 @@ from thinktune.recipes.pipeline import load_pipeline
 
 def write_samples(eval_dir, correct: dict[str, list[bool]]) -> None:
     eval_dir.mkdir(parents=True)
+    (eval_dir / "report.json").write_text(json.dumps({"label": eval_dir.name.removeprefix("eval-")}))
     with (eval_dir / "samples.jsonl").open("w") as f:
         for pid, verdicts in correct.items():
             for j, ok in enumerate(verdicts):
@@ -108,7 +109,7 @@ def test_effects_table_over_problems_and_seeds(tmp_path):
     table = effects_table(tmp_path, [("eval-sft", "eval-grpo")], {3: {"grpo": "grpo-seed3",
                                                                      "eval-grpo": "eval-grpo-seed3"}})
     row = table.strip().splitlines()[-1]
-    assert "| eval-sft → eval-grpo | +50.0 [+50.0, +50.0] | +50.0, +25.0 |" in row
+    assert "| sft → grpo | +50.0 [+50.0, +50.0] | +50.0, +25.0 |" in row
     assert "+37.5 [-121.3, +196.3] (noise)" in row
 
 
@@ -137,3 +138,18 @@ def test_compare_against_a_named_row():
     assert lines[3].startswith("| dpo | 65.0 ± 0.5 (+5.0) |")
     assert lines[4].startswith("| dpo-teacher (vs sft) | 58.0 ± 0.5 (-2.0) **drop** |")  # -2 beyond sqrt(0.5) std
     assert drops == ["dpo-teacher vs sft on all: -2.0 points, beyond the combined std 0.7"]
+
+
+def test_a_pipeline_extends_another(tmp_path):
+    (tmp_path / "base.yaml").write_text(PIPELINE.format(run_dir=tmp_path / "run").replace(
+        "{verb: synth}", "{verb: synth, config: synth.yaml}"))
+    (tmp_path / "study.yaml").write_text(
+        "extends: base.yaml\nreport: [eval-grpo, eval-alt vs eval-grpo]\nstages:\n"
+        "  eval-alt: {verb: evaluate, set: {model.path: \"{sft}/final\"}}\n")
+    pipe = load_pipeline(tmp_path / "study.yaml")
+    assert [s.name for s in pipe.stages][-1] == "eval-alt" and pipe.run_dir == tmp_path / "run"
+    assert pipe.stages[0].config == (tmp_path / "synth.yaml").resolve()  # found beside the file that names it
+    assert pipe.seed_copies == {} and pipe.against == {"eval-alt": "eval-grpo"}  # seeds and report: this file's
+    (tmp_path / "study.yaml").write_text("extends: base.yaml\nstages:\n  sft: {verb: sft}\n")
+    with pytest.raises(Exception, match=r"stages \['sft'\] are already in"):
+        load_pipeline(tmp_path / "study.yaml")

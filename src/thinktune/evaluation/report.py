@@ -133,7 +133,8 @@ def effects_table(run_dir: Path, pairs: list[tuple[str, str]], seed_copies: dict
                                             problem_accuracy(run_dir / names[after])))
         if len(per_seed) > 1:
             seeds_cell = over_seeds(per_seed).cell()
-        lines.append(f"| {before} → {after} | {boot.cell()} | {', '.join(f'{e:+.1f}' for e in per_seed)} "
+        label = " → ".join(load_report(run_dir / stage)["label"] for stage in (before, after))
+        lines.append(f"| {label} | {boot.cell()} | {', '.join(f'{e:+.1f}' for e in per_seed)} "
                      f"| {seeds_cell} |")
     return "\n".join(lines) + "\n"
 

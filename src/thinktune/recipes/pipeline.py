@@ -15,6 +15,9 @@ before it on the same problems and flags drops larger than the combined std. ``"
 a row with a named one instead (an alternative to the row above, e.g. DPO on other pairs, both against SFT). A ``profiles`` section holds
 named variants (``quick``) with their own run directory and per-stage overrides.
 
+``extends: other.yaml`` starts from that pipeline's stages and run_dir and adds this file's stages after them,
+so a study (configs/demo/objectives.yaml) reuses a pipeline's finished stages without restating them.
+
 ``seeds`` repeats stages once per further training seed, to tell a stage's effect from run-to-run noise::
 
     seeds:
@@ -79,9 +82,11 @@ def load_pipeline(path: str | Path, profile: str = "", overrides: list[str] | No
     """Read a pipeline file, apply a profile and ``STAGE.key=value`` overrides, resolve ``{stage}`` refs."""
     path = Path(path)
     spec = read_yaml(path)
-    if unknown := set(spec) - {"run_dir", "stages", "report", "report_file", "seeds", "profiles"}:
-        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; a pipeline has run_dir, stages, report, "
+    if unknown := set(spec) - {"extends", "run_dir", "stages", "report", "report_file", "seeds", "profiles"}:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; a pipeline has extends, run_dir, stages, report, "
                           "report_file, seeds, profiles")
+    if "extends" in spec:
+        spec = _extended(path, spec)
     if not isinstance(spec.get("stages"), dict) or not spec["stages"]:
         raise ConfigError(f"{path}: 'stages' must be a mapping of stage name to {{verb, config, set}}")
     run_dir = spec.get("run_dir", f"runs/{path.stem}")
@@ -130,6 +135,24 @@ def _report_rows(path: Path, items: list) -> tuple[list[str], dict[str, str]]:
             raise ConfigError(f"{path}: report row {name!r} is compared with {baseline!r}, which comes after it; "
                               "list the baseline first")
     return rows, against
+
+
+def _extended(path: Path, spec: dict) -> dict:
+    """``spec`` on top of the pipeline file it ``extends``: that file's stages (their configs found beside it) and
+    run_dir, then this file's stages after them; the report, seeds and profiles are this file's alone."""
+    base_path = path.parent / str(spec["extends"])
+    base = read_yaml(base_path)
+    if "extends" in base:
+        raise ConfigError(f"{base_path}: a pipeline that {path} extends cannot extend another")
+    stages = {}
+    for name, body in (base.get("stages") or {}).items():
+        if isinstance(body, dict) and body.get("config"):
+            body = {**body, "config": str((base_path.parent / body["config"]).resolve())}
+        stages[name] = body
+    if clash := set(stages) & set(spec.get("stages") or {}):
+        raise ConfigError(f"{path}: stages {sorted(clash)} are already in {base_path}; give yours other names")
+    return {"run_dir": base.get("run_dir", f"runs/{base_path.stem}"), **spec,
+            "stages": stages | (spec.get("stages") or {})}
 
 
 def _with_seed_copies(path: Path, stages: dict, seeds: Any) -> tuple[dict, dict[int, dict[str, str]]]:
