@@ -57,6 +57,11 @@ def test_pipeline_runs_skips_and_reruns_what_changed(tmp_path):
     # maj@2 overall and per level, as the evaluation's own report has it
     assert "| sft | 2 | " + " | ".join(f"{m['maj@2']:.1f}" for m in report["groups"].values()) + " |" in text
     assert (run_dir / "plots" / "comparison.png").stat().st_size > 0
+    # the report embeds the comparison chart and each training stage's curves, with what they show
+    assert "](plots/comparison.png)" in text
+    assert "- **sft**: SFT: training loss" in text and "](sft/plots/loss.png)" in text
+    # init -> sft: its change with a paired-bootstrap interval over the 12 problems
+    assert "| init → sft |" in text and "bootstrap" in text
 
     second = pipeline.run(pipeline.load_pipeline(path))
     assert set(second["stages"].values()) == {"skipped"}

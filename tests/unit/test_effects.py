@@ -64,7 +64,7 @@ stages:
   sft: {{verb: sft, set: {{data.train: "{{data}}/sft.jsonl"}}}}
   grpo: {{verb: grpo, set: {{model.path: "{{sft}}/final", data.prompts: "{{data}}/p.jsonl"}}}}
   eval-sft: {{verb: evaluate, set: {{model.path: "{{sft}}/final", data.prompts: "{{data}}/h.jsonl"}}}}
-  eval-grpo: {{verb: evaluate, set: {{model.path: "{{grpo}}/final", data.prompts: "{{data}}/h.jsonl"}}}}
+  eval-grpo: {{verb: evaluate, set: {{model.path: "{{grpo}}/final", data.prompts: "{{data}}/h.jsonl", label: grpo}}}}
 report: [eval-sft, eval-grpo]
 seeds: {{values: [0, 3], stages: [grpo, eval-grpo], set: {{log: {{log_every: 7}}}}}}
 profiles:
@@ -85,7 +85,8 @@ def test_seed_copies_read_their_copies_and_take_the_seed(tmp_path):
     assert "log.log_every=7" in grpo3 and "log.log_every=7" not in by_name["grpo"].overrides
     eval3 = by_name["eval-grpo-seed3"].overrides
     assert f"model.path={tmp_path / 'run' / 'grpo-seed3'}/final" in eval3
-    assert not any(o.startswith(("seed=", "sampling.seed=", "log.")) for o in eval3)  # evaluation noise stays the same
+    assert not any(o.startswith(("seed=", "sampling.seed=", "log.")) for o in eval3)
+    assert "label=grpo seed 3" in eval3  # evaluation noise stays the same
     assert by_name["eval-grpo-seed3"].depends == {"grpo-seed3", "data"}
 
 

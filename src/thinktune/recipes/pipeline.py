@@ -184,6 +184,8 @@ def _seed_copy(body: dict, seed: int, names: dict[str, str], extra: dict[str, An
     rename = functools.partial(_REF.sub, lambda m: "{" + names.get(m.group(1), m.group(1)) + "}")
     values = {k: rename(v) if isinstance(v, str) else v for k, v in _flatten(body.get("set") or {}).items()}
     _, cls = recipe(body["verb"])
+    if body["verb"] == "evaluate" and "label" in values:
+        values["label"] = f"{values['label']} seed {seed}"  # the report's rows of the copies say which they are
     if body["verb"] != "evaluate":
         values |= extra
         values["seed"] = seed
@@ -290,6 +292,30 @@ def _jsonable(summary: Any) -> Any:
     return yaml.safe_load(yaml.safe_dump(summary)) if isinstance(summary, dict) else None
 
 
+# What each recipe's plot shows, for the report's list of plots (the recipes write them to <stage>/plots/).
+PLOT_CAPTIONS = {
+    "loss.png": "SFT: training loss (EMA over the faint raw points), learning rate, validation loss if any, and "
+                "held-out pass@1 ± std at each evaluation.",
+    "dpo.png": "DPO: loss, implicit-reward accuracy and margin on the training pairs, accuracy on the held-out pairs, "
+               "and held-out pass@1 ± std.",
+    "reward_length.png": "GRPO: mean reward and accuracy of each step's samples, held-out pass@1 ± std, and mean "
+                         "completion length.",
+    "update.png": "GRPO: KL to the reference, entropy, clip fraction, grad norm, share of groups whose rewards are "
+                  "all equal (no gradient), and sampling temperature.",
+}
+
+
+def plots_section(pipeline: Pipeline) -> str:
+    """The training plots of the pipeline's stages (seed copies left out), each with a line on what it shows."""
+    copies = {c for names in pipeline.seed_copies.values() for c in names.values()}
+    lines = []
+    for stage in pipeline.stages:
+        for name, caption in PLOT_CAPTIONS.items():
+            if stage.name not in copies and (pipeline.run_dir / stage.name / "plots" / name).is_file():
+                lines += [f"- **{stage.name}**: {caption}", f"  ![{stage.name} {name}]({stage.name}/plots/{name})"]
+    return "\n## Training curves\n\n" + "\n".join(lines) + "\n" if lines else ""
+
+
 def write_report(pipeline: Pipeline) -> dict:
     """Compare the ``report`` stages in order; write ``report.md`` and a bar chart; print the table."""
     if not pipeline.report:
@@ -305,9 +331,11 @@ def write_report(pipeline: Pipeline) -> dict:
     text += "\nMajority vote over each problem's N samples (maj@N, % of problems).\n\n" + majority_table(reports)
     pairs = [(pipeline.report[b], name) for name, b in zip(pipeline.report, baselines, strict=True) if b is not None]
     text += "\n" + effects_table(pipeline.run_dir, pairs, pipeline.seed_copies)
-    (pipeline.run_dir / pipeline.report_file).write_text(text)
     suffix = "" if pipeline.report_file == "report.md" else "-" + Path(pipeline.report_file).stem
-    plot_comparison(reports, pipeline.run_dir / "plots" / f"comparison{suffix}.png")
+    chart = plot_comparison(reports, pipeline.run_dir / "plots" / f"comparison{suffix}.png")
+    text += f"\n![pass@1 ± std per model and level]({chart.relative_to(pipeline.run_dir)})\n"
+    text += plots_section(pipeline)
+    (pipeline.run_dir / pipeline.report_file).write_text(text)
     tqdm.write("\n" + table)
     for d in drops:
         tqdm.write(f"WARNING: {d}")
