@@ -308,7 +308,8 @@ def run(cfg: DPOConfig) -> dict:
     summary |= summary_of(heldout_eval, out / "metrics.jsonl")
     if rt.is_main:
         plot_curves(out / "metrics.jsonl", ["train/loss", "train/rewards/accuracies", "train/rewards/margins",
-                                            "eval/rewards/accuracies", "heldout/pass@1"], out / "plots" / "dpo.png", title=f"DPO: {out}")
+                                            "eval/rewards/accuracies", "heldout/pass@1"], out / "plots" / "dpo.png",
+                    title=f"DPO: {out}")
         write_json(out / "summary.json", summary)
     if heldout:
         before, after = summary.get("eval_before", {}), summary["eval_after"]

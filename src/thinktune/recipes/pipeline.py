@@ -12,8 +12,8 @@ checkpoint; a stage whose config or inputs changed starts over in a clean direct
 
 ``report`` lists evaluation stages in order; the pipeline writes ``report.md`` comparing each with the one
 before it on the same problems and flags drops larger than the combined std. ``"eval-b vs eval-a"`` compares
-a row with a named one instead (an alternative to the row above, e.g. DPO on other pairs, both against SFT). A ``profiles`` section holds
-named variants (``quick``) with their own run directory and per-stage overrides.
+a row with a named one instead (an alternative to the row above, e.g. DPO on other pairs, both against SFT).
+A ``profiles`` section holds named variants (``quick``) with their own run directory and per-stage overrides.
 
 ``extends: other.yaml`` starts from that pipeline's stages and run_dir and adds this file's stages after them,
 so a study (configs/demo/objectives.yaml) reuses a pipeline's finished stages without restating them.
