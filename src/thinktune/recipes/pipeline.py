@@ -105,7 +105,9 @@ def load_pipeline(path: str | Path, profile: str = "", overrides: list[str] | No
             raise ConfigError(f"override {item!r}: write STAGE.key=value with STAGE one of {', '.join(spec['stages'])}")
         set_dotted(extra.setdefault(stage, {}), sub, value)
     bodies, seed_copies = _with_seed_copies(path, spec["stages"], spec.get("seeds"))
-    stages = [_stage(path, Path(run_dir), name, body, extra.get(_original(name, seed_copies), {}), bodies)
+    # a profile's or the command line's overrides of a stage apply to its seed copies too
+    original = {copy: name for names in seed_copies.values() for name, copy in names.items()}
+    stages = [_stage(path, Path(run_dir), name, body, extra.get(original.get(name, name), {}), bodies)
               for name, body in bodies.items()]
     for i, stage in enumerate(stages):
         if later := stage.depends - {s.name for s in stages[:i]}:
@@ -192,15 +194,6 @@ def _seed_copy(body: dict, seed: int, names: dict[str, str], extra: dict[str, An
         if "sampling" in {f.name for f in dataclasses.fields(cls)}:
             values["sampling.seed"] = seed
     return {**body, "set": values}
-
-
-def _original(name: str, seed_copies: dict[int, dict[str, str]]) -> str:
-    """The stage a seed copy was made from (a profile's overrides of it apply to its copies too)."""
-    for names in seed_copies.values():
-        for original, copy in names.items():
-            if copy == name:
-                return original
-    return name
 
 
 def _stage(path: Path, run_dir: Path, name: str, body: Any, extra: dict, all_stages: dict) -> Stage:
